@@ -1,0 +1,46 @@
+"""gmppl: probabilistic programming for deep generative models.
+
+Write a generative model as a Pyro or NumPyro program, pick an inference backend (exact
+likelihood, ELBO, adversarial f-divergence/Wasserstein, score matching), fit it, and get
+samples, likelihoods, latent posteriors and uncertainty as an ArviZ ``DataTree``::
+
+    import gmppl as gm
+    fit = gm.fit(model, data, gm.inference.Likelihood(), steps=2000)
+"""
+
+from gmppl import divergences, inference, models, optim
+from gmppl.errors import (
+    BackendError,
+    CheckpointError,
+    DataError,
+    DeviceError,
+    GmpplError,
+    ModelError,
+    NotSupported,
+    TrainingError,
+    UnknownName,
+)
+from gmppl.fit import fit
+from gmppl.io import load
+from gmppl.result import Fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "CheckpointError",
+    "DataError",
+    "DeviceError",
+    "Fit",
+    "GmpplError",
+    "ModelError",
+    "NotSupported",
+    "TrainingError",
+    "UnknownName",
+    "divergences",
+    "fit",
+    "inference",
+    "load",
+    "models",
+    "optim",
+]

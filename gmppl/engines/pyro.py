@@ -1,0 +1,334 @@
+"""The Pyro/torch engine: a user's Pyro program with its own parameter store, on one device.
+
+A `PyroProgram` runs the program under Pyro's effect handlers inside a private
+``ParamStore`` scope, so two fits never share parameters through the global store
+(DESIGN.md). It exposes what backends need: the leaf tensors to optimise, generated
+draws of the observed site, its per-example log-density, and site introspection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import site_is_subsample
+
+from gmppl.engines.base import ModelInfo, SiteInfo, Trainer
+from gmppl.errors import DataError, DeviceError, ModelError, NotSupported, TrainingError
+from gmppl.optim import build_torch
+
+# Which Fit last loaded its values into a shared leaf tensor (a module fitted twice).
+_OWNER: dict[int, int] = {}
+
+
+def resolve_device(device: Any) -> torch.device:
+    """``None`` picks CUDA when there is one; otherwise the named device, checked to exist."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'.") from e
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise DeviceError(f"device={device!r}: no CUDA device is available here; use device='cpu'.")
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"device={device!r}: only {count} CUDA device(s) (0..{count - 1}).")
+    elif dev.type not in ("cpu", "mps"):
+        raise DeviceError(f"device={device!r} is not supported; use 'cpu' or 'cuda[:N]'.")
+    return dev
+
+
+class PyroProgram:
+    """A Pyro program ``model(x=None, n=None)`` bound to a private parameter store and a device."""
+
+    engine = "pyro"
+
+    def __init__(self, model: Callable, *, observed: str = "x", latent: str = "z", device: Any = None):
+        self.model = model
+        self.observed = observed
+        self.latent = latent
+        self.device = resolve_device(device)
+        self.store: dict = {"params": {}, "constraints": {}}
+        self._token = id(self)
+        self._frozen: dict[str, torch.Tensor] | None = None
+        self.extras: dict[str, Any] = {}  # what a backend adds (guide, critic modules), by name
+
+    # ------------------------------------------------------------------ running
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Run inside this program's parameter store, on its device."""
+        with pyro.get_param_store().scope(self.store), torch.device(self.device):
+            self._reclaim()
+            yield
+
+    def _reclaim(self) -> None:
+        # A module shared with another fit: put this fit's values back before use.
+        if self._frozen is None:
+            return
+        for name, value in self.store["params"].items():
+            if _OWNER.get(id(value)) != self._token and name in self._frozen:
+                with torch.no_grad():
+                    value.copy_(self._frozen[name])
+                _OWNER[id(value)] = self._token
+
+    def freeze(self) -> None:
+        """Snapshot parameter values, so later fits of the same modules cannot change this one."""
+        params = self.store["params"]
+        self._frozen = {k: v.detach().clone() for k, v in params.items()}
+        for v in params.values():
+            _OWNER[id(v)] = self._token
+
+    def trace(self, x: torch.Tensor | None = None, n: int | None = None) -> poutine.Trace:
+        """Pyro trace of one run: conditioned on ``x``, or generating ``n`` draws."""
+        with self.scope():
+            return poutine.trace(self.model).get_trace(x=x, n=n)
+
+    def as_tensor(self, x: Any) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            return x.to(self.device)
+        return torch.as_tensor(np.asarray(x), device=self.device)
+
+    # ------------------------------------------------------------------ parameters
+    def params(self) -> dict[str, torch.Tensor]:
+        """Unconstrained leaf tensors of every ``pyro.param``/``pyro.module`` seen so far, by name."""
+        return dict(self.store["params"])
+
+    def move_params(self) -> None:
+        """Move every parameter to this program's device once (in place, as ``Module.to`` does)."""
+        for value in self.store["params"].values():
+            if value.device != self.device:
+                value.data = value.data.to(self.device)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in self.store["params"].items()}
+
+    def load_state_dict(self, values: dict[str, Any]) -> None:
+        params = self.store["params"]
+        with torch.no_grad():
+            for k, v in values.items():
+                params[k].copy_(torch.as_tensor(v, device=self.device, dtype=params[k].dtype))
+        self.freeze()
+
+    # ------------------------------------------------------------------ introspection
+    def inspect(self, example: np.ndarray) -> ModelInfo:
+        """Find the roles of the program's sites by running it (conditioned and generating)."""
+        x = self.as_tensor(example)
+        try:
+            gen = self.trace(x=None, n=2)
+            check_event_shape(gen.nodes, self.observed, example)
+            cond = self.trace(x=x, n=None)
+        except (NotSupported, DataError):
+            raise
+        except Exception as e:
+            raise ModelError(
+                f"running the Pyro program failed: {type(e).__name__}: {e}. gmppl calls it as "
+                "model(x=batch) and model(x=None, n=k); check it accepts those arguments."
+            ) from e
+        self.move_params()
+        return _info_from_traces(cond, gen, self.observed, self.latent, len(example), "pyro")
+
+    # ------------------------------------------------------------------ quantities
+    def sample(self, n: int, *, grad: bool = False) -> torch.Tensor:
+        """``n`` generated values of the observed site (differentiable when ``grad``)."""
+        ctx = contextlib.nullcontext() if grad else torch.no_grad()
+        with ctx:
+            tr = self.trace(x=None, n=n)
+        return tr.nodes[self.observed]["value"]
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-example ``log p(x_i)`` of the observed site (models with a density, no latents)."""
+        tr = self.trace(x=x, n=None)
+        site = tr.nodes[self.observed]
+        lp = site["fn"].log_prob(site["value"])
+        return lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """``z = g^{-1}(x)`` for an observed site that is an invertible pushforward (a flow)."""
+        with torch.no_grad():
+            site = self.trace(x=x, n=None).nodes[self.observed]
+            return invert_pushforward(site["fn"], site["value"])
+
+
+def invert_pushforward(fn: Any, x: Any) -> Any:
+    """Apply the inverse transforms of a (possibly wrapped) transformed distribution to ``x``."""
+    d = fn
+    while not hasattr(d, "transforms") and hasattr(d, "base_dist"):
+        d = d.base_dist
+    if not hasattr(d, "transforms"):
+        raise NotSupported(
+            f"the observed site's distribution {type(fn).__name__} is not an invertible pushforward, so z | x "
+            "has no closed form here; fit with ELBO (a guide gives q(z|x)) or use an invertible g."
+        )
+    z = x
+    for t in reversed(d.transforms):
+        z = t.inv(z)
+    return z
+
+
+def check_event_shape(sites: Any, observed: str, example: np.ndarray) -> None:
+    """Refuse data whose per-example shape differs from the observed site's, before any fitting."""
+    site = sites.get(observed)
+    if site is None or not hasattr(site.get("value"), "shape"):
+        return  # reported with the other site checks
+    shape = tuple(site["value"].shape[1:])
+    if tuple(example.shape[1:]) != shape:
+        raise DataError(
+            f"data examples have shape {tuple(example.shape[1:])} but the program's site {observed!r} generates "
+            f"examples of shape {shape}; pass data shaped (n, {', '.join(map(str, shape))})."
+        )
+
+
+def _info_from_traces(cond: Any, gen: Any, observed: str, latent: str, n: int, engine: str) -> ModelInfo:
+    """Shared by both engines: site roles from a conditioned and a generating run."""
+    cond_sites, gen_sites = _sites(cond, engine), _sites(gen, engine)
+    names = [s.name for s in gen_sites.values() if s.kind in ("sample", "deterministic")]
+    if observed not in gen_sites:
+        raise ModelError(
+            f"the program has no site named {observed!r} (its sample/deterministic sites: {names}). "
+            f"Name the data site {observed!r} or pass observed=<its name>."
+        )
+    obs_gen, obs_cond = gen_sites[observed], cond_sites.get(observed)
+    latents = [s.name for s in gen_sites.values() if s.kind == "sample" and s.name != observed]
+    cond_latents = [s.name for s in cond_sites.values() if s.kind == "sample" and not s.observed]
+    implicit = obs_gen.kind == "deterministic"
+    conditioned = obs_cond is not None and obs_cond.observed and not implicit
+    return ModelInfo(
+        engine=engine,
+        observed=observed,
+        latent=latent if latent in gen_sites else (latents[0] if len(latents) == 1 else None),
+        latents=tuple(latents),
+        unobserved_when_conditioned=tuple(cond_latents),
+        x_event_shape=tuple(obs_gen.shape[1:]),
+        z_event_shape=tuple(gen_sites[latent].shape[1:]) if latent in gen_sites else None,
+        implicit=implicit,
+        conditioned=conditioned,
+        reparameterized=obs_gen.reparameterized,
+        has_log_prob=obs_gen.has_log_prob and not implicit,
+        params=tuple(s.name for s in gen_sites.values() if s.kind == "param"),
+        obs_dist=obs_gen.fn,
+    )
+
+
+def _sites(tr: Any, engine: str) -> dict[str, SiteInfo]:
+    nodes = tr.nodes if engine == "pyro" else tr
+    out: dict[str, SiteInfo] = {}
+    for name, site in nodes.items():
+        kind = site.get("type")
+        if kind not in ("sample", "param", "deterministic") or (engine == "pyro" and site_is_subsample(site)):
+            continue
+        fn = site.get("fn")
+        if engine == "pyro" and kind == "sample" and site.get("infer", {}).get("_deterministic"):
+            kind = "deterministic"
+        value = site.get("value")
+        shape = tuple(value.shape) if hasattr(value, "shape") else ()
+        has_lp = fn is not None and _declares_log_prob(fn)
+        rep = (
+            kind == "deterministic"
+            or bool(getattr(fn, "has_rsample", False))
+            or bool(getattr(fn, "reparametrized_params", None) is not None and getattr(fn, "has_rsample", False))
+        )
+        out[name] = SiteInfo(
+            name=name,
+            kind=kind,
+            observed=bool(site.get("is_observed", False)),
+            shape=shape,
+            fn=fn,
+            has_log_prob=has_lp,
+            reparameterized=rep,
+        )
+    return out
+
+
+def _declares_log_prob(fn: Any) -> bool:
+    base = fn
+    while hasattr(base, "base_dist") and not hasattr(type(base), "gmppl_has_log_prob"):
+        base = base.base_dist
+    flag = getattr(base, "gmppl_has_log_prob", None)
+    return True if flag is None else bool(flag)
+
+
+# ---------------------------------------------------------------------- the loop
+class TorchTrainer(Trainer):
+    """The torch training loop: random minibatches on device, NaN checks, snapshots."""
+
+    check_every = 25
+
+    def run(
+        self,
+        program: PyroProgram,
+        backend: Any,
+        data: np.ndarray,
+        *,
+        steps: int,
+        batch_size: int,
+        seed: int,
+        optim: Any,
+        callbacks: tuple,
+        progress: Any,
+    ) -> tuple[Any, dict[str, np.ndarray]]:
+        torch.manual_seed(seed)
+        pyro.set_rng_seed(seed)
+        gen = torch.Generator(device=program.device).manual_seed(seed)
+        x = program.as_tensor(data)
+        n = x.shape[0]
+        with program.scope():
+            state = backend.torch_init(program, x[: min(n, batch_size)], optim)
+            rows: list[dict[str, torch.Tensor]] = []
+            good = _snapshot(program, state)
+            for t in range(steps):
+                idx = torch.randint(n, (batch_size,), device=program.device, generator=gen)
+                state, metrics = backend.torch_step(state, x[idx])
+                rows.append(metrics)
+                if (t + 1) % self.check_every == 0 or t + 1 == steps:
+                    losses = torch.stack([r["loss"] for r in rows[-self.check_every :]]).detach()
+                    if not torch.isfinite(losses).all():
+                        bad = len(rows) - len(losses) + int((~torch.isfinite(losses)).nonzero()[0])
+                        _restore(program, state, good)
+                        program.freeze()
+                        raise TrainingError(
+                            f"the loss became {float(losses[bad - len(rows) + len(losses)])} at step {bad}; "
+                            f"parameters were restored to step {t + 1 - len(losses)}. Lower the learning rate "
+                            "(optim=gm.optim.Adam(lr=...)), clip gradients (Adam(clip_norm=...)) or check the model."
+                        )
+                    good = _snapshot(program, state)
+                    progress.update(t + 1, float(losses[-1]))
+                    for cb in callbacks:
+                        cb(t + 1, {k: float(v) for k, v in metrics.items()})
+        program.freeze()
+        history = {k: torch.stack([torch.as_tensor(r[k]) for r in rows]).detach().cpu().numpy() for k in rows[0]}
+        return state, history
+
+
+def _snapshot(program: PyroProgram, state: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in program.store["params"].items()}
+
+
+def _restore(program: PyroProgram, state: Any, snap: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, v in program.store["params"].items():
+            v.copy_(snap[k])
+
+
+def gradient_step(loss: torch.Tensor, optimizer: Any, params: list[torch.Tensor]) -> torch.Tensor:
+    """One optimiser step on ``loss``; returns the gradient's global norm (a 0-d tensor)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = (
+        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if grads
+        else (torch.zeros(()))
+    )
+    optimizer.step()
+    return norm.detach()
+
+
+def make_optimizer(optim: Any, params: list[torch.Tensor]) -> Any:
+    return build_torch(optim, params)

@@ -1,0 +1,193 @@
+"""Saving and loading fits: safetensors weights + JSON metadata + npz history; nothing executes on load.
+
+A saved fit is a directory::
+
+    meta.json            engine, backend and its settings, sites, shapes, versions, seed
+    weights.safetensors  every parameter, keyed ``chain{c}/{name}`` (pytrees flattened by key path)
+    history.npz          per-step training metrics (``np.load(allow_pickle=False)``)
+    observed_data.npy    the training data (``allow_pickle=False``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gmppl._data import to_numpy
+from gmppl.errors import CheckpointError
+
+FORMAT = 1
+_UNSAFE = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("gmppl", "torch", "pyro-ppl", "jax", "numpyro", "arviz"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            pass
+    return out
+
+
+def flatten_params(params: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Parameters (tensors, or pytrees of arrays) as a flat ``{name: numpy array}``."""
+    import jax
+
+    flat = {}
+    for name, value in params.items():
+        if hasattr(value, "detach") or isinstance(value, np.ndarray) or hasattr(value, "shape"):
+            flat[name] = np.ascontiguousarray(to_numpy(value))
+            continue
+        for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
+            flat[name + jax.tree_util.keystr(path)] = np.ascontiguousarray(np.asarray(leaf))
+    return flat
+
+
+def unflatten_like(template: dict[str, Any], flat: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Inverse of `flatten_params` onto the structure of ``template`` (shapes checked)."""
+    import jax
+
+    out = {}
+    for name, value in template.items():
+        if hasattr(value, "detach") or hasattr(value, "shape"):
+            _check(name, flat, np.shape(to_numpy(value)))
+            out[name] = flat[name]
+            continue
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(value)
+        new = []
+        for path, leaf in leaves:
+            key = name + jax.tree_util.keystr(path)
+            _check(key, flat, np.shape(leaf))
+            new.append(flat[key])
+        out[name] = jax.tree_util.tree_unflatten(treedef, new)
+    return out
+
+
+def _check(key: str, flat: dict, shape: tuple) -> None:
+    if key not in flat:
+        raise CheckpointError(f"the saved fit has no parameter {key!r}: it is from another model.")
+    if tuple(flat[key].shape) != tuple(shape):
+        raise CheckpointError(
+            f"parameter {key!r} has shape {flat[key].shape} in the file but {shape} in this "
+            "model: the checkpoint is from another model."
+        )
+
+
+def backend_config(backend: Any) -> dict[str, Any]:
+    """The backend's settings that JSON can hold (strings, numbers, divergence names)."""
+    cfg = {}
+    if dataclasses.is_dataclass(backend):
+        for f in dataclasses.fields(backend):
+            v = getattr(backend, f.name)
+            if v is None or isinstance(v, str | int | float | bool):
+                cfg[f.name] = v
+            elif isinstance(v, tuple | list) and all(isinstance(e, str | int | float) for e in v):
+                cfg[f.name] = list(v)
+            elif hasattr(v, "name") and isinstance(v.name, str):
+                cfg[f.name] = v.name
+    return cfg
+
+
+def save(fit: Any, path: Any) -> None:
+    from safetensors.numpy import save_file
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors, shapes = {}, []
+    for c, program in enumerate(fit.programs):
+        flat = flatten_params(program.state_dict())
+        shapes.append({k: list(v.shape) for k, v in flat.items()})
+        tensors.update({f"chain{c}/{k}": v for k, v in flat.items()})
+    save_file(tensors, str(out / "weights.safetensors"))
+    hist = {f"chain{c}/{k}": np.asarray(v) for c, h in enumerate(fit._histories) for k, v in h.items()}
+    np.savez(out / "history.npz", **hist)
+    if fit.data is not None:
+        np.save(out / "observed_data.npy", fit.data, allow_pickle=False)
+    meta = {
+        "format": FORMAT,
+        "engine": fit.engine,
+        "backend": {"class": type(fit.backend).__name__, "config": backend_config(fit.backend)},
+        "observed": fit.info.observed,
+        "latent": fit.config.get("latent", "z"),
+        "x_event_shape": list(fit.info.x_event_shape),
+        "chains": fit.chains,
+        "params": shapes,
+        "config": {k: v for k, v in fit.config.items() if isinstance(v, str | int | float | bool | list | None)},
+        "versions": _versions(),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None) -> Any:
+    """Restore a fit saved by ``Fit.save`` for the same ``model``; weights load without running code.
+
+    Refuses (``gm.CheckpointError``) a directory that is corrupt, holds only pickles, or whose
+    parameters do not match ``model``'s.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from gmppl.engines import make_program
+    from gmppl.inference.base import REGISTRY
+    from gmppl.result import Fit
+
+    src = Path(path)
+    if not (src / "meta.json").is_file() or not (src / "weights.safetensors").is_file():
+        unsafe = sorted(p.name for p in src.glob("*") if p.suffix in _UNSAFE) if src.is_dir() else []
+        why = f" It holds {unsafe}: pickled checkpoints can run code and are never loaded." if unsafe else ""
+        raise CheckpointError(f"{src} is not a saved gmppl fit (meta.json and weights.safetensors).{why}")
+    try:
+        meta = json.loads((src / "meta.json").read_text())
+        flat = load_file(str(src / "weights.safetensors"))
+    except (json.JSONDecodeError, SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{src}: the saved fit is corrupt ({type(e).__name__}: {e}).") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{src}: unknown format {meta.get('format')!r} (this gmppl reads {FORMAT}).")
+    if backend is None:
+        cls = REGISTRY.get(meta["backend"]["class"])
+        if cls is None:
+            raise CheckpointError(f"{src}: unknown backend {meta['backend']['class']!r}.")
+        try:
+            backend = cls(**meta["backend"]["config"])
+        except TypeError as e:
+            raise CheckpointError(f"{src}: cannot rebuild the backend; pass backend= to gm.load ({e}).") from e
+    data = np.load(src / "observed_data.npy", allow_pickle=False) if (src / "observed_data.npy").exists() else None
+    shape = tuple(meta["x_event_shape"])
+    example = data[:8] if data is not None else np.zeros((2, *shape), np.float32)
+
+    programs, info = [], None
+    for c in range(meta["chains"]):
+        program = make_program(meta["engine"], model, observed=meta["observed"], latent=meta["latent"], device=device)
+        info = program.inspect(example)
+        if tuple(info.x_event_shape) != shape:
+            raise CheckpointError(f"{src}: saved for examples of shape {shape}, this model's are {info.x_event_shape}.")
+        backend.setup(program, info, example, seed=c)
+        prefix = f"chain{c}/"
+        mine = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+        template = program.state_dict()
+        extra = set(mine) - set(flatten_params(template))
+        if extra:
+            raise CheckpointError(f"{src}: parameters {sorted(extra)[:5]} are not in this model: another model's fit.")
+        program.load_state_dict(unflatten_like(template, mine))
+        programs.append(program)
+    with np.load(src / "history.npz", allow_pickle=False) as h:
+        histories = [
+            {k.split("/", 1)[1]: h[k] for k in h.files if k.startswith(f"chain{c}/")} for c in range(meta["chains"])
+        ]
+    return Fit(
+        model=model,
+        engine=meta["engine"],
+        backend=backend,
+        programs=programs,
+        info=info,
+        histories=histories,
+        data=data,
+        config=meta.get("config", {}),
+    )

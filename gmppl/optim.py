@@ -1,0 +1,62 @@
+"""Optimiser specifications that build the same optimiser on either engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam (Kingma & Ba, 2015) with optional global-norm gradient clipping.
+
+    ``Adam(lr).torch(params)`` builds ``torch.optim.Adam``; ``Adam(lr).optax()`` builds ``optax.adam``.
+    """
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_norm: float | None = None
+
+    def torch(self, params: Any) -> Any:
+        import torch
+
+        return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.eps)
+
+    def optax(self) -> Any:
+        import optax
+
+        opt = optax.adam(self.lr, b1=self.betas[0], b2=self.betas[1], eps=self.eps)
+        if self.clip_norm is not None:
+            opt = optax.chain(optax.clip_by_global_norm(self.clip_norm), opt)
+        return opt
+
+
+def as_optim(optim: Any, default: Adam | None = None) -> Any:
+    """Normalise the ``optim=`` argument: None (default Adam), a float (Adam's lr), or an optimiser spec.
+
+    An ``optax.GradientTransformation`` or a callable ``params -> torch.optim.Optimizer`` is kept as is.
+    """
+    if optim is None:
+        return default or Adam()
+    if isinstance(optim, int | float):
+        return Adam(lr=float(optim))
+    return optim
+
+
+def build_torch(optim: Any, params: Any) -> Any:
+    """A torch optimiser over ``params`` from a spec or a factory."""
+    if hasattr(optim, "torch"):
+        return optim.torch(params)
+    if callable(optim):
+        return optim(params)
+    raise TypeError(f"optim={optim!r} is not an optimiser spec for torch (use gm.optim.Adam(lr=...)).")
+
+
+def build_optax(optim: Any) -> Any:
+    """An optax ``GradientTransformation`` from a spec, or the transformation itself."""
+    if hasattr(optim, "optax"):
+        return optim.optax()
+    if hasattr(optim, "init") and hasattr(optim, "update"):
+        return optim
+    raise TypeError(f"optim={optim!r} is not an optimiser spec for JAX (use gm.optim.Adam or an optax one).")

@@ -1,0 +1,152 @@
+"""``gm.Fit``: a fitted model — samples, likelihoods, latent posteriors, history, ArviZ, save."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gmppl._data import check_data, to_numpy
+from gmppl.engines.base import ModelInfo
+from gmppl.errors import DataError
+
+
+class Fit:
+    """The result of ``gm.fit`` (or ``gm.load``): one program per chain, trained.
+
+    ``history`` maps a metric name (``loss``, ``grad_norm``, backend-specific estimates) to its
+    per-step values: shape ``(steps,)`` for one chain, ``(chains, steps)`` for several.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: Callable,
+        engine: str,
+        backend: Any,
+        programs: list,
+        info: ModelInfo,
+        histories: list[dict[str, np.ndarray]],
+        data: np.ndarray | None,
+        config: dict,
+    ):
+        self.model = model
+        self.engine = engine
+        self.backend = backend
+        self.programs = programs
+        self.info = info
+        self.data = data
+        self.config = config
+        self._histories = histories
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def chains(self) -> int:
+        return len(self.programs)
+
+    @property
+    def program(self) -> Any:
+        return self.programs[0]
+
+    @property
+    def history(self) -> dict[str, np.ndarray]:
+        if not self._histories:
+            return {}
+        keys = self._histories[0].keys()
+        if self.chains == 1:
+            return dict(self._histories[0])
+        return {k: np.stack([h[k] for h in self._histories]) for k in keys}
+
+    def __repr__(self) -> str:
+        return (
+            f"Fit({type(self.backend).__name__}, engine={self.engine!r}, chains={self.chains}, "
+            f"steps={self.config.get('steps')}, x_shape={self.info.x_event_shape})"
+        )
+
+    def _key(self, seed: int | None) -> Any:
+        import jax
+
+        return jax.random.PRNGKey(np.random.SeedSequence(seed).generate_state(1)[0] if seed is None else seed)
+
+    def _check_x(self, x: Any) -> np.ndarray:
+        arr = check_data(x, name="x")
+        if tuple(arr.shape[1:]) != tuple(self.info.x_event_shape):
+            raise DataError(
+                f"x examples have shape {tuple(arr.shape[1:])}; this model's are {tuple(self.info.x_event_shape)}."
+            )
+        return arr.astype(self.data.dtype if self.data is not None else np.float32, copy=False)
+
+    # ------------------------------------------------------------------ generation
+    def sample(self, n: int, seed: int | None = None, *, chain: int | None = None) -> Any:
+        """``n`` generated examples, shape ``(n, *x_shape)``: from one chain, or spread over the ensemble."""
+        if chain is not None or self.chains == 1:
+            return self._sample_chain(self.programs[chain or 0], n, seed)
+        counts = np.random.default_rng(seed).multinomial(n, np.full(self.chains, 1 / self.chains))
+        parts = [
+            self._sample_chain(p, int(k), None if seed is None else seed + i)
+            for i, (p, k) in enumerate(zip(self.programs, counts, strict=True))
+            if k > 0
+        ]
+        if self.engine == "pyro":
+            import torch
+
+            return torch.cat(parts)
+        import jax.numpy as jnp
+
+        return jnp.concatenate(parts)
+
+    def _sample_chain(self, program: Any, n: int, seed: int | None) -> Any:
+        return self.backend.sample(program, int(n), seed=seed, key=self._key(seed) if self.engine != "pyro" else None)
+
+    # ------------------------------------------------------------------ densities
+    def log_prob(self, x: Any, **kwargs: Any) -> Any:
+        """Per-example ``log p(x_i)``: exact for flows and diffusion; an estimate for ELBO fits.
+
+        For an ensemble, the log-density of the equally weighted mixture of its chains.
+        Raises ``gm.NotSupported`` for implicit models.
+        """
+        arr = self._check_x(x)
+        values = [
+            self.backend.log_prob(p, p.as_tensor(arr) if self.engine == "pyro" else arr, **kwargs)
+            for p in self.programs
+        ]
+        if len(values) == 1:
+            return values[0]
+        stacked = np.stack([to_numpy(getattr(v, "value", v)) for v in values])
+        return np.logaddexp.reduce(stacked, axis=0) - np.log(len(values))
+
+    def log_prob_chains(self, x: Any, **kwargs: Any) -> np.ndarray:
+        """``log p_c(x_i)`` for every chain ``c``: shape ``(chains, len(x))``."""
+        arr = self._check_x(x)
+        return np.stack(
+            [
+                to_numpy(getattr(v, "value", v))
+                for v in (
+                    self.backend.log_prob(p, p.as_tensor(arr) if self.engine == "pyro" else arr, **kwargs)
+                    for p in self.programs
+                )
+            ]
+        )
+
+    def posterior(self, x: Any, num_samples: int = 100, seed: int | None = None, *, chain: int = 0) -> Any:
+        """Draws of the latent ``z`` given ``x``: shape ``(num_samples, len(x), *z_shape)``."""
+        arr = self._check_x(x)
+        program = self.programs[chain]
+        xx = program.as_tensor(arr) if self.engine == "pyro" else arr
+        return self.backend.posterior(
+            program, xx, int(num_samples), seed=seed, key=self._key(seed) if self.engine != "pyro" else None
+        )
+
+    # ------------------------------------------------------------------ outputs
+    def to_arviz(self, x: Any = None, *, num_samples: int = 200, seed: int = 0, **kwargs: Any) -> Any:
+        """An ArviZ ``DataTree``: posterior_predictive, log_likelihood, posterior, sample_stats, observed_data."""
+        from gmppl.arviz import to_datatree
+
+        return to_datatree(self, x, num_samples=num_samples, seed=seed, **kwargs)
+
+    def save(self, path: Any) -> None:
+        """Write weights (safetensors) and metadata (JSON) to directory ``path``; loads without running code."""
+        from gmppl.io import save
+
+        save(self, path)
