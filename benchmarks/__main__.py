@@ -1,0 +1,29 @@
+"""``python -m benchmarks [--quick] [NAME ...]``: run every ``benchmarks/bench_*.py`` and print its table."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import platform
+import sys
+from pathlib import Path
+
+import benchmarks
+from benchmarks.harness import run_cases
+
+
+def main(argv: list[str]) -> int:
+    quick = "--quick" in argv
+    names = [a for a in argv if not a.startswith("-")]
+    here = Path(benchmarks.__file__).parent
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}")
+    for mod in sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_")):
+        if names and not any(n in mod for n in names):
+            continue
+        module = importlib.import_module(f"benchmarks.{mod}")
+        run_cases(module.TITLE, module.cases(quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,62 @@
+"""The benchmark harness: gmppl vs the hand-written loop a user would otherwise write, in one run.
+
+Each benchmark module defines ``cases(quick: bool) -> list[Case]``; a case is a named callable
+that runs ``steps`` training steps and returns an optional quality number. The harness warms
+each case up once (compilation excluded), times the rest, and prints steps/s and the ratio of
+every gmppl case to its baseline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu" if not os.environ.get("GMPPL_BENCH_GPU") else "")
+
+
+@dataclass
+class Case:
+    """``run(steps) -> quality or None``; ``baseline`` names the case this one is compared with."""
+
+    name: str
+    run: Callable[[int], float | None]
+    steps: int
+    warmup: int = 20
+    baseline: str | None = None
+    quality_name: str = ""
+    result: dict = field(default_factory=dict)
+
+
+def time_case(case: Case, repeats: int = 3) -> dict:
+    case.run(case.warmup)  # compile / warm caches
+    best = float("inf")
+    quality = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        quality = case.run(case.steps)
+        best = min(best, time.perf_counter() - t0)
+    case.result = {"steps_per_s": case.steps / best, "seconds": best, "quality": quality}
+    return case.result
+
+
+def report(title: str, cases: list[Case]) -> str:
+    by_name = {c.name: c for c in cases}
+    lines = [f"### {title}", "", "| case | steps/s | vs baseline | quality |", "|---|---:|---:|---:|"]
+    for c in cases:
+        r = c.result
+        ratio = ""
+        if c.baseline and c.baseline in by_name:
+            ratio = f"{r['steps_per_s'] / by_name[c.baseline].result['steps_per_s']:.2f}x {c.baseline}"
+        q = "" if r.get("quality") is None else f"{c.quality_name} {r['quality']:.4g}"
+        lines.append(f"| {c.name} | {r['steps_per_s']:.0f} | {ratio} | {q} |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def run_cases(title: str, cases: list[Case], repeats: int = 3) -> str:
+    for c in cases:
+        time_case(c, repeats)
+    return report(title, cases)
