@@ -164,7 +164,7 @@ def gradient_step(loss_fn: Callable, optimizer: Any) -> Callable:
         params = optax.apply_updates(state["params"], updates)
         return {**state, "params": params, "opt_state": opt_state}, {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             **metrics,
         }
 
@@ -202,10 +202,11 @@ class JaxTrainer(Trainer):
         run_chunk = _chunk_runner(step, batch_size, chunk)
         rows: list[dict[str, np.ndarray]] = []
         done = 0
+        perm, offset = jnp.arange(n), jnp.int32(n)  # the first step draws a fresh permutation
         while done < steps:
             key, k = jax.random.split(key)
             active = min(chunk, steps - done)
-            new_state, metrics = run_chunk(state, x, k, jnp.int32(active))
+            (new_state, perm, offset), metrics = run_chunk((state, perm, offset), x, k, jnp.int32(active))
             metrics = {k: np.asarray(v)[:active] for k, v in metrics.items()}
             bad = ~np.isfinite(metrics["loss"])
             if bad.any():
@@ -228,21 +229,30 @@ class JaxTrainer(Trainer):
 
 
 def _chunk_runner(step: Callable, batch_size: int, length: int) -> Callable:
-    """Jitted ``length`` steps; steps past ``active`` leave the state unchanged (one compile for all)."""
+    """Jitted ``length`` steps; steps past ``active`` leave the state unchanged (one compile for all).
+
+    Minibatches are drawn without replacement: each epoch walks a fresh permutation of the data
+    (the tail that does not fill a batch is skipped that epoch), so ``batch_size == len(data)`` is
+    full-batch gradient descent.
+    """
 
     @jax.jit
-    def run(state: Any, x: Any, key: Any, active: Any) -> tuple[Any, Any]:
+    def run(carry: Any, x: Any, key: Any, active: Any) -> tuple[Any, Any]:
         n = x.shape[0]
 
         def body(carry: Any, inp: Any) -> tuple[Any, Any]:
+            state, perm, offset = carry
             i, k = inp
             k1, k2 = jax.random.split(k)
-            idx = jax.random.randint(k1, (batch_size,), 0, n)
-            new, metrics = step(carry, x[idx], k2)
+            fresh = offset + batch_size > n
+            perm = jax.lax.cond(fresh, lambda: jax.random.permutation(k1, n), lambda: perm)
+            offset = jnp.where(fresh, 0, offset)
+            idx = jax.lax.dynamic_slice(perm, (offset,), (batch_size,))
+            new, metrics = step(state, x[idx], k2)
             keep = i < active
-            new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, carry)
-            return new, metrics
+            new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
+            return (new, perm, jnp.where(keep, offset + batch_size, offset)), metrics
 
-        return jax.lax.scan(body, state, (jnp.arange(length), jax.random.split(key, length)))
+        return jax.lax.scan(body, carry, (jnp.arange(length), jax.random.split(key, length)))
 
     return run

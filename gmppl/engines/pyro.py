@@ -256,7 +256,8 @@ def _declares_log_prob(fn: Any) -> bool:
 
 # ---------------------------------------------------------------------- the loop
 class TorchTrainer(Trainer):
-    """The torch training loop: random minibatches on device, NaN checks, snapshots."""
+    """The torch training loop: shuffled minibatches on device (epochs without replacement), NaN checks
+    every ``check_every`` steps (one host sync), and a snapshot of the last good parameters."""
 
     check_every = 25
 
@@ -282,9 +283,13 @@ class TorchTrainer(Trainer):
             state = backend.torch_init(program, x[: min(n, batch_size)], optim)
             rows: list[dict[str, torch.Tensor]] = []
             good = _snapshot(program, state)
+            perm, offset = torch.arange(n, device=program.device), n
             for t in range(steps):
-                idx = torch.randint(n, (batch_size,), device=program.device, generator=gen)
-                state, metrics = backend.torch_step(state, x[idx])
+                if offset + batch_size > n:  # a new epoch: a fresh permutation (tail skipped)
+                    perm, offset = torch.randperm(n, device=program.device, generator=gen), 0
+                batch = x if batch_size == n else x[perm[offset : offset + batch_size]]
+                offset += batch_size
+                state, metrics = backend.torch_step(state, batch)
                 rows.append(metrics)
                 if (t + 1) % self.check_every == 0 or t + 1 == steps:
                     losses = torch.stack([r["loss"] for r in rows[-self.check_every :]]).detach()
