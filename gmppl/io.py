@@ -43,10 +43,10 @@ def flatten_params(params: dict[str, Any]) -> dict[str, np.ndarray]:
     flat = {}
     for name, value in params.items():
         if hasattr(value, "detach") or isinstance(value, np.ndarray) or hasattr(value, "shape"):
-            flat[name] = np.ascontiguousarray(to_numpy(value))
+            flat[name] = np.array(to_numpy(value), order="C")
             continue
         for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
-            flat[name + jax.tree_util.keystr(path)] = np.ascontiguousarray(np.asarray(leaf))
+            flat[name + jax.tree_util.keystr(path)] = np.array(leaf, order="C")
     return flat
 
 

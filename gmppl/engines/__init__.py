@@ -34,7 +34,7 @@ def detect_engine(model: Callable, example: np.ndarray) -> str:
             continue
         if ntr:
             return "numpyro"
-        if traced.msngr.trace.nodes:
+        if any(site["type"] in ("sample", "param") for site in traced.msngr.trace.nodes.values()):
             return "pyro"
     detail = f" Running it raised: {errors[-1]}" if errors else ""
     raise ModelError(

@@ -1,0 +1,187 @@
+"""Every user error of DESIGN.md ("Bad input") gets a gmppl exception before any training step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gmppl as gm
+
+
+def pyro_flow():
+    import pyro
+    import pyro.distributions as dist
+    import pyro.distributions.transforms as T
+    import torch
+
+    flow = T.affine_coupling(2, hidden_dims=[8])
+
+    def model(x=None, n=None):
+        pyro.module("flow", flow)
+        n = x.shape[0] if x is not None else n
+        with pyro.plate("data", n):
+            pyro.sample("x", gm.models.Pushforward(dist.Normal(torch.zeros(2), 1.0).to_event(1), flow), obs=x)
+
+    return model
+
+
+def pyro_latent():
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    def model(x=None, n=None):
+        w = pyro.param("w", torch.ones(2))
+        n = x.shape[0] if x is not None else n
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z[:, None] * w, 0.1).to_event(1), obs=x)
+
+    return model
+
+
+def numpyro_implicit():
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model(x=None, n=None):
+        w = numpyro.param("w", jnp.ones(2))
+        n = x.shape[0] if x is not None else n
+        with numpyro.plate("data", n):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+            numpyro.deterministic("x", jnp.tanh(z[:, None] * w))
+
+    return model
+
+
+X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+
+
+def never_called(step, metrics):  # a training step happened: the error came too late
+    raise AssertionError(f"training reached step {step} before the error")
+
+
+def refuse(model, data, backend=None, **kw):
+    with pytest.raises((ValueError, TypeError)) as info:
+        gm.fit(
+            model, data, backend or gm.inference.Likelihood(), steps=3, callbacks=[never_called], progress=False, **kw
+        )
+    assert type(info.value).__module__.startswith("gmppl"), type(info.value)
+    return str(info.value)
+
+
+def test_nan_in_data():
+    bad = X.copy()
+    bad[5, 1] = np.nan
+    msg = refuse(pyro_flow(), bad)
+    assert "NaN" in msg and "(5, 1)" in msg
+
+
+def test_inf_in_data():
+    bad = X.copy()
+    bad[0, 0] = np.inf
+    assert "inf" in refuse(pyro_flow(), bad)
+
+
+def test_wrong_width():
+    msg = refuse(pyro_flow(), np.ones((10, 3), np.float32))
+    assert "(3,)" in msg and "(2,)" in msg
+
+
+def test_empty_data():
+    assert "empty" in refuse(pyro_flow(), np.ones((0, 2), np.float32))
+
+
+def test_wrong_dtype():
+    assert "dtype" in refuse(pyro_flow(), np.array([["a", "b"]] * 4))
+
+
+def test_scalar_data():
+    assert "scalar" in refuse(pyro_flow(), np.float32(3.0))
+
+
+def test_torch_and_jax_data_are_accepted_and_checked():
+    import jax.numpy as jnp
+    import torch
+
+    bad = torch.as_tensor(X).clone()
+    bad[2, 0] = float("nan")
+    assert "NaN" in refuse(pyro_flow(), bad)
+    assert "NaN" in refuse(pyro_flow(), jnp.asarray(bad.numpy()))
+
+
+def test_no_observed_site():
+    msg = refuse(pyro_flow(), X, observed="y")
+    assert "'y'" in msg and "observed=" in msg
+
+
+def test_likelihood_refuses_a_latent_model_and_names_alternatives():
+    msg = refuse(pyro_latent(), X)
+    assert "ELBO" in msg
+
+
+def test_likelihood_refuses_an_implicit_model_and_points_to_adversarial():
+    msg = refuse(numpyro_implicit(), X)
+    assert "implicit" in msg
+
+
+def test_program_that_is_neither_pyro_nor_numpyro():
+    def model(x=None, n=None):
+        return None
+
+    assert "engine" in refuse(model, X)
+
+
+def test_unknown_engine_and_bad_settings():
+    assert "engine" in refuse(pyro_flow(), X, engine="stan")
+    for kw in ({"chains": 0},):
+        refuse(pyro_flow(), X, **kw)
+    with pytest.raises(gm.BackendError):
+        gm.fit(pyro_flow(), X, gm.inference.Likelihood(), steps=0)
+    with pytest.raises(gm.BackendError):
+        gm.fit(pyro_flow(), X, "likelihood", steps=3)
+
+
+def test_device_that_is_not_there():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert "cuda" in refuse(pyro_flow(), X, device="cuda")
+    assert "not" in refuse(pyro_flow(), X, device="quantum")
+    assert "cuda" in refuse(numpyro_implicit(), X, gm.inference.Likelihood(), device="cuda:3")
+
+
+def test_nan_during_training_stops_with_the_step_and_keeps_last_good_params():
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    def model(x=None, n=None):
+        mu = pyro.param("mu", torch.zeros(2))
+        n = x.shape[0] if x is not None else n
+        with pyro.plate("data", n):
+            pyro.sample("x", dist.Normal(mu, 1.0).to_event(1), obs=x)
+
+    data = np.full((32, 2), 3e19, np.float32)  # (x - mu)^2 overflows float32: the loss is inf at once
+    with pytest.raises(gm.TrainingError) as info:
+        gm.fit(model, data, gm.inference.Likelihood(), steps=100, batch_size=32, progress=False)
+    assert "step 0" in str(info.value)
+
+
+def test_nan_during_training_numpyro():
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model(x=None, n=None):
+        mu = numpyro.param("mu", jnp.zeros(2))
+        n = x.shape[0] if x is not None else n
+        with numpyro.plate("data", n):
+            numpyro.sample("x", dist.Normal(mu, 1.0).to_event(1), obs=x)
+
+    data = np.full((32, 2), 3e19, np.float32)
+    with pytest.raises(gm.TrainingError) as info:
+        gm.fit(model, data, gm.inference.Likelihood(), steps=100, batch_size=32, progress=False)
+    assert "step 0" in str(info.value)
