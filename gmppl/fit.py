@@ -88,7 +88,8 @@ def fit(
         bar = Progress(
             steps, enabled=progress, desc=f"{type(backend).__name__}[{engine}]" + (f" chain {c}" if chains > 1 else "")
         )
-        _, history = trainer.run(
+        run = getattr(backend, "run", None) or trainer.run  # samplers (NUTS) bring their own loop
+        _, history = run(
             program,
             backend,
             x,
