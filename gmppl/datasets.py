@@ -1,0 +1,79 @@
+"""Bundled data with no network: scikit-learn's digits and moons, and targets with known densities."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from gmppl.errors import DataError
+
+
+def moons(n: int = 2000, *, noise: float = 0.05, seed: int = 0) -> np.ndarray:
+    """Two interleaving half circles (``sklearn.datasets.make_moons``), float32 ``(n, 2)``."""
+    from sklearn.datasets import make_moons
+
+    return make_moons(n, noise=noise, random_state=seed)[0].astype(np.float32)
+
+
+def digits() -> np.ndarray:
+    """scikit-learn's 1797 8x8 digit images as pixel/16 in [0, 1], float32 ``(1797, 64)``."""
+    from sklearn.datasets import load_digits
+
+    return (load_digits().data / 16.0).astype(np.float32)
+
+
+def ring_centers(modes: int = 8, radius: float = 2.0) -> np.ndarray:
+    """Centres of the ``modes``-Gaussian ring."""
+    a = 2 * np.pi * np.arange(modes) / modes
+    return np.stack([radius * np.cos(a), radius * np.sin(a)], 1)
+
+
+def grid_centers(side: int = 5, spacing: float = 2.0) -> np.ndarray:
+    """Centres of the ``side**2``-Gaussian grid, centred at the origin."""
+    c = (np.arange(side) - (side - 1) / 2) * spacing
+    return np.stack(np.meshgrid(c, c), -1).reshape(-1, 2)
+
+
+def mixture(centers: np.ndarray, std: float, n: int, *, seed: int = 0) -> np.ndarray:
+    """``n`` draws from the equal-weight mixture of ``N(c, std^2 I)`` over ``centers``."""
+    rng = np.random.default_rng(seed)
+    k = rng.integers(len(centers), size=n)
+    return (centers[k] + std * rng.normal(size=(n, centers.shape[1]))).astype(np.float32)
+
+
+def ring(n: int = 2000, *, modes: int = 8, radius: float = 2.0, std: float = 0.02, seed: int = 0) -> np.ndarray:
+    """The 8-Gaussian ring (radius 2, std 0.02): the mode-coverage benchmark of GAN papers."""
+    return mixture(ring_centers(modes, radius), std, n, seed=seed)
+
+
+def grid(n: int = 2000, *, side: int = 5, spacing: float = 2.0, std: float = 0.02, seed: int = 0) -> np.ndarray:
+    """The 25-Gaussian grid (spacing 2, std 0.02)."""
+    return mixture(grid_centers(side, spacing), std, n, seed=seed)
+
+
+BUNDLED: dict[str, Callable[[], np.ndarray]] = {"moons": moons, "digits": digits, "ring": ring, "grid": grid}
+
+
+def load(spec: str, *, key: str | None = None) -> np.ndarray:
+    """Data from a bundled name (moons, digits, ring, grid) or a file (.npy, .npz, .csv); never unpickles."""
+    if spec in BUNDLED:
+        return BUNDLED[spec]()
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(f"--data {spec!r}: no such file, and not one of the bundled sets {sorted(BUNDLED)}.")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            names = z.files
+            if not names:
+                raise DataError(f"{spec}: the .npz holds no arrays.")
+            if key is not None and key not in names:
+                raise DataError(f"{spec}: no array {key!r}; it holds {names}.")
+            return z[key or names[0]]
+    if suffix in (".csv", ".txt"):
+        return np.loadtxt(path, delimiter="," if suffix == ".csv" else None, dtype=np.float32, ndmin=2)
+    raise DataError(f"{spec}: unknown data format {suffix!r}; use .npy, .npz or .csv.")
