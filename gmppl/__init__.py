@@ -8,7 +8,7 @@ samples, likelihoods, latent posteriors and uncertainty as an ArviZ ``DataTree``
     fit = gm.fit(model, data, gm.inference.Likelihood(), steps=2000)
 """
 
-from gmppl import divergences, inference, models, optim
+from gmppl import datasets, divergences, inference, models, optim
 from gmppl.errors import (
     BackendError,
     CheckpointError,
@@ -37,6 +37,7 @@ __all__ = [
     "NotSupported",
     "TrainingError",
     "UnknownName",
+    "datasets",
     "divergences",
     "fit",
     "inference",
