@@ -51,7 +51,10 @@ class ModelInfo:
             caps.add("latent")
         if self.reparameterized:
             caps.add("reparameterized_sample")
-        if getattr(self.obs_dist, "gmppl_score_model", False):
+        d = self.obs_dist  # through Independent/Masked/Expanded wrappers
+        while d is not None and not getattr(d, "gmppl_score_model", False):
+            d = getattr(d, "base_dist", None)
+        if d is not None:
             caps.add("score_network")
         return frozenset(caps)
 

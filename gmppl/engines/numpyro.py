@@ -57,6 +57,7 @@ class NumPyroProgram:
         self.device = resolve_device(device)
         self.constraints: dict[str, Any] = {}
         self.params: dict[str, Any] | None = None
+        self.extras: dict[str, Any] = {}  # what a backend adds (critic, settings), by name
 
     # ------------------------------------------------------------------ parameters
     def init_params(self, key: Any, x: Any) -> dict[str, Any]:

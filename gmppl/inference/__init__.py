@@ -1,6 +1,8 @@
 """Inference backends: which divergence between data and model to minimise, and how."""
 
+from gmppl.inference.adversarial import Adversarial
 from gmppl.inference.base import Backend
 from gmppl.inference.likelihood import Likelihood
+from gmppl.inference.score import Score
 
-__all__ = ["Backend", "Likelihood"]
+__all__ = ["Adversarial", "Backend", "Likelihood", "Score"]

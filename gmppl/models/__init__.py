@@ -1,5 +1,8 @@
 """Models: ``Pushforward``, flows, diffusion, guides, networks and a zoo, for Pyro and NumPyro."""
 
+from gmppl.models import flows
+from gmppl.models.diffusion import Diffusion
 from gmppl.models.pushforward import Pushforward
+from gmppl.models.score_nets import ScoreMLP, ScoreUNet
 
-__all__ = ["Pushforward"]
+__all__ = ["Diffusion", "Pushforward", "flows", "ScoreMLP", "ScoreUNet"]

@@ -1,0 +1,163 @@
+"""Default score networks ``s(x, t)`` for ``Diffusion``, for torch and equinox, called on batches.
+
+* ``ScoreMLP(dim)``: ``[x, e(t)] -> MLP(depth x width, SiLU) -> R^dim`` for vectors;
+* ``ScoreUNet(channels)``: a two-level convolutional U-Net for images ``(C, H, W)`` (H, W even),
+  the time embedding added to every block's features.
+
+``e(t) = [sin(w_k t), cos(w_k t)]`` with fixed frequencies ``w_k`` spaced geometrically in
+``[1, 200]`` (not trained). A torch module by default; pass ``key=jax.random.PRNGKey(..)`` for an
+equinox module (JAX/NumPyro). Both carry ``event_shape`` so ``Diffusion`` needs no shape argument.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+_W_MAX = 200.0
+
+
+def _frequencies(embed_dim: int, xp: Any) -> Any:
+    half = embed_dim // 2
+    return xp.exp(xp.linspace(0.0, math.log(_W_MAX), half))
+
+
+def ScoreMLP(  # noqa: N802 - a network constructor
+    dim: int, *, width: int = 128, depth: int = 3, embed_dim: int = 32, key: Any = None
+) -> Any:
+    """An MLP score network for ``dim``-vectors: torch ``nn.Module``, or equinox when ``key`` is given."""
+    if key is None:
+        return _torch_classes()[0](dim, width, depth, embed_dim)
+    return _eqx_classes()[0](dim, width, depth, embed_dim, key=key)
+
+
+def ScoreUNet(  # noqa: N802 - a network constructor
+    channels: int, height: int, width: int, *, features: int = 32, embed_dim: int = 32, key: Any = None
+) -> Any:
+    """A small U-Net score network for ``(channels, height, width)`` images (torch, or equinox with ``key``)."""
+    if key is None:
+        return _torch_classes()[1](channels, height, width, features, embed_dim)
+    return _eqx_classes()[1](channels, height, width, features, embed_dim, key=key)
+
+
+# ---------------------------------------------------------------------------- torch
+@functools.cache
+def _torch_classes() -> tuple:
+    import torch
+    import torch.nn as nn
+
+    def embed(t: torch.Tensor, embed_dim: int) -> torch.Tensor:
+        w = _frequencies(embed_dim, torch).to(t)
+        a = t[:, None] * w
+        return torch.cat([torch.sin(a), torch.cos(a)], -1)
+
+    class TorchScoreMLP(nn.Module):
+        """``s(x, t) = MLP([x, e(t)])``."""
+
+        def __init__(self, dim: int, width: int, depth: int, embed_dim: int):
+            super().__init__()
+            self.event_shape, self.embed_dim = (dim,), embed_dim
+            layers: list[nn.Module] = []
+            d = dim + 2 * (embed_dim // 2)
+            for _ in range(depth):
+                layers += [nn.Linear(d, width), nn.SiLU()]
+                d = width
+            layers.append(nn.Linear(d, dim))
+            self.net = nn.Sequential(*layers)
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.net(torch.cat([x, embed(t, self.embed_dim)], -1))
+
+    class TorchScoreUNet(nn.Module):
+        """conv -> down(stride 2) -> mid -> up(transposed) -> [skip] -> conv; ``+ W e(t)`` per block."""
+
+        def __init__(self, c: int, h: int, w: int, f: int, embed_dim: int):
+            super().__init__()
+            self.event_shape, self.embed_dim = (c, h, w), embed_dim
+            e = 2 * (embed_dim // 2)
+            self.t1, self.t2, self.t3 = nn.Linear(e, f), nn.Linear(e, 2 * f), nn.Linear(e, f)
+            self.inp = nn.Conv2d(c, f, 3, padding=1)
+            self.down = nn.Conv2d(f, 2 * f, 3, stride=2, padding=1)
+            self.mid = nn.Conv2d(2 * f, 2 * f, 3, padding=1)
+            self.up = nn.ConvTranspose2d(2 * f, f, 4, stride=2, padding=1)
+            self.out = nn.Conv2d(2 * f, c, 3, padding=1)
+            self.act = nn.SiLU()
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            e = embed(t, self.embed_dim)
+            h1 = self.act(self.inp(x) + self.t1(e)[:, :, None, None])
+            h2 = self.act(self.down(h1) + self.t2(e)[:, :, None, None])
+            h2 = self.act(self.mid(h2))
+            h3 = self.act(self.up(h2) + self.t3(e)[:, :, None, None])
+            return self.out(torch.cat([h3, h1], 1))
+
+    return TorchScoreMLP, TorchScoreUNet
+
+
+# ---------------------------------------------------------------------------- equinox
+@functools.cache
+def _eqx_classes() -> tuple:
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    def embed(t: Any, embed_dim: int) -> Any:
+        a = t[:, None] * _frequencies(embed_dim, jnp).astype(t.dtype)
+        return jnp.concatenate([jnp.sin(a), jnp.cos(a)], -1)
+
+    class EqxScoreMLP(eqx.Module):
+        """``s(x, t) = MLP([x, e(t)])`` on a batch."""
+
+        mlp: eqx.nn.MLP
+        event_shape: tuple = eqx.field(static=True)
+        embed_dim: int = eqx.field(static=True)
+
+        def __init__(self, dim: int, width: int, depth: int, embed_dim: int, *, key: Any):
+            self.event_shape, self.embed_dim = (dim,), embed_dim
+            self.mlp = eqx.nn.MLP(dim + 2 * (embed_dim // 2), dim, width, depth, activation=jax.nn.silu, key=key)
+
+        def __call__(self, x: Any, t: Any) -> Any:
+            return jax.vmap(self.mlp)(jnp.concatenate([x, embed(t, self.embed_dim).astype(x.dtype)], -1))
+
+    class EqxScoreUNet(eqx.Module):
+        """The equinox twin of the torch ``ScoreUNet``."""
+
+        t1: eqx.nn.Linear
+        t2: eqx.nn.Linear
+        t3: eqx.nn.Linear
+        inp: eqx.nn.Conv2d
+        down: eqx.nn.Conv2d
+        mid: eqx.nn.Conv2d
+        up: eqx.nn.ConvTranspose2d
+        out: eqx.nn.Conv2d
+        event_shape: tuple = eqx.field(static=True)
+        embed_dim: int = eqx.field(static=True)
+
+        def __init__(self, c: int, h: int, w: int, f: int, embed_dim: int, *, key: Any):
+            self.event_shape, self.embed_dim = (c, h, w), embed_dim
+            e = 2 * (embed_dim // 2)
+            ks = jax.random.split(key, 8)
+            self.t1, self.t2, self.t3 = (
+                eqx.nn.Linear(e, f, key=ks[0]),
+                eqx.nn.Linear(e, 2 * f, key=ks[1]),
+                (eqx.nn.Linear(e, f, key=ks[2])),
+            )
+            self.inp = eqx.nn.Conv2d(c, f, 3, padding=1, key=ks[3])
+            self.down = eqx.nn.Conv2d(f, 2 * f, 3, stride=2, padding=1, key=ks[4])
+            self.mid = eqx.nn.Conv2d(2 * f, 2 * f, 3, padding=1, key=ks[5])
+            self.up = eqx.nn.ConvTranspose2d(2 * f, f, 4, stride=2, padding=1, key=ks[6])
+            self.out = eqx.nn.Conv2d(2 * f, c, 3, padding=1, key=ks[7])
+
+        def _one(self, x: Any, e: Any) -> Any:
+            act = jax.nn.silu
+            h1 = act(self.inp(x) + self.t1(e)[:, None, None])
+            h2 = act(self.down(h1) + self.t2(e)[:, None, None])
+            h2 = act(self.mid(h2))
+            h3 = act(self.up(h2) + self.t3(e)[:, None, None])
+            return self.out(jnp.concatenate([h3, h1], 0))
+
+        def __call__(self, x: Any, t: Any) -> Any:
+            return jax.vmap(self._one)(x, embed(t, self.embed_dim).astype(x.dtype))
+
+    return EqxScoreMLP, EqxScoreUNet
