@@ -1,0 +1,382 @@
+r"""Adversarial training: variational divergence minimisation (f-GAN) and Wasserstein-1 (WGAN).
+
+For an f-divergence, Fenchel duality gives the saddle point of the seed
+
+    min_theta max_w  F(theta, w) = E_{x~P}[T_w(x)] - E_{y~P_theta}[f*(T_w(y))],   T_w = activation(V_w),
+
+whose inner maximum is ``D_f(P || P_theta)`` when the critic family holds ``T* = f'(p/q)``
+(Nowozin, Cseke & Tomioka 2016). For ``w1`` the Kantorovich–Rubinstein dual
+``W1 = sup_{Lip(T) <= 1} E_P[T] - E_{P_theta}[T]`` with the Lipschitz constraint enforced by a
+gradient penalty ``penalty * E[(|grad T(x_hat)| - 1)^2]`` on random interpolates (WGAN-GP,
+Gulrajani et al. 2017) or by spectral normalisation (Miyato et al. 2018).
+
+Each step does ``critic_steps`` ascent steps on ``F`` in ``w`` (fresh generated samples each, the
+same real minibatch), then one descent step in ``theta``: ``generator_loss="saddle"`` descends
+``-E_{P_theta}[f*(T(y))]`` (the gradient of ``D_f`` itself at the optimal critic, by the envelope
+theorem); ``"nonsaturating"`` descends ``-E_{P_theta}[T(y)]`` (Nowozin et al.'s alternative; for
+``gan`` the ``-log D`` trick). ``f*(activation(v))`` is the divergence's fused, overflow-free
+``conjugate_activation``.
+
+History metrics per step: ``loss`` (the generator's objective: the saddle value
+``E_P[T] - E_{P_theta}[f*(T)]`` for ``saddle``, ``-E_{P_theta}[T]`` for ``nonsaturating``),
+``critic_loss`` (``-F`` plus any penalty), ``divergence`` (``F`` at the critic step: the running
+variational lower bound on ``D_f``, or the W1 estimate), ``grad_norm``/``critic_grad_norm``, and
+``gradient_penalty`` when used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from gmppl import divergences
+from gmppl.errors import BackendError, NotSupported, UnknownName
+from gmppl.inference.base import Backend
+from gmppl.inference.critics import (
+    CRITIC,
+    jax_critic,
+    spectral_normalise,
+    torch_critic,
+    torch_spectral_norm,
+)
+from gmppl.optim import Adam
+
+_GENERATOR_LOSSES = ("saddle", "nonsaturating")
+_LIPSCHITZ = ("auto", "gradient_penalty", "spectral_norm", None)
+_DENSITY = "_gmppl_adversarial_density"
+_APPLY = "_gmppl_critic_apply"
+
+
+def _extras(program: Any) -> dict:
+    extras = getattr(program, "extras", None)
+    if extras is None:
+        extras = program.__dict__.setdefault("extras", {})
+    return extras
+
+
+@dataclass(frozen=True)
+class Adversarial(Backend):
+    """Fit an implicit model (anything whose ``x`` can be sampled with gradients) adversarially.
+
+    ``divergence``: a name or object from ``gm.divergences`` — ``kl``, ``reverse_kl``, ``pearson``,
+    ``neyman``, ``squared_hellinger``, ``jeffreys``, ``js``, ``gan``, ``total_variation`` (f-GAN), or
+    ``w1`` (WGAN-GP by default). ``critic``: None/``"mlp"`` (an MLP sized from the data), ``"conv"``,
+    or a user module. ``lipschitz``: ``"gradient_penalty"``, ``"spectral_norm"`` or None;
+    ``"auto"`` is the gradient penalty for ``w1`` and None for f-divergences. ``optim`` is the
+    generator's optimiser (``gm.fit(optim=...)`` overrides it), ``critic_optim`` the critic's
+    (default: the generator's).
+
+    Example::
+
+        fit = gm.fit(gan_model, x, gm.inference.Adversarial("js"), steps=20000, batch_size=256)
+        fit.history["divergence"]  # the running lower bound on D_JS(P_X || P_theta)
+    """
+
+    divergence: Any = "js"
+    critic: Any = None
+    critic_steps: int = 1
+    generator_loss: str = "saddle"
+    lipschitz: str | None = "auto"
+    penalty: float = 10.0
+    optim: Any = None
+    critic_optim: Any = None
+
+    requires: ClassVar[frozenset[str]] = frozenset({"reparameterized_sample"})
+
+    def __post_init__(self) -> None:
+        d = divergences.get(self.divergence)  # UnknownName for an unknown name
+        if not isinstance(d, divergences.FDivergence | divergences.Wasserstein1):
+            raise BackendError(
+                f"divergence={self.divergence!r} has no critic (dual) form; Adversarial takes an f-divergence "
+                f"({', '.join(c.name for c in divergences.FAMILY)}) or 'w1'."
+            )
+        if self.generator_loss not in _GENERATOR_LOSSES:
+            raise UnknownName(f"generator_loss={self.generator_loss!r}; use one of {_GENERATOR_LOSSES}.")
+        if self.lipschitz not in _LIPSCHITZ:
+            raise UnknownName(f"lipschitz={self.lipschitz!r}; use one of {_LIPSCHITZ}.")
+        if isinstance(d, divergences.Wasserstein1) and self.lipschitz is None:
+            raise BackendError(
+                "divergence='w1' needs a Lipschitz critic; use lipschitz='gradient_penalty' or 'spectral_norm'."
+            )
+        if not isinstance(self.critic_steps, int) or isinstance(self.critic_steps, bool) or self.critic_steps < 1:
+            raise BackendError(f"critic_steps={self.critic_steps!r} must be a positive integer.")
+        if not isinstance(self.penalty, int | float) or self.penalty < 0:
+            raise BackendError(f"penalty={self.penalty!r} must be a number >= 0.")
+        if isinstance(self.critic, str) and self.critic not in ("mlp", "conv"):
+            raise UnknownName(f"critic={self.critic!r}; use None, 'mlp', 'conv' or a module.")
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def div(self) -> Any:
+        """The divergence object."""
+        return divergences.get(self.divergence)
+
+    @property
+    def is_w1(self) -> bool:
+        return isinstance(self.div, divergences.Wasserstein1)
+
+    @property
+    def constraint(self) -> str | None:
+        """The Lipschitz constraint in force (``"auto"`` resolved)."""
+        if self.lipschitz == "auto":
+            return "gradient_penalty" if self.is_w1 else None
+        return self.lipschitz
+
+    @property
+    def default_optim(self) -> Any:
+        """The generator's optimiser when ``gm.fit`` is given none: Adam(2e-4, betas=(0.5, 0.999))."""
+        return self.optim if self.optim is not None else Adam(lr=2e-4, betas=(0.5, 0.999))
+
+    # ------------------------------------------------------------------ the objective, engine-free
+    def _critic_objective(self, v_real: Any, v_fake: Any) -> Any:
+        """``F = mean T(x_P) - mean f*(T(y_Q))`` from raw critic outputs (fused conjugate)."""
+        d = self.div
+        if self.is_w1:
+            return v_real.mean() - v_fake.mean()
+        return d.activation(v_real).mean() - d.conjugate_activation(v_fake).mean()
+
+    def _generator_objective(self, v_fake: Any) -> Any:
+        """What the generator descends: ``-E_Q f*(T)`` (saddle) or ``-E_Q T`` (non-saturating)."""
+        d = self.div
+        if self.is_w1:
+            return -v_fake.mean()
+        if self.generator_loss == "saddle":
+            return -d.conjugate_activation(v_fake).mean()
+        return -d.activation(v_fake).mean()
+
+    def _real_term(self, v_real: Any) -> Any:
+        return v_real.mean() if self.is_w1 else self.div.activation(v_real).mean()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, program: Any, info: Any, example: Any, *, seed: int) -> None:
+        """Build the critic and register it with the program's parameters (saved with the fit)."""
+        extras = _extras(program)
+        extras[_DENSITY] = "density" in info.capabilities
+        if program.engine == "pyro":
+            self._setup_torch(program, example, seed)
+        else:
+            self._setup_jax(program, example, seed)
+
+    def _setup_torch(self, program: Any, example: Any, seed: int) -> None:
+        import pyro
+
+        critic = torch_critic(self.critic, tuple(example.shape[1:]), seed=seed)
+        if self.constraint == "spectral_norm":
+            critic = torch_spectral_norm(critic)
+        x = program.as_tensor(example)
+        critic = critic.to(device=program.device, dtype=x.dtype if x.is_floating_point() else None)
+        with program.scope():
+            pyro.module(CRITIC, critic)
+        _extras(program)[CRITIC] = critic
+
+    def _setup_jax(self, program: Any, example: Any, seed: int) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        params, apply = jax_critic(self.critic, jnp.asarray(example), key=jax.random.PRNGKey(seed))
+        if self.constraint == "spectral_norm":
+            raw = apply
+
+            def apply(p: Any, x: Any) -> Any:
+                return raw(spectral_normalise(p), x)
+
+        program.params = {**program.params, CRITIC: jax.device_put(params, program.device)}
+        _extras(program)[_APPLY] = apply
+
+    # ------------------------------------------------------------------ evaluation
+    def log_prob(self, program: Any, x: Any, **kwargs: Any) -> Any:
+        """The model's density where it has one (a Flow-GAN); implicit models have none."""
+        if not _extras(program).get(_DENSITY, False):
+            raise NotSupported(
+                "this model is implicit (its observed site is deterministic or has no density), so log_prob "
+                "is not defined; compare fits by samples (gm.divergences.MMD, Wasserstein1) instead."
+            )
+        return super().log_prob(program, x, **kwargs)
+
+    def posterior(self, program: Any, x: Any, num_samples: int, *, seed: int | None = None, key: Any = None) -> Any:
+        """``z = g^{-1}(x)`` for an invertible generator (a flow); implicit models have no posterior here."""
+        if not _extras(program).get(_DENSITY, False):
+            raise NotSupported(
+                "an adversarially fitted implicit model has no encoder or inverse, so z | x is not available; "
+                "use an invertible generator (a flow) or fit with ELBO."
+            )
+        return super().posterior(program, x, num_samples, seed=seed, key=key)
+
+    def critic_fn(self, program: Any) -> Any:
+        """The fitted critic's raw output ``V_w`` on a batch: a torch module, or ``x -> apply(params, x)``."""
+        if program.engine == "pyro":
+            return _extras(program)[CRITIC]
+        apply, params = _extras(program)[_APPLY], program.params[CRITIC]
+        return lambda x: apply(params, x)
+
+    # ------------------------------------------------------------------ torch
+    def torch_init(self, program: Any, batch: Any, optim: Any) -> Any:
+        from gmppl.optim import build_torch
+
+        params = program.params()
+        prefix = CRITIC + "$$$"
+        gen = [v for k, v in params.items() if not k.startswith(prefix)]
+        crit = [v for k, v in params.items() if k.startswith(prefix)]
+        return _TorchState(
+            program=program,
+            critic=_extras(program)[CRITIC],
+            gen_params=gen,
+            critic_params=crit,
+            gen_opt=build_torch(optim, gen) if gen else None,
+            critic_opt=build_torch(self.critic_optim if self.critic_optim is not None else optim, crit),
+        )
+
+    def torch_step(self, state: Any, batch: Any) -> tuple[Any, dict]:
+        import torch
+
+        program, critic = state.program, state.critic
+        n = batch.shape[0]
+        gp = self.constraint == "gradient_penalty" and self.penalty > 0
+        for k in range(self.critic_steps):
+            if k + 1 < self.critic_steps:
+                fake = program.sample(n)
+            else:  # the last critic step shares the generator's forward pass
+                fake_g = program.sample(n, grad=bool(state.gen_params))
+                fake = fake_g.detach()
+            v_real = critic(batch).reshape(n)
+            v_fake = critic(fake).reshape(n)
+            bound = self._critic_objective(v_real, v_fake)
+            closs = -bound
+            if gp:
+                penalty = _torch_gradient_penalty(critic, batch, fake)
+                closs = closs + self.penalty * penalty
+            state.critic_opt.zero_grad(set_to_none=True)
+            closs.backward()
+            cnorm = _torch_norm([p.grad for p in state.critic_params if p.grad is not None])
+            state.critic_opt.step()
+        real_term = self._real_term(v_real).detach()
+        g_obj = self._generator_objective(critic(fake_g).reshape(n))
+        if state.gen_params:
+            grads = torch.autograd.grad(g_obj, state.gen_params, allow_unused=True)
+            for p, g in zip(state.gen_params, grads, strict=True):
+                p.grad = g
+            gnorm = _torch_norm([g for g in grads if g is not None])
+            state.gen_opt.step()
+        else:
+            gnorm = torch.zeros((), device=batch.device)
+        loss = (real_term + g_obj if self.generator_loss == "saddle" or self.is_w1 else g_obj).detach()
+        metrics = {
+            "loss": loss,
+            "critic_loss": closs.detach(),
+            "divergence": bound.detach(),
+            "grad_norm": gnorm,
+            "critic_grad_norm": cnorm,
+        }
+        if gp:
+            metrics["gradient_penalty"] = penalty.detach()
+        return state, metrics
+
+    # ------------------------------------------------------------------ JAX
+    def jax_init(self, program: Any, batch: Any, key: Any, optim: Any) -> tuple[dict, Any]:
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        from gmppl.optim import build_optax
+
+        gen_tx = build_optax(optim)
+        crit_tx = build_optax(self.critic_optim if self.critic_optim is not None else optim)
+        apply = _extras(program)[_APPLY]
+        params = program.params
+        gen0 = {k: v for k, v in params.items() if k != CRITIC}
+        state = {
+            "params": params,
+            "opt_state": gen_tx.init(gen0),
+            "critic_opt_state": crit_tx.init(params[CRITIC]),
+        }
+        gp = self.constraint == "gradient_penalty" and self.penalty > 0
+        steps, weight = self.critic_steps, float(self.penalty)
+
+        def critic_loss(c: Any, real: Any, fake: Any, key: Any) -> tuple[Any, dict]:
+            bound = self._critic_objective(apply(c, real), apply(c, fake))
+            aux = {"divergence": bound, "real_term": self._real_term(apply(c, real))}
+            loss = -bound
+            if gp:
+                pen = _jax_gradient_penalty(lambda x: apply(c, x), real, fake, key)
+                aux["gradient_penalty"] = pen
+                loss = loss + weight * pen
+            return loss, aux
+
+        def critic_update(c: Any, opt: Any, real: Any, fake: Any, key: Any) -> tuple[Any, Any, Any, dict]:
+            (loss, aux), g = jax.value_and_grad(critic_loss, has_aux=True)(c, real, fake, key)
+            updates, opt = crit_tx.update(g, opt, c)
+            return optax.apply_updates(c, updates), opt, loss, {**aux, "critic_grad_norm": optax.global_norm(g)}
+
+        def step(state: dict, batch: Any, key: Any) -> tuple[dict, dict]:
+            params = state["params"]
+            gen = {k: v for k, v in params.items() if k != CRITIC}
+            c, copt = params[CRITIC], state["critic_opt_state"]
+            n = batch.shape[0]
+            k_gen, k_extra, k_gp = jax.random.split(key, 3)
+            if steps > 1:
+
+                def extra(carry: Any, k: Any) -> tuple[Any, None]:
+                    c, copt = carry
+                    k1, k2 = jax.random.split(k)
+                    fake = jax.lax.stop_gradient(program.sample_fn(gen, k1, n))
+                    c, copt, _, _ = critic_update(c, copt, batch, fake, k2)
+                    return (c, copt), None
+
+                (c, copt), _ = jax.lax.scan(extra, (c, copt), jax.random.split(k_extra, steps - 1))
+            fake, pullback = jax.vjp(lambda g: program.sample_fn(g, k_gen, n), gen)
+            c, copt, closs, aux = critic_update(c, copt, batch, jax.lax.stop_gradient(fake), k_gp)
+            g_obj, dx = jax.value_and_grad(lambda x: self._generator_objective(apply(c, x)))(fake)
+            (grads,) = pullback(dx)
+            gen_tx_state = state["opt_state"]
+            updates, gen_tx_state = gen_tx.update(grads, gen_tx_state, gen)
+            gen = optax.apply_updates(gen, updates)
+            real_term = aux.pop("real_term")
+            loss = real_term + g_obj if self.generator_loss == "saddle" or self.is_w1 else g_obj
+            metrics = {"loss": loss, "critic_loss": closs, "grad_norm": optax.global_norm(grads), **aux}
+            new = {"params": {**gen, CRITIC: c}, "opt_state": gen_tx_state, "critic_opt_state": copt}
+            return new, jax.tree.map(jnp.asarray, metrics)
+
+        return state, step
+
+
+@dataclass
+class _TorchState:
+    """Torch-side state of an adversarial fit: the program, its critic, two parameter lists, two optimisers."""
+
+    program: Any
+    critic: Any
+    gen_params: list
+    critic_params: list
+    gen_opt: Any
+    critic_opt: Any
+
+
+def _torch_norm(grads: list) -> Any:
+    import torch
+
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).detach()
+
+
+def _torch_gradient_penalty(critic: Any, real: Any, fake: Any) -> Any:
+    """``E[(|grad_x T(x_hat)| - 1)^2]``, ``x_hat = e x + (1 - e) y``, ``e ~ U(0, 1)`` per example."""
+    import torch
+
+    eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (g,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    norm = torch.sqrt(g.reshape(g.shape[0], -1).square().sum(1) + 1e-12)
+    return (norm - 1.0).square().mean()
+
+
+def _jax_gradient_penalty(critic: Any, real: Any, fake: Any, key: Any) -> Any:
+    """The WGAN-GP penalty (see `_torch_gradient_penalty`); per-example gradients of a per-example critic."""
+    import jax
+    import jax.numpy as jnp
+
+    eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), dtype=real.dtype)
+    x_hat = eps * real + (1 - eps) * fake
+    g = jax.grad(lambda x: critic(x).sum())(x_hat)
+    norm = jnp.sqrt(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) + 1e-12)
+    return jnp.mean((norm - 1.0) ** 2)
