@@ -8,7 +8,7 @@ samples, likelihoods, latent posteriors and uncertainty as an ArviZ ``DataTree``
     fit = gm.fit(model, data, gm.inference.Likelihood(), steps=2000)
 """
 
-from gmppl import datasets, divergences, inference, models, optim
+from gmppl import datasets, divergences, inference, metrics, models, optim
 from gmppl.errors import (
     BackendError,
     CheckpointError,
@@ -42,6 +42,7 @@ __all__ = [
     "fit",
     "inference",
     "load",
+    "metrics",
     "models",
     "optim",
 ]
