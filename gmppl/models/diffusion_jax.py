@@ -106,7 +106,6 @@ class JaxDiffusion(ndist.Distribution):
             info = {"nfe": sol.stats["num_steps"] * 6 + 1, "trajectory": sol.ys if record else None}
             return sol.ys[-1], info
         grid = jnp.linspace(1.0, eps, steps + 1)
-        bshape = (-1, *[1] * len(self.event_shape))
 
         def body(x: Any, inp: Any) -> tuple[Any, Any]:
             i, k = inp
@@ -118,8 +117,8 @@ class JaxDiffusion(ndist.Distribution):
                     s = self.score(x, t)
                     z = jax.random.normal(kk, x.shape)
                     alpha = 1.0 if self.sde.kind == "ve" else 1.0 - g2 * dt
-                    ratio = _norm(z) / jnp.maximum(_norm(s), 1e-12)
-                    step = (2 * alpha * (o.snr * ratio) ** 2).reshape(bshape)
+                    ratio = _norm(z).mean() / jnp.maximum(_norm(s).mean(), 1e-12)  # batch means, as Song et al.
+                    step = 2 * alpha * (o.snr * ratio) ** 2
                     x = x + step * s + jnp.sqrt(2 * step) * z
             s = self.score(x, t)
             mean = x - (self.sde.drift_coef(t) * x - g2 * s) * dt

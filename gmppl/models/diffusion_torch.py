@@ -126,8 +126,8 @@ class TorchDiffusion(pdist.TorchDistribution):
                     s = self.score(x, t)
                     z = torch.randn_like(x)
                     alpha = 1.0 if self.sde.kind == "ve" else 1.0 - g2 * dt
-                    ratio = _norm(z) / _norm(s).clamp_min(1e-12)
-                    step = (2 * alpha * (o.snr * ratio) ** 2).reshape(-1, *[1] * len(self.event_shape))
+                    ratio = _norm(z).mean() / _norm(s).mean().clamp_min(1e-12)  # batch means, as Song et al.
+                    step = 2 * alpha * (o.snr * ratio) ** 2
                     x = x + step * s + torch.sqrt(2 * step) * z
                     info["nfe"] += 1
             s = self.score(x, t)
