@@ -78,6 +78,7 @@ def fit(
     batch_size: int = 128,
     seed: int = 0,
     chains: int = 1,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (backend default when omitted)")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1")] = None,
     test_fraction: Annotated[float, typer.Option(help="held out for the report")] = 0.2,
     out: Annotated[Path, typer.Option(help="directory for the saved fit")] = Path("gmppl-fit"),
@@ -93,7 +94,16 @@ def fit(
         x_train, x_test = (x[:-n_test], x[-n_test:]) if n_test > 0 else (x, None)
         b = make_backend(backend, divergence, method)
         result = gm.fit(
-            fn, x_train, b, steps=steps, batch_size=batch_size, seed=seed, chains=chains, device=device, engine=engine
+            fn,
+            x_train,
+            b,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            chains=chains,
+            device=device,
+            engine=engine,
+            optim=lr,
         )
     except GmpplError as e:
         _fail(e)
