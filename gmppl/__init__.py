@@ -8,7 +8,8 @@ samples, likelihoods, latent posteriors and uncertainty as an ArviZ ``DataTree``
     fit = gm.fit(model, data, gm.inference.Likelihood(), steps=2000)
 """
 
-from gmppl import datasets, divergences, inference, metrics, models, optim
+from gmppl import datasets, divergences, inference, metrics, models, optim, uq
+from gmppl.compare import compare
 from gmppl.errors import (
     BackendError,
     CheckpointError,
@@ -37,6 +38,7 @@ __all__ = [
     "NotSupported",
     "TrainingError",
     "UnknownName",
+    "compare",
     "datasets",
     "divergences",
     "fit",
@@ -45,4 +47,5 @@ __all__ = [
     "metrics",
     "models",
     "optim",
+    "uq",
 ]

@@ -1,15 +1,36 @@
 """One converter from a `Fit` (either engine, any backend) to an ArviZ ``DataTree``.
 
-Groups (absent when they do not apply, never empty):
-- ``posterior``: latent draws ``z | x`` (``chain, draw, obs, z_dim``) where the backend gives them.
-- ``posterior_predictive``: generated ``x`` (``chain, draw, x_dim...``).
-- ``log_likelihood``: pointwise ``log p(x_i)`` (``chain, draw, obs``) where a likelihood exists.
+Each group is built with ``arviz_base.from_dict`` (with its own dims), then joined. Groups that
+do not apply are absent, never empty. Every sample dim is ``(chain, draw)``; chains are the
+chains of ``gm.fit(..., chains=C)`` (independently seeded fits, or NUTS chains).
+
+Point fits (one parameter value per chain):
+- ``posterior``: latent draws ``z | x`` (``chain, draw, obs, z_dim``) for the given ``x``, where the
+  backend gives them (guide, inverse flow); ``draw`` counts ``posterior_samples``. Summary
+  functionals (``functionals={"name": fn}``) of generated data join it as ``(chain, draw)``.
+- ``posterior_predictive``: ``num_samples`` generated ``x`` per chain (``chain, draw, x_dim``).
+- ``log_likelihood``: pointwise ``log p(x_i)`` for the given ``x`` where a likelihood exists, a
+  single draw per chain (``chain, draw=1, obs``).
 - ``sample_stats``: the training history, one ``draw`` per step.
-- ``observed_data``: the data given (``x``, else the training data).
+- ``observed_data``: ``x`` (``obs, x_dim``), else the training data.
+
+Bayesian fits (``program.draws``: NUTS; ``draw`` counts posterior draws):
+- ``posterior``: every sampled site (weights with dims ``<site>_dim_k``); per-example latents
+  (``obs, z_dim``) when ``x`` is the data the fit was conditioned on (the default).
+- ``posterior_predictive``: one generated ``x`` per posterior draw (epistemic and aleatoric
+  spread together; ``gm.uq.functional`` separates them).
+- ``log_likelihood``: ``log p(x_i | theta_s)`` per draw, so ``az.loo``/``az.compare`` work.
+- ``sample_stats``: the sampler's per-draw statistics (``lp``, ``diverging``, ...).
+
+A backend may add groups through ``backend.arviz_groups(fit, x, seed=...)`` returning
+``{group: {var: array with (chain, draw, ...) leading dims}}`` and, optionally, dims in
+``{group: {var: [dim names]}}`` as a second item (ELBO: log p and log q per draw for
+``az.loo_approximate_posterior``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,8 +43,16 @@ def _x_dims(shape: tuple[int, ...]) -> list[str]:
     return [f"x_dim_{i}" for i in range(len(shape))] if len(shape) != 1 else ["x_dim"]
 
 
-def _z_dims(shape: tuple[int, ...]) -> list[str]:
-    return [f"z_dim_{i}" for i in range(len(shape))] if len(shape) != 1 else ["z_dim"]
+def _site_dims(name: str, shape: tuple[int, ...], local: bool, latent: str | None) -> list[str]:
+    rest = shape[1:] if local else shape
+    stem = "z" if name == latent else name.replace("/", "_").replace(".", "_")
+    event = [f"{stem}_dim_{i}" for i in range(len(rest))] if len(rest) != 1 else [f"{stem}_dim"]
+    return ["obs", *event] if local else event
+
+
+def has_draws(fit: Any) -> bool:
+    """Whether the fit holds posterior draws of its parameters (a Bayesian fit)."""
+    return getattr(fit.program, "draws", None) is not None
 
 
 def to_datatree(
@@ -34,64 +63,114 @@ def to_datatree(
     seed: int = 0,
     posterior_samples: int = 20,
     log_likelihood: bool = True,
+    functionals: dict[str, Callable[[np.ndarray], Any]] | None = None,
+    functional_samples: int = 500,
 ) -> Any:
     """Build the ``DataTree`` of a fit; see the module docstring for the groups."""
-    from arviz_base import from_dict
-
-    x_dims = _x_dims(fit.info.x_event_shape)
-    data: dict[str, dict[str, np.ndarray]] = {}
-    dims: dict[str, list[str]] = {"x": x_dims}
-
-    draws = [to_numpy(fit.sample(num_samples, seed=seed + c, chain=c)) for c in range(fit.chains)]
-    data["posterior_predictive"] = {"x": np.stack(draws)}
-
-    xs = fit.data if x is None else fit._check_x(x)
-    if x is not None:
-        if log_likelihood:
-            try:
-                ll = fit.log_prob_chains(xs)
-            except NotSupported:
-                ll = None
-            if ll is not None:
-                data["log_likelihood"] = {"x": ll[:, None, :]}
-                dims["log_likelihood_x"] = ["obs"]
-        try:
-            zs = np.stack(
-                [to_numpy(fit.posterior(xs, posterior_samples, seed=seed, chain=c)) for c in range(fit.chains)]
-            )
-        except NotSupported:
-            zs = None
-        if zs is not None:
-            data["posterior"] = {fit.info.latent or "z": zs}
-            dims[fit.info.latent or "z"] = ["obs", *_z_dims(zs.shape[3:])]
-
-    hist = fit._histories
-    data["sample_stats"] = {k: np.stack([np.asarray(h[k], dtype=float) for h in hist]) for k in hist[0]}
-    if xs is not None:
-        data["observed_data"] = {"x": np.asarray(xs)}
-        dims["observed_x"] = ["obs", *x_dims]
-
-    tree = from_dict(
-        {g: v for g, v in data.items()},
-        dims={k: v for k, v in dims.items() if not k.startswith(("log_likelihood_", "observed_"))},
-        attrs={"/": {"backend": type(fit.backend).__name__, "engine": fit.engine, "inference_library": "gmppl"}},
-    )
-    return _fix_dims(tree, data, dims)
-
-
-def _fix_dims(tree: Any, data: dict, dims: dict) -> Any:
-    """Name the observation dims of ``log_likelihood`` and ``observed_data`` (``obs``)."""
     import xarray as xr
 
-    if "log_likelihood" in data:
-        ds = tree["log_likelihood"].to_dataset()
-        other = [d for d in ds["x"].dims if d not in ("chain", "draw")]
-        ds = ds.rename({other[0]: "obs"})
-        tree["log_likelihood"] = xr.DataTree(ds)
-    if "observed_data" in data:
-        ds = tree["observed_data"].to_dataset()
-        arr = data["observed_data"]["x"]
-        names = dims["observed_x"]
-        ds = xr.Dataset({"x": (names, arr)}, attrs=ds.attrs)
-        tree["observed_data"] = xr.DataTree(ds)
+    x_dims = _x_dims(fit.info.x_event_shape)
+    xs = fit.data if x is None else fit._check_x(x)
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    dims: dict[str, dict[str, list[str]]] = {}
+
+    def put(group: str, name: str, value: np.ndarray, d: list[str]) -> None:
+        groups.setdefault(group, {})[name] = np.asarray(value)
+        dims.setdefault(group, {})[name] = d
+
+    if has_draws(fit):
+        _bayesian_groups(fit, x, xs, put, seed=seed, log_likelihood=log_likelihood)
+    else:
+        _point_groups(fit, x, xs, put, num_samples, seed, posterior_samples, log_likelihood)
+
+    if functionals:
+        from gmppl.uq import functional
+
+        n_draws = None if has_draws(fit) else int(posterior_samples)
+        for name, fn in functionals.items():
+            da = functional(fit, fn, functional_samples, num_draws=n_draws, seed=seed)
+            put("posterior", name, da.values, list(da.dims[2:]))
+
+    extra = getattr(fit.backend, "arviz_groups", None)
+    if extra is not None:
+        got = extra(fit, xs, seed=seed)
+        more, more_dims = got if isinstance(got, tuple) else (got, {})
+        for group, variables in more.items():
+            for name, value in variables.items():
+                put(group, name, value, list(more_dims.get(group, {}).get(name, [])))
+
+    hist = fit._histories
+    if hist and hist[0]:
+        for k in hist[0]:
+            put("sample_stats", k, np.stack([np.asarray(h[k], dtype=float) for h in hist]), [])
+    if xs is not None:
+        put("observed_data", fit.info.observed, np.asarray(xs), ["obs", *x_dims])
+
+    attrs = {"backend": type(fit.backend).__name__, "engine": fit.engine, "inference_library": "gmppl"}
+    tree = xr.DataTree(dataset=xr.Dataset(attrs=attrs))
+    for group, variables in groups.items():
+        tree[group] = _group(group, variables, dims[group])
     return tree
+
+
+def _group(group: str, variables: dict[str, np.ndarray], dims: dict[str, list[str]]) -> Any:
+    """One group through ``arviz_base.from_dict`` (dims are per group: ``x`` differs between groups)."""
+    import xarray as xr
+    from arviz_base import from_dict
+
+    tree = from_dict({group: variables}, dims={k: v for k, v in dims.items() if v})
+    return xr.DataTree(tree[group].to_dataset())
+
+
+def _point_groups(
+    fit: Any,
+    x: Any,
+    xs: np.ndarray | None,
+    put: Callable,
+    num_samples: int,
+    seed: int,
+    posterior_samples: int,
+    log_likelihood: bool,
+) -> None:
+    x_dims = _x_dims(fit.info.x_event_shape)
+    obs = fit.info.observed
+    draws = [to_numpy(fit.sample(num_samples, seed=seed + c, chain=c)) for c in range(fit.chains)]
+    put("posterior_predictive", obs, np.stack(draws), x_dims)
+    if x is None:
+        return
+    if log_likelihood:
+        try:
+            ll = fit.log_prob_chains(xs)
+        except NotSupported:
+            ll = None
+        if ll is not None:
+            put("log_likelihood", obs, ll[:, None, :], ["obs"])
+    try:
+        zs = np.stack([to_numpy(fit.posterior(xs, posterior_samples, seed=seed, chain=c)) for c in range(fit.chains)])
+    except NotSupported:
+        return
+    latent = fit.info.latent or "z"
+    put("posterior", latent, zs, _site_dims(latent, zs.shape[2:], True, latent))
+
+
+def _bayesian_groups(fit: Any, x: Any, xs: np.ndarray, put: Callable, *, seed: int, log_likelihood: bool) -> None:
+    from gmppl.inference.draws import log_likelihood_draws, sample_draws
+
+    x_dims = _x_dims(fit.info.x_event_shape)
+    obs = fit.info.observed
+    d0 = fit.program.draws
+    on_data = x is None or d0.is_data(xs)
+    latent = fit.info.latent
+    for name in d0.values:
+        if name in d0.local and not on_data:
+            continue
+        value = np.stack([p.draws.values[name] for p in fit.programs])
+        put("posterior", name, value, _site_dims(name, value.shape[2:], name in d0.local, latent))
+    pp = np.stack([sample_draws(p, 1, seed=seed + c)[:, 0] for c, p in enumerate(fit.programs)])
+    put("posterior_predictive", obs, pp, x_dims)
+    if log_likelihood:
+        try:
+            ll = np.stack([log_likelihood_draws(p, xs) for p in fit.programs])
+        except NotSupported:
+            return
+        put("log_likelihood", obs, ll, ["obs"])

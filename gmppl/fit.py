@@ -75,7 +75,7 @@ def fit(
         info = program.inspect(example)
         backend.check(info)
         backend.setup(program, info, example, seed=seed + c)
-        if c > 0:
+        if c > 0 and getattr(backend, "run", None) is None:  # a sampler's chains share the target
             from gmppl.ensemble import reinitialise
 
             reinitialise(program, seed=seed + c)

@@ -1,0 +1,119 @@
+"""Evaluating a program under posterior draws of its latent sites (NUTS, or any Bayesian fit).
+
+A Bayesian fit holds ``program.draws``: a :class:`Draws` with, for every unobserved sample site,
+``S`` values (axis 0). *Global* sites (network weights, variances) are shared by all examples;
+*local* sites (a per-example ``z_i``, inside the data plate) belong to the data conditioned on.
+
+- generating: ``x ~ p(x | theta_s)`` with the global draw ``theta_s`` substituted and local
+  latents drawn from their prior — :func:`sample_draws` gives ``(S, m, *x_shape)``, so the
+  spread across ``s`` is epistemic and the spread within ``s`` aleatoric;
+- likelihood: ``log p(x_i | theta_s)`` per draw — :func:`log_likelihood_draws` gives ``(S, n)``;
+  on the data conditioned on, local draws are substituted too (``log p(x_i | theta_s, z_{i,s})``,
+  what ``az.loo`` takes); for new ``x`` it needs a model without local latents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gmppl.errors import NotSupported
+
+
+@dataclass
+class Draws:
+    """Posterior draws of a program's latent sites: ``values[name]`` has shape ``(S, *site_shape)``."""
+
+    values: dict[str, np.ndarray]
+    local: frozenset[str] = field(default_factory=frozenset)
+    x: np.ndarray | None = None  # the data the local draws belong to
+
+    @property
+    def num_draws(self) -> int:
+        return len(next(iter(self.values.values()))) if self.values else 0
+
+    def globals(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.values.items() if k not in self.local}
+
+    def is_data(self, x: Any) -> bool:
+        """Whether ``x`` is the data the local draws were conditioned on."""
+        return self.x is not None and np.shape(x) == self.x.shape and np.array_equal(np.asarray(x), self.x)
+
+
+def local_sites(sites: dict[str, Any], n: int) -> frozenset[str]:
+    """Unobserved sample sites inside a plate of size ``n`` (per-example latents)."""
+    out = set()
+    for name, site in sites.items():
+        if site.get("type") != "sample" or site.get("is_observed"):
+            continue
+        if any(getattr(f, "size", None) == n for f in site.get("cond_indep_stack", ())):
+            out.add(name)
+    return frozenset(out)
+
+
+def _pick(draws: dict[str, np.ndarray], s: int) -> dict[str, np.ndarray]:
+    return {k: v[s] for k, v in draws.items()}
+
+
+def sample_draws(program: Any, m: int, *, seed: int = 0) -> np.ndarray:
+    """``m`` generated examples per posterior draw: shape ``(S, m, *x_shape)`` (numpy)."""
+    d: Draws = program.draws
+    glob = d.globals()
+    if program.engine == "pyro":
+        import pyro.poutine as poutine
+        import torch
+
+        out = []
+        with torch.random.fork_rng(), torch.no_grad(), program.scope():
+            torch.manual_seed(seed)
+            for s in range(d.num_draws):
+                data = {k: torch.as_tensor(v, device=program.device) for k, v in _pick(glob, s).items()}
+                tr = poutine.trace(poutine.condition(program.model, data=data)).get_trace(x=None, n=m)
+                out.append(tr.nodes[program.observed]["value"].cpu().numpy())
+        return np.stack(out)
+    import jax
+
+    params = program.params or {}
+    keys = jax.random.split(jax.random.PRNGKey(seed), d.num_draws)
+    fn = jax.jit(jax.vmap(lambda g, k: program.sample_fn({**params, **g}, k, m)))
+    return np.asarray(fn(glob, keys))
+
+
+def log_likelihood_draws(program: Any, x: Any) -> np.ndarray:
+    """``log p(x_i | draw_s)`` for every draw ``s`` and example ``i``: shape ``(S, len(x))``."""
+    d: Draws = program.draws
+    on_data = d.is_data(x)
+    if d.local and not on_data:
+        raise NotSupported(
+            f"the posterior has per-example latents {sorted(d.local)}: log p(x | theta) of new x needs them "
+            "integrated out, which a sampler's draws do not give. Evaluate on the data the fit was conditioned on."
+        )
+    vals = d.values if on_data else d.globals()
+    if program.engine == "pyro":
+        import pyro.poutine as poutine
+        import torch
+
+        xt = program.as_tensor(np.asarray(x))
+        out = []
+        with torch.no_grad(), program.scope():
+            for s in range(d.num_draws):
+                data = {k: torch.as_tensor(v, device=program.device) for k, v in _pick(vals, s).items()}
+                site = poutine.trace(poutine.condition(program.model, data=data)).get_trace(x=xt, n=None)
+                site = site.nodes[program.observed]
+                lp = site["fn"].log_prob(site["value"])
+                out.append((lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp).cpu().numpy())
+        return np.stack(out)
+    import jax
+
+    params = program.params or {}
+    xa = program.as_array(np.asarray(x))
+    fn = jax.jit(jax.vmap(lambda g: program.log_prob_fn({**params, **g}, xa)))
+    return np.asarray(fn(vals))
+
+
+def log_predictive(program: Any, x: Any) -> np.ndarray:
+    """Posterior predictive log-density ``log (1/S) sum_s p(x_i | theta_s)``: shape ``(len(x),)``."""
+    ll = log_likelihood_draws(program, x)
+    return np.logaddexp.reduce(ll, axis=0) - np.log(ll.shape[0])
