@@ -63,13 +63,37 @@ def _engine(dist: Any, value: Any) -> Array:
     return value
 
 
+def _widen(value: Array) -> Array:
+    """Constant low-precision parameters as float64 through their shortest round-trip decimal.
+
+    ``torch.distributions.Bernoulli(0.3)`` stores ``float32(0.3) = 0.30000001192...``, which alone
+    moves KL by ~1e-8; the shortest decimal that round-trips the float32 is the ``0.3`` the user
+    wrote, so closed forms of constant distributions are exact to float64. Parameters that carry
+    gradients (or traced JAX values) are left as they are, so closed forms stay differentiable.
+    """
+    import numpy as np
+
+    if hasattr(value, "requires_grad"):  # torch
+        import torch
+
+        if value.requires_grad or value.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            return value
+        flat = value.detach().cpu().numpy().astype(np.float32).ravel()
+        wide = np.array([float(str(v)) for v in flat], dtype=np.float64).reshape(tuple(value.shape))
+        return torch.as_tensor(wide, device=value.device)
+    if isinstance(value, np.ndarray | np.floating) and value.dtype in (np.float16, np.float32):
+        flat = np.asarray(value, dtype=np.float32).ravel()
+        return np.array([float(str(v)) for v in flat], dtype=np.float64).reshape(np.shape(value))
+    return value
+
+
 def _param(dist: Any) -> tuple[str, Array]:
     """Which parameter the object was built from (``probs`` or ``logits``), and its value."""
     own = vars(dist)
     for key in ("probs", "logits"):
         if key in own:
-            return key, _engine(dist, own[key])
-    return "probs", _engine(dist, dist.probs)
+            return key, _widen(_engine(dist, own[key]))
+    return "probs", _widen(_engine(dist, dist.probs))
 
 
 def _describe(dist: Any) -> _Discrete | NormalParams:
@@ -91,7 +115,7 @@ def _describe(dist: Any) -> _Discrete | NormalParams:
             lp = v - logsumexp(v, axis=-1)[..., None]
         return _Discrete(lp)
     if "Normal" in names:
-        return NormalParams(_engine(dist, dist.loc), _engine(dist, dist.scale), 0)
+        return NormalParams(_widen(_engine(dist, dist.loc)), _widen(_engine(dist, dist.scale)), 0)
     if "Independent" in names:
         base = _describe(dist.base_dist)
         if isinstance(base, NormalParams):

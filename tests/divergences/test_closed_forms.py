@@ -130,18 +130,23 @@ def test_probs_and_logits_agree_and_batches_broadcast():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
-def test_float32_bernoulli_is_exact_up_to_float32_rounding_of_its_parameters():
-    """torch.distributions.Bernoulli(0.3) stores probs in float32 (0.30000001...): the KL of the
-    stored parameters differs from the float64 KL(0.3 || 0.6) by ~1.5e-8, and float32 arithmetic
-    adds up to a few ulps of 0.18. Float64 parameters give the exact value."""
+def test_constant_float32_parameters_mean_the_decimal_the_user_wrote():
+    """torch.distributions.Bernoulli(0.3) stores probs in float32 (0.30000001...), which alone moves
+    KL by ~1.5e-8. Constant float32 parameters are widened through their shortest round-trip decimal,
+    so the closed form equals the float64 KL(0.3 || 0.6) to float64 precision; parameters with
+    gradients keep their dtype and stay differentiable."""
     p, q = 0.3, 0.6
     kl = p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
     got = gd.KL().closed_form(torch.distributions.Bernoulli(p), torch.distributions.Bernoulli(q))
-    assert got.dtype == torch.float32
-    assert abs(float(got) - kl) < 1e-7
-    p32, q32 = float(np.float32(p)), float(np.float32(q))
-    kl32 = p32 * np.log(p32 / q32) + (1 - p32) * np.log((1 - p32) / (1 - q32))
-    assert abs(float(got) - kl32) < 4 * np.finfo(np.float32).eps * kl
+    assert got.dtype == torch.float64
+    assert abs(float(got) - kl) < 1e-15
+    pg = torch.tensor(p, requires_grad=True)
+    got32 = gd.KL().closed_form(torch.distributions.Bernoulli(pg), torch.distributions.Bernoulli(q))
+    assert got32.requires_grad
+    got32.backward()
+    # dKL/dp = log(p/q) - log((1-p)/(1-q)) at the float32 p
+    p32 = float(np.float32(p))
+    assert abs(float(pg.grad) - (np.log(p32 / q) - np.log((1 - p32) / (1 - q)))) < 1e-5
     got64 = gd.KL().closed_form(
         torch.distributions.Bernoulli(torch.tensor(p, dtype=torch.float64)),
         torch.distributions.Bernoulli(torch.tensor(q, dtype=torch.float64)),
