@@ -165,7 +165,8 @@ def _bayesian_groups(fit: Any, x: Any, xs: np.ndarray, put: Callable, *, seed: i
         if name in d0.local and not on_data:
             continue
         value = np.stack([p.draws.values[name] for p in fit.programs])
-        put("posterior", name, value, _site_dims(name, value.shape[2:], name in d0.local, latent))
+        var = name.replace("/", ".")  # DataTree variable names cannot hold "/" (NumPyro's module scopes)
+        put("posterior", var, value, _site_dims(name, value.shape[2:], name in d0.local, latent))
     pp = np.stack([sample_draws(p, 1, seed=seed + c)[:, 0] for c, p in enumerate(fit.programs)])
     put("posterior_predictive", obs, pp, x_dims)
     if log_likelihood:
