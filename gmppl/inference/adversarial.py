@@ -305,7 +305,7 @@ class Adversarial(Backend):
         def critic_update(c: Any, opt: Any, real: Any, fake: Any, key: Any) -> tuple[Any, Any, Any, dict]:
             (loss, aux), g = jax.value_and_grad(critic_loss, has_aux=True)(c, real, fake, key)
             updates, opt = crit_tx.update(g, opt, c)
-            return optax.apply_updates(c, updates), opt, loss, {**aux, "critic_grad_norm": optax.global_norm(g)}
+            return optax.apply_updates(c, updates), opt, loss, {**aux, "critic_grad_norm": optax.tree.norm(g)}
 
         def step(state: dict, batch: Any, key: Any) -> tuple[dict, dict]:
             params = state["params"]
@@ -332,7 +332,7 @@ class Adversarial(Backend):
             gen = optax.apply_updates(gen, updates)
             real_term = aux.pop("real_term")
             loss = real_term + g_obj if self.generator_loss == "saddle" or self.is_w1 else g_obj
-            metrics = {"loss": loss, "critic_loss": closs, "grad_norm": optax.global_norm(grads), **aux}
+            metrics = {"loss": loss, "critic_loss": closs, "grad_norm": optax.tree.norm(grads), **aux}
             new = {"params": {**gen, CRITIC: c}, "opt_state": gen_tx_state, "critic_opt_state": copt}
             return new, jax.tree.map(jnp.asarray, metrics)
 

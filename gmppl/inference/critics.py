@@ -208,7 +208,7 @@ def _is_flax(spec: Any) -> bool:
     return isinstance(spec, nn.Module)
 
 
-def spectral_normalise(params: Any, iterations: int = 20) -> Any:
+def spectral_normalise(params: Any, iterations: int = 50) -> Any:
     """Every weight matrix (``ndim >= 2``, reshaped to ``(out, -1)``) divided by its top singular value.
 
     ``sigma`` by power iteration from a fixed start, with the iteration vectors held constant
