@@ -115,10 +115,14 @@ def to_datatree(
 
 def _group(group: str, variables: dict[str, np.ndarray], dims: dict[str, list[str]]) -> Any:
     """One group through ``arviz_base.from_dict`` (dims are per group: ``x`` differs between groups)."""
+    import warnings
+
     import xarray as xr
     from arviz_base import from_dict
 
-    tree = from_dict({group: variables}, dims={k: v for k, v in dims.items() if v})
+    with warnings.catch_warnings():  # point fits: one draw per chain is the design, not a mix-up
+        warnings.filterwarnings("ignore", message="Found chain dimension to be longer than draw")
+        tree = from_dict({group: variables}, dims={k: v for k, v in dims.items() if v})
     return xr.DataTree(tree[group].to_dataset())
 
 
