@@ -91,7 +91,7 @@ def _elpd_table(pointwise: dict[str, np.ndarray]) -> Any:
             elpd_i=xr.DataArray(lp, dims=["obs"]),
             n_folds=1,
         )
-    return az.compare(data)
+    return az.compare(data, round_to="none")
 
 
 def _two_sample_table(fits: dict[str, Any], x: np.ndarray, num_samples: int, seed: int) -> Any:
