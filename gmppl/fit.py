@@ -79,6 +79,8 @@ def fit(
             from gmppl.ensemble import reinitialise
 
             reinitialise(program, seed=seed + c)
+        if chains > 1 and hasattr(program, "freeze"):  # modules shared by chains: each keeps its own values
+            program.freeze()
         programs.append(program)
         infos.append(info)
 
