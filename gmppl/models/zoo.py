@@ -180,3 +180,86 @@ def ppca(dim: int, k: int = 1, *, engine: str = "pyro", marginal: bool = True, i
                 numpyro.sample("x", ndist.Normal(z @ W.T + mu, s).to_event(1), obs=x)
 
     return jmodel
+
+
+def flow(
+    dim: int,
+    *,
+    kind: str = "spline",
+    layers: int = 4,
+    hidden: int | tuple[int, ...] = (64, 64),
+    engine: str = "pyro",
+    seed: int = 0,
+) -> Callable:
+    """A normalising flow ``x = g(z)``, ``z ~ N(0, I)``, ``g`` a spline or affine coupling stack: exact density."""
+    _check(engine)
+    from gmppl.models import flows
+    from gmppl.models.pushforward import Pushforward
+
+    builders = {"spline": flows.spline_coupling, "affine": flows.affine_coupling}
+    if kind not in builders:
+        raise UnknownName(f"kind={kind!r}; use one of {sorted(builders)}.")
+    if engine == "pyro":
+        import pyro
+        import pyro.distributions as dist
+        import torch
+
+        torch.manual_seed(seed)
+        g = builders[kind](dim, engine="pyro", layers=layers, hidden=hidden)
+
+        def model(x: Any = None, n: int | None = None) -> None:
+            pyro.module("flow", g)
+            with pyro.plate("data", _n(x, n)):
+                base = dist.Normal(torch.zeros(dim), torch.ones(dim)).to_event(1)
+                pyro.sample("x", Pushforward(base, g), obs=x)
+
+        return model
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as ndist
+    from numpyro.contrib.module import eqx_module
+
+    gj = builders[kind](dim, engine="numpyro", layers=layers, hidden=hidden, key=seed)
+
+    def jmodel(x: Any = None, n: int | None = None) -> None:
+        f = eqx_module("flow", gj)
+        with numpyro.plate("data", _n(x, n)):
+            base = ndist.Normal(jnp.zeros(dim), jnp.ones(dim)).to_event(1)
+            numpyro.sample("x", Pushforward(base, f), obs=x)
+
+    return jmodel
+
+
+def diffusion(
+    dim: int, *, sde: str = "vp", width: int = 128, depth: int = 3, engine: str = "pyro", seed: int = 0
+) -> Callable:
+    """A diffusion model: ``x`` is the pushforward of ``N(0, I)`` by the reverse SDE of a learned score."""
+    _check(engine)
+    from gmppl.models.diffusion import Diffusion
+    from gmppl.models.score_nets import ScoreMLP
+
+    if engine == "pyro":
+        import pyro
+        import torch
+
+        torch.manual_seed(seed)
+        net = ScoreMLP(dim, width=width, depth=depth)
+
+        def model(x: Any = None, n: int | None = None) -> None:
+            s = pyro.module("score", net)
+            with pyro.plate("data", _n(x, n)):
+                pyro.sample("x", Diffusion(s, sde=sde), obs=x)
+
+        return model
+    import jax
+    import numpyro
+    from numpyro.contrib.module import eqx_module
+
+    jnet = ScoreMLP(dim, width=width, depth=depth, key=jax.random.PRNGKey(seed))
+
+    def jmodel(x: Any = None, n: int | None = None) -> None:
+        s = eqx_module("score", jnet)
+        with numpyro.plate("data", _n(x, n)):
+            numpyro.sample("x", Diffusion(s, sde=sde), obs=x)
+
+    return jmodel
