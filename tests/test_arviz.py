@@ -237,3 +237,49 @@ def test_ppca_elbo_posterior_group_matches_exact_posterior():
     lo, hi = hdi.sel(ci_bound="lower").values, hdi.sel(ci_bound="upper").values
     coverage = float(((lo <= z_test) & (z_test <= hi)).mean())
     assert 0.85 <= coverage <= 0.95, coverage
+
+
+def pyro_implicit():
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    def model(x=None, n=None):
+        a = pyro.param("a", torch.tensor(1.2))
+        b = pyro.param("b", torch.tensor(0.0))
+        n = x.shape[0] if x is not None else n
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            pyro.deterministic("x", a * z + b, event_dim=1)
+
+    return model
+
+
+@pytest.mark.parametrize("backend", ["Likelihood", "Adversarial", "Score"])
+def test_arviz_functions_on_every_backend(backend):
+    """summary/hdi/ess/rhat on functionals and the predictive, a plot, and a comparison, for each backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import arviz_plots as azp
+
+    model = pyro_implicit() if backend == "Adversarial" else pyro_gaussian()
+    be = {
+        "Likelihood": gm.inference.Likelihood(),
+        "Adversarial": gm.inference.Adversarial(),
+        "Score": gm.inference.Score(method="sliced"),
+    }[backend]
+    fit = gm.fit(model, X, be, steps=20, batch_size=100, chains=2, progress=False)
+    tree = fit.to_arviz(X_TEST, num_samples=40, functionals={"mean": lambda s: s[:, 0].mean()}, posterior_samples=40)
+    assert ("log_likelihood" in tree.children) == (backend != "Adversarial")
+    assert tree.attrs["backend"] == backend
+    for group in ("posterior", "posterior_predictive"):
+        table = az.summary(tree, group=group)
+        assert np.isfinite(table["mean"].to_numpy(dtype=float)).all()
+    az.hdi(tree, var_names=["mean"])
+    assert np.isfinite(float(az.ess(tree, var_names=["mean"])["mean"]))
+    assert np.isfinite(float(az.rhat(tree, var_names=["mean"])["mean"]))
+    azp.plot_dist(tree, var_names=["mean"], backend="matplotlib")
+    matplotlib.pyplot.close("all")
+    table = gm.compare({backend: fit, "other": fit}, X_TEST, num_samples=40)
+    assert len(table) == 2 and ("elpd" in table.columns) == (backend != "Adversarial")
