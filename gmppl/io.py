@@ -106,6 +106,12 @@ def save(fit: Any, path: Any) -> None:
         shapes.append({k: list(v.shape) for k, v in flat.items()})
         tensors.update({f"chain{c}/{k}": v for k, v in flat.items()})
     save_file(tensors, str(out / "weights.safetensors"))
+    draws = [getattr(p, "draws", None) for p in fit.programs]  # posterior draws of a sampler (NUTS)
+    if all(d is not None for d in draws):
+        save_file(
+            {f"chain{c}/{k}": np.ascontiguousarray(v) for c, d in enumerate(draws) for k, v in d.values.items()},
+            str(out / "draws.safetensors"),
+        )
     hist = {f"chain{c}/{k}": np.asarray(v) for c, h in enumerate(fit._histories) for k, v in h.items()}
     np.savez(out / "history.npz", **hist)
     if fit.data is not None:
@@ -119,6 +125,7 @@ def save(fit: Any, path: Any) -> None:
         "x_event_shape": list(fit.info.x_event_shape),
         "chains": fit.chains,
         "params": shapes,
+        "draws_local": sorted(draws[0].local) if all(d is not None for d in draws) else None,
         "config": {k: v for k, v in fit.config.items() if isinstance(v, str | int | float | bool | list | None)},
         "versions": _versions(),
     }
@@ -176,6 +183,15 @@ def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
         if extra:
             raise CheckpointError(f"{src}: parameters {sorted(extra)[:5]} are not in this model: another model's fit.")
         program.load_state_dict(unflatten_like(template, mine))
+        if meta.get("draws_local") is not None:
+            from gmppl.inference.draws import Draws
+
+            try:
+                saved = load_file(str(src / "draws.safetensors"))
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{src}: the posterior draws are missing or corrupt ({e}).") from e
+            values = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
+            program.draws = Draws(values=values, local=frozenset(meta["draws_local"]), x=data)
         programs.append(program)
     with np.load(src / "history.npz", allow_pickle=False) as h:
         histories = [

@@ -246,3 +246,13 @@ def test_ppca_latent_posterior_coverage():
         assert abs(err.mean()) < 0.05 and np.sqrt((err**2).mean()) < 0.2, (err.mean(), np.sqrt((err**2).mean()))
     coverage = float(((lo <= z_true) & (z_true <= hi)).mean())
     assert 0.85 <= coverage <= 0.95, coverage
+
+
+def test_save_and_load_keep_the_draws(gaussian_fit, tmp_path):
+    gaussian_fit.save(tmp_path)
+    again = gm.load(tmp_path, MODELS[gaussian_fit.engine]())
+    np.testing.assert_array_equal(
+        again.to_arviz().posterior["mu"].values, gaussian_fit.to_arviz().posterior["mu"].values
+    )
+    x_new = X[:5] + 0.5
+    np.testing.assert_allclose(np.asarray(again.log_prob(x_new)), np.asarray(gaussian_fit.log_prob(x_new)), rtol=1e-6)
