@@ -6,7 +6,7 @@
   quadrature over ``t``; the Monte Carlo mean over ``K`` minibatches is within 4 standard errors.
 * DSM training on a Gaussian: the trained network's Fisher error relative to the closed-form score
   ``-C_t^{-1}(x - alpha_t mu)`` is below ``REL_SCORE`` at several noise levels; samples' mean and
-  covariance within 4 standard errors plus ``MODEL_BIAS`` (a network trained for 1500 steps is not
+  covariance within 4 standard errors plus ``MODEL_BIAS`` (a network trained for 1200 steps is not
   exact); the mean held-out ODE log-likelihood within ``NATS`` of the true mean log-density (the gap is
   ``KL``-like, observed below 0.1); the two engines within ``2 NATS`` of each other.
 * Sliced score matching on a Gaussian model ``N(m, diag s^2)``: the minimiser of the expected SSM-VR
@@ -139,7 +139,7 @@ def _gaussian_fit(engine: str) -> gm.Fit:
             with numpyro.plate("data", x.shape[0] if x is not None else n):
                 numpyro.sample("x", gm.models.Diffusion(net, sde="vp"), obs=x)
 
-    return gm.fit(model, x, gm.inference.Score(), steps=1500, batch_size=256, seed=0, progress=False)
+    return gm.fit(model, x, gm.inference.Score(), steps=1200, batch_size=256, seed=0, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def _network_score(fit: gm.Fit, x: np.ndarray, t: float) -> np.ndarray:
 def test_dsm_learns_the_closed_form_score(gaussian_fits: dict, engine: str) -> None:
     fit = gaussian_fits[engine]
     sde = SDE("vp")
-    assert fit.history["loss"].shape == (1500,) and np.isfinite(fit.history["loss"]).all()
+    assert fit.history["loss"].shape == (1200,) and np.isfinite(fit.history["loss"]).all()
     rng = np.random.default_rng(5)
     for t in TIMES:
         a, c = c_t(sde, t)
@@ -177,36 +177,50 @@ def test_dsm_learns_the_closed_form_score(gaussian_fits: dict, engine: str) -> N
         assert rel < REL_SCORE, (engine, t, rel)
 
 
+XTE = np.random.default_rng(9).multivariate_normal(MU, COV, size=64).astype(np.float32)
+
+
+def _samples_and_loglik(fits: dict, engine: str) -> tuple[np.ndarray, np.ndarray]:
+    """2000 samples and the held-out ODE log-likelihood of ``XTE``, computed once per engine."""
+    key = ("draws", engine)
+    if key not in fits:
+        fit = fits[engine]
+        fits[key] = (np.asarray(fit.sample(2000, seed=1), dtype=np.float64), np.asarray(fit.log_prob(XTE)))
+    return fits[key]
+
+
 @pytest.mark.parametrize("engine", ["pyro", "numpyro"])
 def test_dsm_samples_and_likelihood_match_the_target(gaussian_fits: dict, engine: str) -> None:
-    fit = gaussian_fits[engine]
-    x = np.asarray(fit.sample(2000, seed=1), dtype=np.float64)
+    x, lp = _samples_and_loglik(gaussian_fits, engine)
     n = len(x)
     assert (np.abs(x.mean(0) - MU) <= 4 * np.sqrt(np.diag(COV) / n) + MODEL_BIAS).all(), x.mean(0)
     se_cov = np.sqrt((np.outer(np.diag(COV), np.diag(COV)) + COV**2) / n)
     assert (np.abs(np.cov(x.T) - COV) <= 4 * se_cov + MODEL_BIAS).all(), np.cov(x.T)
-    xte = np.random.default_rng(9).multivariate_normal(MU, COV, size=64).astype(np.float32)
-    lp = np.asarray(fit.log_prob(xte))
     assert lp.shape == (64,) and np.isfinite(lp).all()
-    assert abs(lp.mean() - gauss_logpdf(xte, MU, COV).mean()) < NATS, (lp.mean(), gauss_logpdf(xte, MU, COV).mean())
-    # Hutchinson's estimate is unbiased for the same ODE: within 4 standard errors (+ solver tolerance).
-    hl, se = fit.log_prob(xte[:8], trace="hutchinson", probes=16, return_stderr=True)
+    truth = gauss_logpdf(XTE, MU, COV).mean()
+    assert abs(lp.mean() - truth) < NATS, (lp.mean(), truth)
+
+
+def test_hutchinson_estimate_is_within_its_stderr(gaussian_fits: dict) -> None:
+    """Unbiased for the same ODE: within 4 standard errors (+ the solver's tolerance) of the exact trace."""
+    fit = gaussian_fits["pyro"]
+    _, lp = _samples_and_loglik(gaussian_fits, "pyro")
+    torch.manual_seed(0)
+    hl, se = fit.log_prob(XTE[:8], trace="hutchinson", probes=16, return_stderr=True)
+    assert (np.asarray(se) > 0).all()
     assert (np.abs(np.asarray(hl) - lp[:8]) <= 4 * np.asarray(se) + 5e-3).all(), (hl, lp[:8], se)
 
 
 def test_engines_agree(gaussian_fits: dict) -> None:
-    xte = np.random.default_rng(11).multivariate_normal(MU, COV, size=64).astype(np.float32)
-    lps = {e: float(np.asarray(f.log_prob(xte)).mean()) for e, f in gaussian_fits.items()}
-    assert abs(lps["pyro"] - lps["numpyro"]) < 2 * NATS, lps
-    means = {e: np.asarray(f.sample(2000, seed=3)).mean(0) for e, f in gaussian_fits.items()}
-    se = np.sqrt(2 * np.diag(COV) / 2000)
-    assert (np.abs(means["pyro"] - means["numpyro"]) <= 4 * se + MODEL_BIAS).all(), means
+    (xp, lpp), (xn, lpn) = (_samples_and_loglik(gaussian_fits, e) for e in ("pyro", "numpyro"))
+    assert abs(lpp.mean() - lpn.mean()) < 2 * NATS, (lpp.mean(), lpn.mean())
+    se = np.sqrt(2 * np.diag(COV) / len(xp))
+    assert (np.abs(xp.mean(0) - xn.mean(0)) <= 4 * se + MODEL_BIAS).all(), (xp.mean(0), xn.mean(0))
 
 
 def test_arviz_has_samples_and_ode_likelihood(gaussian_fits: dict) -> None:
     fit = gaussian_fits["pyro"]
-    xte = np.random.default_rng(2).multivariate_normal(MU, COV, size=32).astype(np.float32)
-    tree = fit.to_arviz(xte, num_samples=50)
+    tree = fit.to_arviz(XTE[:32], num_samples=50)
     assert tree["posterior_predictive"]["x"].shape == (1, 50, 2)
     assert tree["log_likelihood"]["x"].shape == (1, 1, 32)
     assert "loss" in tree["sample_stats"] and "posterior" not in tree.children
@@ -274,3 +288,13 @@ def test_score_refuses_what_it_cannot_fit() -> None:
         gm.fit(gauss, x, gm.inference.Score(method="dsm"), steps=2, progress=False)
     with pytest.raises(gm.UnknownName):
         gm.inference.Score(method="ism")
+
+
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+def test_save_load_keeps_the_ode_likelihood(gaussian_fits: dict, engine: str, tmp_path) -> None:  # noqa: ANN001
+    fit = gaussian_fits[engine]
+    _, lp = _samples_and_loglik(gaussian_fits, engine)
+    fit.save(tmp_path / engine)
+    again = gm.load(tmp_path / engine, fit.model)
+    assert again.backend == fit.backend
+    np.testing.assert_allclose(np.asarray(again.log_prob(XTE)), lp, atol=1e-4)

@@ -1,0 +1,235 @@
+"""Score matching: gmppl's ``Score`` (DSM) vs hand-written denoising-score-matching loops, and sampler cost.
+
+Training: the same network (``ScoreMLP(2)``: 3 hidden layers of 128 SiLU units + a 32-d sinusoidal
+time embedding), VP SDE, batch 256, Adam(1e-3), on two moons; the baselines are the loops a user
+would write (torch: one Python step per batch; JAX: a jitted step called once per batch, compiled
+afresh in each run as in a new script, since every ``gm.fit`` compiles its own program). The JAX
+steady-state rate (compilation and setup excluded) is printed separately. Quality is the final mean
+loss (same objective on every case).
+
+Sampling (printed as a second table): after training, the number of score evaluations (NFE) and
+the wall time of Euler–Maruyama with a growing grid vs the adaptive Dopri5 probability-flow ODE
+with a shrinking tolerance, each with its W1 to held-out data; the last lines name the cheapest
+setting of each that reaches ``W1 <= TARGET_W1``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.harness import Case
+
+TITLE = "Score (DSM) training steps/s vs plain torch / JAX loops; sampler cost to a W1 target"
+BATCH = 256
+TARGET_W1 = 0.08
+
+
+def _moons(n: int, seed: int) -> np.ndarray:
+    from sklearn.datasets import make_moons
+
+    return make_moons(n, noise=0.05, random_state=seed)[0].astype(np.float32)
+
+
+# ---------------------------------------------------------------- torch
+def _torch_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
+    import pyro
+    import torch
+
+    import gmppl as gm
+    from gmppl.models.sde import SDE
+
+    torch.set_num_threads(1)
+    sde = SDE("vp")
+    xt = torch.as_tensor(x)
+    state: dict = {}
+
+    def plain(steps: int) -> float:
+        torch.manual_seed(0)
+        net = gm.models.ScoreMLP(2)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        losses = []
+        for _ in range(steps):
+            x0 = xt[torch.randint(len(xt), (BATCH,))]
+            t = sde.t_eps + (1 - sde.t_eps) * torch.rand(BATCH)
+            z = torch.randn_like(x0)
+            a, s = sde.marginal(t)
+            loss = (s[:, None] * net(a[:, None] * x0 + s[:, None] * z, t) + z).square().sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        return float(torch.stack(losses[-50:]).mean())
+
+    def fitted(steps: int) -> float:
+        net = gm.models.ScoreMLP(2)
+
+        def model(x: Any = None, n: int | None = None) -> None:
+            s = pyro.module("score", net)
+            with pyro.plate("data", x.shape[0] if x is not None else n):
+                pyro.sample("x", gm.models.Diffusion(s, sde="vp"), obs=x)
+
+        fit = gm.fit(model, x, gm.inference.Score(), steps=steps, batch_size=BATCH, device="cpu", progress=False)
+        state["fit"] = fit
+        return float(fit.history["loss"][-50:].mean())
+
+    return (
+        Case("torch loop", plain, steps=0, quality_name="loss"),
+        Case("gmppl pyro Score", fitted, steps=0, baseline="torch loop", quality_name="loss"),
+        state,
+    )
+
+
+# ---------------------------------------------------------------- JAX
+def _jax_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import optax
+    from numpyro.contrib.module import eqx_module
+
+    import gmppl as gm
+    from gmppl.models.sde import SDE
+
+    sde = SDE("vp")
+    xj = jnp.asarray(x)
+    state: dict = {}
+    opt = optax.adam(1e-3)
+
+    def loss_fn(params: Any, static: Any, key: Any) -> Any:
+        net = eqx.combine(params, static)
+        k1, k2, k3 = jax.random.split(key, 3)
+        x0 = xj[jax.random.randint(k1, (BATCH,), 0, len(xj))]
+        t = jax.random.uniform(k2, (BATCH,), minval=sde.t_eps, maxval=1.0)
+        z = jax.random.normal(k3, x0.shape)
+        a, s = sde.marginal(t)
+        return jnp.square(s[:, None] * net(a[:, None] * x0 + s[:, None] * z, t) + z).sum(1).mean()
+
+    net0 = gm.models.ScoreMLP(2, key=jax.random.PRNGKey(0))
+    params0, static = eqx.partition(net0, eqx.is_inexact_array)
+
+    def plain(steps: int) -> float:
+        # A fresh jit per run, as in a new script: its compilation is timed, like gm.fit's.
+        @jax.jit
+        def step(params: Any, opt_state: Any, key: Any) -> tuple:
+            loss, g = jax.value_and_grad(loss_fn)(params, static, key)
+            updates, opt_state = opt.update(g, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        params, opt_state = params0, opt.init(params0)
+        keys = jax.random.split(jax.random.PRNGKey(0), steps)
+        losses = []
+        t0 = time.perf_counter()
+        for i, k in enumerate(keys):
+            params, opt_state, loss = step(params, opt_state, k)
+            losses.append(loss)
+            if i == 99:
+                loss.block_until_ready()
+                t0 = time.perf_counter()
+        losses[-1].block_until_ready()
+        state["plain_steady"] = (steps - 100) / (time.perf_counter() - t0)
+        return float(jnp.stack(losses[-50:]).mean())
+
+    def fitted(steps: int) -> float:
+        def model(x: Any = None, n: int | None = None) -> None:
+            s = eqx_module("score", net0)
+            with numpyro.plate("data", x.shape[0] if x is not None else n):
+                numpyro.sample("x", gm.models.Diffusion(s, sde="vp"), obs=x)
+
+        marks: list[float] = []
+        fit = gm.fit(
+            model,
+            x,
+            gm.inference.Score(),
+            steps=steps,
+            batch_size=BATCH,
+            progress=False,
+            callbacks=[lambda step, m: marks.append(time.perf_counter())],  # once per 100-step chunk
+        )
+        if len(marks) > 1:
+            state["gmppl_steady"] = (steps - 100) / (marks[-1] - marks[0])
+        state["fit"] = fit
+        return float(fit.history["loss"][-50:].mean())
+
+    return (
+        Case("jax loop (jit per step, compile timed)", plain, steps=0, quality_name="loss"),
+        Case(
+            "gmppl numpyro Score",
+            fitted,
+            steps=0,
+            baseline="jax loop (jit per step, compile timed)",
+            quality_name="loss",
+        ),
+        state,
+    )
+
+
+# ---------------------------------------------------------------- samplers
+def sampler_table(fit: Any, held: np.ndarray, quick: bool) -> str:
+    """NFE, wall time and W1 to ``held`` for EM grids and ODE tolerances of a trained Pyro fit."""
+    import torch
+
+    import gmppl as gm
+    from gmppl.models.diffusion import find_diffusion, with_options
+
+    p = fit.program
+    d = find_diffusion(p.trace(x=p.as_tensor(held[:8])).nodes["x"]["fn"])
+    w1 = gm.divergences.Wasserstein1(num_bootstrap=0)
+    n = len(held)
+    settings = [("em", {"steps": k}) for k in ((25, 100, 400) if quick else (25, 50, 100, 200, 500, 1000))]
+    settings += [("ode", {"rtol": r, "atol": r}) for r in ((1e-2, 1e-4) if quick else (1e-1, 1e-2, 1e-3, 1e-4, 1e-5))]
+    rows, best = [], {}
+    for sampler, opts in settings:
+        dd = with_options(d, sampler=sampler, **opts)
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        with p.scope(), torch.no_grad():
+            xs, info = dd.generate(n)
+        wall = time.perf_counter() - t0
+        w = w1.distance(xs.numpy(), held)
+        label = f"{sampler} " + ", ".join(f"{k}={v:g}" for k, v in opts.items())
+        rows.append(f"| {label} | {info['nfe']} | {wall:.2f} | {w:.4f} |")
+        if w <= TARGET_W1 and (sampler not in best or info["nfe"] < best[sampler][1]):
+            best[sampler] = (label, info["nfe"], wall)
+    floor = w1.distance(_moons(n, 99), held)
+    lines = [
+        f"### Sampler cost (Pyro, {n} samples; W1 of fresh data to held-out data: {floor:.4f})",
+        "",
+        "| sampler | score evals | seconds | W1 |",
+        "|---|---:|---:|---:|",
+        *rows,
+        "",
+        *(
+            f"cheapest {s} reaching W1 <= {TARGET_W1}: {b[0]} ({b[1]} score evals, {b[2]:.2f} s)"
+            for s, b in sorted(best.items())
+        ),
+    ]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def cases(quick: bool) -> list[Case]:
+    steps = 300 if quick else 2000
+    x, held = _moons(8000, 0), _moons(500 if quick else 1000, 1)
+    t_plain, t_fit, tstate = _torch_cases(x)
+    j_plain, j_fit, jstate = _jax_cases(x)
+    out = [t_plain, t_fit, j_plain, j_fit]
+    for c in out:
+        c.steps = steps
+
+    def samplers(_: int) -> None:
+        if "table" not in tstate:
+            if "gmppl_steady" in jstate:
+                print(
+                    f"JAX steady state (after the first 100 steps, compilation excluded): gmppl numpyro "
+                    f"{jstate['gmppl_steady']:.0f} steps/s, plain jit-per-step loop {jstate['plain_steady']:.0f} "
+                    f"steps/s ({jstate['gmppl_steady'] / jstate['plain_steady']:.2f}x)\n"
+                )
+            tstate["table"] = sampler_table(tstate["fit"], held, quick)
+
+    out.append(Case("(sampler table printed above)", samplers, steps=1, warmup=0))
+    return out
