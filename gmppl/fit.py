@@ -86,7 +86,24 @@ def fit(
 
     histories, seconds = [], []
     trainer = trainer_for(engine)
-    for c, program in enumerate(programs):
+    if chains > 1 and engine == "numpyro":
+        from gmppl.ensemble import can_vmap, run_chains_vmapped
+
+        if can_vmap(backend):  # one compiled program trains every chain
+            bar = Progress(steps, enabled=progress, desc=f"{type(backend).__name__}[{engine}] x{chains} chains")
+            histories = run_chains_vmapped(
+                programs,
+                backend,
+                x,
+                steps=int(steps),
+                batch_size=batch_size,
+                seeds=[seed + c for c in range(chains)],
+                optim=optim,
+                callbacks=tuple(callbacks),
+                progress=bar,
+            )
+            seconds = [bar.close()] * chains
+    for c, program in enumerate(programs if not histories else []):
         bar = Progress(
             steps, enabled=progress, desc=f"{type(backend).__name__}[{engine}]" + (f" chain {c}" if chains > 1 else "")
         )
