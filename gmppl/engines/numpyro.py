@@ -204,6 +204,11 @@ class JaxTrainer(Trainer):
         rows: list[dict[str, np.ndarray]] = []
         done = 0
         perm, offset = jnp.arange(n), jnp.int32(n)  # the first step draws a fresh permutation
+        # Commit every array of the carry to the device: the chunk's outputs are committed, and a carry
+        # that was not (optax's step count, perm) would make the second chunk compile all over again.
+        state, perm, offset = jax.tree.map(
+            lambda a: jax.device_put(a, program.device) if isinstance(a, jax.Array) else a, (state, perm, offset)
+        )
         while done < steps:
             key, k = jax.random.split(key)
             active = min(chunk, steps - done)
