@@ -1,0 +1,179 @@
+"""Exact likelihood: ``gm.fit(..., Likelihood())`` vs the hand-written MLE loop, same flow, data and steps.
+
+The model is ``gm.models.flows.spline_coupling(2, layers=4, hidden=(64, 64))`` (rational-quadratic
+spline couplings) on two moons, batch 256, Adam(1e-3).
+
+- torch: the loop a user writes without gmppl — ``TransformedDistribution(base, [flow])``,
+  ``-log_prob(batch).mean()``, ``torch.optim.Adam`` — against ``gm.fit`` on the same flow inside a
+  Pyro program (``pyro.module`` + ``plate`` + ``Pushforward``, traced every step). Both at 1 and at
+  2 torch intra-op threads (this decides the thread count for small models).
+- JAX: a ``jit`` + ``lax.scan`` of 100 Adam steps per dispatch (optax) on the equinox flow, against
+  ``gm.fit`` of the NumPyro program. Both are timed in steady state: the first 100-step chunk, which
+  holds the compilation, is left out (compile seconds are printed apart).
+
+Quality: the mean training loss (NLL, nats) over the last 50 steps — the same objective for all.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.harness import Case
+
+TITLE = "Likelihood (spline flow, moons) steps/s vs plain torch / JAX MLE loops"
+BATCH, LR, LAYERS, HIDDEN, CHUNK = 256, 1e-3, 4, (64, 64), 100
+COMPILE: dict[str, float] = {}
+
+
+def _moons(n: int = 4000) -> np.ndarray:
+    from sklearn.datasets import make_moons
+
+    return make_moons(n, noise=0.05, random_state=0)[0].astype(np.float32)
+
+
+# ---------------------------------------------------------------------- torch
+def _torch_cases(x: np.ndarray, threads: int) -> list[Case]:
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    import gmppl as gm
+
+    xt = torch.as_tensor(x)
+    base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+
+    def plain(steps: int) -> float:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        flow = gm.models.flows.spline_coupling(2, layers=LAYERS, hidden=HIDDEN)
+        opt = torch.optim.Adam(flow.parameters(), lr=LR)
+        gen = torch.Generator().manual_seed(0)
+        losses = []
+        for _ in range(steps):
+            batch = xt[torch.randint(len(xt), (BATCH,), generator=gen)]
+            loss = -dist.TransformedDistribution(base, [flow]).log_prob(batch).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        return float(torch.stack(losses[-50:]).mean())
+
+    def fitted(steps: int) -> float:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        flow = gm.models.flows.spline_coupling(2, layers=LAYERS, hidden=HIDDEN)
+
+        def model(x: Any = None, n: int | None = None) -> None:
+            pyro.module("flow", flow)
+            with pyro.plate("data", x.shape[0] if x is not None else n):
+                pyro.sample("x", gm.models.Pushforward(base, flow), obs=x)
+
+        fit = gm.fit(
+            model, x, gm.inference.Likelihood(), steps=steps, batch_size=BATCH, optim=LR, device="cpu", progress=False
+        )
+        return float(fit.history["loss"][-50:].mean())
+
+    loop = f"torch loop ({threads} thr)"
+    return [
+        Case(loop, plain, steps=0, quality_name="nll"),
+        Case(f"gmppl pyro Likelihood ({threads} thr)", fitted, steps=0, baseline=loop, quality_name="nll"),
+    ]
+
+
+# ---------------------------------------------------------------------- JAX
+def _jax_cases(x: np.ndarray) -> list[Case]:
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as ndist
+    import optax
+    from numpyro.contrib.module import eqx_module
+
+    import gmppl as gm
+
+    xj = jnp.asarray(x)
+    base = ndist.Normal(jnp.zeros(2), 1.0).to_event(1)
+    flow0 = gm.models.flows.spline_coupling(2, engine="numpyro", layers=LAYERS, hidden=HIDDEN, key=0)
+    params0, static = eqx.partition(flow0, eqx.is_inexact_array)
+    opt = optax.adam(LR)
+
+    def nll(params: Any, batch: Any) -> Any:
+        z, logdet = eqx.combine(params, static).inverse_and_log_det(batch)
+        return -(base.log_prob(z) + logdet).mean()
+
+    @jax.jit
+    def chunk(params: Any, opt_state: Any, key: Any) -> tuple:
+        def body(carry: tuple, k: Any) -> tuple:
+            p, s = carry
+            batch = xj[jax.random.randint(k, (BATCH,), 0, len(xj))]
+            loss, g = jax.value_and_grad(nll)(p, batch)
+            updates, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, updates), s), loss
+
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jax.random.split(key, CHUNK))
+        return params, opt_state, losses
+
+    def plain(steps: int) -> tuple[float, float]:
+        params, opt_state, key = params0, opt.init(params0), jax.random.PRNGKey(0)
+        losses, stamps = [], []
+        for _ in range(max(1, steps // CHUNK)):
+            key, k = jax.random.split(key)
+            params, opt_state, loss = chunk(params, opt_state, k)
+            losses.append(np.asarray(loss))  # a host sync per chunk, as gmppl's loop does
+            stamps.append(time.perf_counter())
+        return float(np.concatenate(losses)[-50:].mean()), _steady(stamps, steps)
+
+    def fitted(steps: int) -> tuple[float, float]:
+        def model(x: Any = None, n: int | None = None) -> None:
+            g = eqx_module("flow", flow0)
+            with numpyro.plate("data", x.shape[0] if x is not None else n):
+                numpyro.sample("x", gm.models.Pushforward(base, g), obs=x)
+
+        stamps: list[float] = []
+        t0 = time.perf_counter()
+        fit = gm.fit(
+            model,
+            x,
+            gm.inference.Likelihood(),
+            steps=steps,
+            batch_size=BATCH,
+            optim=LR,
+            progress=False,
+            callbacks=[lambda step, metrics: stamps.append(time.perf_counter())],
+        )
+        COMPILE["gmppl numpyro (first chunk, s)"] = round(stamps[0] - t0, 2)
+        return float(fit.history["loss"][-50:].mean()), _steady(stamps, steps)
+
+    return [
+        Case("jax scan loop", plain, steps=0, quality_name="nll"),
+        Case("gmppl numpyro Likelihood", fitted, steps=0, baseline="jax scan loop", quality_name="nll"),
+    ]
+
+
+def _steady(stamps: list[float], steps: int) -> float:
+    """Seconds for ``steps`` steps at the rate after the first chunk (which holds the compilation)."""
+    if len(stamps) < 2:
+        return float("inf")
+    return (stamps[-1] - stamps[0]) / (CHUNK * (len(stamps) - 1)) * steps
+
+
+def cases(quick: bool) -> list[Case]:
+    x = _moons()
+    steps = 200 if quick else 600
+    torch_cases, jax_cases = _torch_cases(x, 1) + _torch_cases(x, 2), _jax_cases(x)
+    for c in torch_cases:
+        c.steps, c.warmup = steps, 20
+    for c in jax_cases:
+        c.steps, c.warmup = 10 * steps, 2 * CHUNK
+    return torch_cases + jax_cases
+
+
+if __name__ == "__main__":
+    from benchmarks.harness import run_cases
+
+    run_cases(TITLE, cases(quick=False))
+    print(COMPILE)
