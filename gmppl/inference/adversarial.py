@@ -20,8 +20,9 @@ theorem); ``"nonsaturating"`` descends ``-E_{P_theta}[T(y)]`` (Nowozin et al.'s 
 History metrics per step: ``loss`` (the generator's objective: the saddle value
 ``E_P[T] - E_{P_theta}[f*(T)]`` for ``saddle``, ``-E_{P_theta}[T]`` for ``nonsaturating``),
 ``critic_loss`` (``-F`` plus any penalty), ``divergence`` (``F`` at the critic step: the running
-variational lower bound on ``D_f``, or the W1 estimate), ``grad_norm``/``critic_grad_norm``, and
-``gradient_penalty`` when used.
+variational lower bound on ``D_f``, or the W1 estimate), ``grad_norm`` (the generator's), and
+``gradient_penalty`` when used. The critic sees real and generated examples in one batch (so a
+critic with batch statistics would mix them; the default critics have none).
 """
 
 from __future__ import annotations
@@ -128,24 +129,28 @@ class Adversarial(Backend):
         return self.optim if self.optim is not None else Adam(lr=2e-4, betas=(0.5, 0.999))
 
     # ------------------------------------------------------------------ the objective, engine-free
-    def _critic_objective(self, v_real: Any, v_fake: Any) -> Any:
-        """``F = mean T(x_P) - mean f*(T(y_Q))`` from raw critic outputs (fused conjugate)."""
+    def _maps(self, xp: Any = None) -> tuple[Any, Any]:
+        """``(activation, f* o activation)`` on raw critic outputs; with ``xp`` the namespace is fixed
+        once (no per-call dispatch in the torch loop)."""
         d = self.div
         if self.is_w1:
-            return v_real.mean() - v_fake.mean()
-        return d.activation(v_real).mean() - d.conjugate_activation(v_fake).mean()
+            return (lambda v: v), (lambda v: v)
+        if xp is None:
+            return d.activation, d.conjugate_activation
+        return (lambda v: d._activation(xp, v)), (lambda v: d._conjugate_activation(xp, v))
 
-    def _generator_objective(self, v_fake: Any) -> Any:
+    def _critic_objective(self, v_real: Any, v_fake: Any, maps: tuple[Any, Any]) -> tuple[Any, Any]:
+        """``F = mean T(x_P) - mean f*(T(y_Q))`` from raw critic outputs (fused conjugate); also ``mean T(x_P)``."""
+        act, conj = maps
+        real = act(v_real).mean()
+        return real - conj(v_fake).mean(), real
+
+    def _generator_objective(self, v_fake: Any, maps: tuple[Any, Any]) -> Any:
         """What the generator descends: ``-E_Q f*(T)`` (saddle) or ``-E_Q T`` (non-saturating)."""
-        d = self.div
-        if self.is_w1:
-            return -v_fake.mean()
-        if self.generator_loss == "saddle":
-            return -d.conjugate_activation(v_fake).mean()
-        return -d.activation(v_fake).mean()
-
-    def _real_term(self, v_real: Any) -> Any:
-        return v_real.mean() if self.is_w1 else self.div.activation(v_real).mean()
+        act, conj = maps
+        if self.generator_loss == "saddle" or self.is_w1:
+            return -conj(v_fake).mean()
+        return -act(v_fake).mean()
 
     # ------------------------------------------------------------------ setup
     def setup(self, program: Any, info: Any, example: Any, *, seed: int) -> None:
@@ -211,6 +216,8 @@ class Adversarial(Backend):
 
     # ------------------------------------------------------------------ torch
     def torch_init(self, program: Any, batch: Any, optim: Any) -> Any:
+        import array_api_compat
+
         from gmppl.optim import build_torch
 
         params = program.params()
@@ -224,6 +231,7 @@ class Adversarial(Backend):
             critic_params=crit,
             gen_opt=build_torch(optim, gen) if gen else None,
             critic_opt=build_torch(self.critic_optim if self.critic_optim is not None else optim, crit),
+            maps=self._maps(array_api_compat.array_namespace(batch)),
         )
 
     def torch_step(self, state: Any, batch: Any) -> tuple[Any, dict]:
@@ -238,19 +246,16 @@ class Adversarial(Backend):
             else:  # the last critic step shares the generator's forward pass
                 fake_g = program.sample(n, grad=bool(state.gen_params))
                 fake = fake_g.detach()
-            v_real = critic(batch).reshape(n)
-            v_fake = critic(fake).reshape(n)
-            bound = self._critic_objective(v_real, v_fake)
+            v = critic(torch.cat([batch, fake])).reshape(2 * n)  # one pass over real and fake
+            bound, real_term = self._critic_objective(v[:n], v[n:], state.maps)
             closs = -bound
             if gp:
                 penalty = _torch_gradient_penalty(critic, batch, fake)
                 closs = closs + self.penalty * penalty
             state.critic_opt.zero_grad(set_to_none=True)
             closs.backward()
-            cnorm = _torch_norm([p.grad for p in state.critic_params if p.grad is not None])
             state.critic_opt.step()
-        real_term = self._real_term(v_real).detach()
-        g_obj = self._generator_objective(critic(fake_g).reshape(n))
+        g_obj = self._generator_objective(critic(fake_g).reshape(n), state.maps)
         if state.gen_params:
             grads = torch.autograd.grad(g_obj, state.gen_params, allow_unused=True)
             for p, g in zip(state.gen_params, grads, strict=True):
@@ -259,13 +264,12 @@ class Adversarial(Backend):
             state.gen_opt.step()
         else:
             gnorm = torch.zeros((), device=batch.device)
-        loss = (real_term + g_obj if self.generator_loss == "saddle" or self.is_w1 else g_obj).detach()
+        loss = (real_term.detach() + g_obj if self.generator_loss == "saddle" or self.is_w1 else g_obj).detach()
         metrics = {
             "loss": loss,
             "critic_loss": closs.detach(),
             "divergence": bound.detach(),
             "grad_norm": gnorm,
-            "critic_grad_norm": cnorm,
         }
         if gp:
             metrics["gradient_penalty"] = penalty.detach()
@@ -292,9 +296,13 @@ class Adversarial(Backend):
         gp = self.constraint == "gradient_penalty" and self.penalty > 0
         steps, weight = self.critic_steps, float(self.penalty)
 
+        maps = self._maps()
+
         def critic_loss(c: Any, real: Any, fake: Any, key: Any) -> tuple[Any, dict]:
-            bound = self._critic_objective(apply(c, real), apply(c, fake))
-            aux = {"divergence": bound, "real_term": self._real_term(apply(c, real))}
+            n = real.shape[0]
+            v = apply(c, jnp.concatenate([real, fake]))  # one pass over real and fake
+            bound, real_term = self._critic_objective(v[:n], v[n:], maps)
+            aux = {"divergence": bound, "real_term": real_term}
             loss = -bound
             if gp:
                 pen = _jax_gradient_penalty(lambda x: apply(c, x), real, fake, key)
@@ -305,7 +313,7 @@ class Adversarial(Backend):
         def critic_update(c: Any, opt: Any, real: Any, fake: Any, key: Any) -> tuple[Any, Any, Any, dict]:
             (loss, aux), g = jax.value_and_grad(critic_loss, has_aux=True)(c, real, fake, key)
             updates, opt = crit_tx.update(g, opt, c)
-            return optax.apply_updates(c, updates), opt, loss, {**aux, "critic_grad_norm": optax.tree.norm(g)}
+            return optax.apply_updates(c, updates), opt, loss, aux
 
         def step(state: dict, batch: Any, key: Any) -> tuple[dict, dict]:
             params = state["params"]
@@ -325,7 +333,7 @@ class Adversarial(Backend):
                 (c, copt), _ = jax.lax.scan(extra, (c, copt), jax.random.split(k_extra, steps - 1))
             fake, pullback = jax.vjp(lambda g: program.sample_fn(g, k_gen, n), gen)
             c, copt, closs, aux = critic_update(c, copt, batch, jax.lax.stop_gradient(fake), k_gp)
-            g_obj, dx = jax.value_and_grad(lambda x: self._generator_objective(apply(c, x)))(fake)
+            g_obj, dx = jax.value_and_grad(lambda x: self._generator_objective(apply(c, x), maps))(fake)
             (grads,) = pullback(dx)
             gen_tx_state = state["opt_state"]
             updates, gen_tx_state = gen_tx.update(grads, gen_tx_state, gen)
@@ -349,6 +357,7 @@ class _TorchState:
     critic_params: list
     gen_opt: Any
     critic_opt: Any
+    maps: tuple
 
 
 def _torch_norm(grads: list) -> Any:
