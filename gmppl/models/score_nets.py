@@ -5,7 +5,10 @@
   the time embedding added to every block's features.
 
 ``e(t) = [sin(w_k t), cos(w_k t)]`` with fixed frequencies ``w_k`` spaced geometrically in
-``[1, 200]`` (not trained). A torch module by default; pass ``key=jax.random.PRNGKey(..)`` for an
+``[1, 200]`` (not trained). With ``sde`` (match the ``Diffusion``'s) the output is divided by the
+perturbation kernel's ``sigma_t``, ``s(x, t) = h(x, t) / sigma_t`` (Song et al. 2021), so ``h`` predicts
+the noise ``-z``; the default ``sde=None`` outputs the score directly (with the sigma-scaling the
+probability-flow ODE near ``t = eps`` got too stiff for the adaptive sampler at tolerances below 1e-3). A torch module by default; pass ``key=jax.random.PRNGKey(..)`` for an
 equinox module (JAX/NumPyro). Both carry ``event_shape`` so ``Diffusion`` needs no shape argument.
 """
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 import functools
 import math
 from typing import Any
+
+from gmppl.models.sde import as_sde
 
 _W_MAX = 200.0
 
@@ -24,21 +29,30 @@ def _frequencies(embed_dim: int, xp: Any) -> Any:
 
 
 def ScoreMLP(  # noqa: N802 - a network constructor
-    dim: int, *, width: int = 128, depth: int = 3, embed_dim: int = 32, key: Any = None
+    dim: int, *, width: int = 128, depth: int = 3, embed_dim: int = 32, sde: Any = None, key: Any = None
 ) -> Any:
     """An MLP score network for ``dim``-vectors: torch ``nn.Module``, or equinox when ``key`` is given."""
+    sde = None if sde is None else as_sde(sde)
     if key is None:
-        return _torch_classes()[0](dim, width, depth, embed_dim)
-    return _eqx_classes()[0](dim, width, depth, embed_dim, key=key)
+        return _torch_classes()[0](dim, width, depth, embed_dim, sde)
+    return _eqx_classes()[0](dim, width, depth, embed_dim, sde, key=key)
 
 
 def ScoreUNet(  # noqa: N802 - a network constructor
-    channels: int, height: int, width: int, *, features: int = 32, embed_dim: int = 32, key: Any = None
+    channels: int,
+    height: int,
+    width: int,
+    *,
+    features: int = 32,
+    embed_dim: int = 32,
+    sde: Any = None,
+    key: Any = None,
 ) -> Any:
     """A small U-Net score network for ``(channels, height, width)`` images (torch, or equinox with ``key``)."""
+    sde = None if sde is None else as_sde(sde)
     if key is None:
-        return _torch_classes()[1](channels, height, width, features, embed_dim)
-    return _eqx_classes()[1](channels, height, width, features, embed_dim, key=key)
+        return _torch_classes()[1](channels, height, width, features, embed_dim, sde)
+    return _eqx_classes()[1](channels, height, width, features, embed_dim, sde, key=key)
 
 
 # ---------------------------------------------------------------------------- torch
@@ -52,12 +66,17 @@ def _torch_classes() -> tuple:
         a = t[:, None] * w
         return torch.cat([torch.sin(a), torch.cos(a)], -1)
 
+    def scale(h: torch.Tensor, t: torch.Tensor, sde: Any) -> torch.Tensor:
+        if sde is None:
+            return h
+        return h / sde.marginal(t.to(h.dtype))[1].reshape(-1, *[1] * (h.dim() - 1))
+
     class TorchScoreMLP(nn.Module):
         """``s(x, t) = MLP([x, e(t)])``."""
 
-        def __init__(self, dim: int, width: int, depth: int, embed_dim: int):
+        def __init__(self, dim: int, width: int, depth: int, embed_dim: int, sde: Any):
             super().__init__()
-            self.event_shape, self.embed_dim = (dim,), embed_dim
+            self.event_shape, self.embed_dim, self.sde = (dim,), embed_dim, sde
             layers: list[nn.Module] = []
             d = dim + 2 * (embed_dim // 2)
             for _ in range(depth):
@@ -67,14 +86,14 @@ def _torch_classes() -> tuple:
             self.net = nn.Sequential(*layers)
 
         def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.net(torch.cat([x, embed(t, self.embed_dim)], -1))
+            return scale(self.net(torch.cat([x, embed(t, self.embed_dim)], -1)), t, self.sde)
 
     class TorchScoreUNet(nn.Module):
         """conv -> down(stride 2) -> mid -> up(transposed) -> [skip] -> conv; ``+ W e(t)`` per block."""
 
-        def __init__(self, c: int, h: int, w: int, f: int, embed_dim: int):
+        def __init__(self, c: int, h: int, w: int, f: int, embed_dim: int, sde: Any):
             super().__init__()
-            self.event_shape, self.embed_dim = (c, h, w), embed_dim
+            self.event_shape, self.embed_dim, self.sde = (c, h, w), embed_dim, sde
             e = 2 * (embed_dim // 2)
             self.t1, self.t2, self.t3 = nn.Linear(e, f), nn.Linear(e, 2 * f), nn.Linear(e, f)
             self.inp = nn.Conv2d(c, f, 3, padding=1)
@@ -90,7 +109,7 @@ def _torch_classes() -> tuple:
             h2 = self.act(self.down(h1) + self.t2(e)[:, :, None, None])
             h2 = self.act(self.mid(h2))
             h3 = self.act(self.up(h2) + self.t3(e)[:, :, None, None])
-            return self.out(torch.cat([h3, h1], 1))
+            return scale(self.out(torch.cat([h3, h1], 1)), t, self.sde)
 
     return TorchScoreMLP, TorchScoreUNet
 
@@ -106,19 +125,26 @@ def _eqx_classes() -> tuple:
         a = t[:, None] * _frequencies(embed_dim, jnp).astype(t.dtype)
         return jnp.concatenate([jnp.sin(a), jnp.cos(a)], -1)
 
+    def scale(h: Any, t: Any, sde: Any) -> Any:
+        if sde is None:
+            return h
+        return h / sde.marginal(t.astype(h.dtype))[1].reshape(-1, *[1] * (h.ndim - 1))
+
     class EqxScoreMLP(eqx.Module):
         """``s(x, t) = MLP([x, e(t)])`` on a batch."""
 
         mlp: eqx.nn.MLP
         event_shape: tuple = eqx.field(static=True)
         embed_dim: int = eqx.field(static=True)
+        sde: Any = eqx.field(static=True)
 
-        def __init__(self, dim: int, width: int, depth: int, embed_dim: int, *, key: Any):
-            self.event_shape, self.embed_dim = (dim,), embed_dim
+        def __init__(self, dim: int, width: int, depth: int, embed_dim: int, sde: Any, *, key: Any):
+            self.event_shape, self.embed_dim, self.sde = (dim,), embed_dim, sde
             self.mlp = eqx.nn.MLP(dim + 2 * (embed_dim // 2), dim, width, depth, activation=jax.nn.silu, key=key)
 
         def __call__(self, x: Any, t: Any) -> Any:
-            return jax.vmap(self.mlp)(jnp.concatenate([x, embed(t, self.embed_dim).astype(x.dtype)], -1))
+            h = jax.vmap(self.mlp)(jnp.concatenate([x, embed(t, self.embed_dim).astype(x.dtype)], -1))
+            return scale(h, t, self.sde)
 
     class EqxScoreUNet(eqx.Module):
         """The equinox twin of the torch ``ScoreUNet``."""
@@ -133,9 +159,10 @@ def _eqx_classes() -> tuple:
         out: eqx.nn.Conv2d
         event_shape: tuple = eqx.field(static=True)
         embed_dim: int = eqx.field(static=True)
+        sde: Any = eqx.field(static=True)
 
-        def __init__(self, c: int, h: int, w: int, f: int, embed_dim: int, *, key: Any):
-            self.event_shape, self.embed_dim = (c, h, w), embed_dim
+        def __init__(self, c: int, h: int, w: int, f: int, embed_dim: int, sde: Any, *, key: Any):
+            self.event_shape, self.embed_dim, self.sde = (c, h, w), embed_dim, sde
             e = 2 * (embed_dim // 2)
             ks = jax.random.split(key, 8)
             self.t1, self.t2, self.t3 = (
@@ -158,6 +185,6 @@ def _eqx_classes() -> tuple:
             return self.out(jnp.concatenate([h3, h1], 0))
 
         def __call__(self, x: Any, t: Any) -> Any:
-            return jax.vmap(self._one)(x, embed(t, self.embed_dim).astype(x.dtype))
+            return scale(jax.vmap(self._one)(x, embed(t, self.embed_dim).astype(x.dtype)), t, self.sde)
 
     return EqxScoreMLP, EqxScoreUNet
