@@ -154,7 +154,8 @@ def _point_groups(
     except NotSupported:
         return
     latent = fit.info.latent or "z"
-    put("posterior", latent, zs, _site_dims(latent, zs.shape[2:], True, latent))
+    local = zs.ndim > 2 and zs.shape[2] == len(xs)  # a per-example latent; else a global one (weights, scales)
+    put("posterior", latent.replace("/", "."), zs, _site_dims(latent, zs.shape[2:], local, latent))
 
 
 def _bayesian_groups(fit: Any, x: Any, xs: np.ndarray, put: Callable, *, seed: int, log_likelihood: bool) -> None:

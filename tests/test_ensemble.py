@@ -123,11 +123,11 @@ def test_jax_chains_run_vmapped_and_match_sequential_fits():
             numpyro.sample("x", dist.Normal(mu, s).expand([1]).to_event(1), obs=x)
 
     kw = dict(steps=30, batch_size=32, optim=gm.optim.Adam(lr=0.05), progress=False)
-    ens = gm.fit(model, X, gm.inference.Likelihood(), chains=3, seed=5, **kw)
-    assert ens.history["loss"].shape == (3, 30)
-    for c in range(3):
+    ens = gm.fit(model, X, gm.inference.Likelihood(), chains=2, seed=5, **kw)
+    assert ens.history["loss"].shape == (2, 30)
+    for c in range(2):
         one = gm.fit(model, X, gm.inference.Likelihood(), chains=1, seed=5 + c, **kw)
         np.testing.assert_allclose(ens.history["loss"][c], one.history["loss"], rtol=1e-5)
         for k in ("mu", "s"):
             assert float(ens.programs[c].params[k]) == pytest.approx(float(one.program.params[k]), abs=1e-5)
-    assert len({round(float(p.params["mu"]), 6) for p in ens.programs}) == 3  # different minibatch streams
+    assert len({round(float(p.params["mu"]), 6) for p in ens.programs}) == 2  # different minibatch streams
