@@ -276,8 +276,8 @@ def test_elbo_with_autonormal_guide_on_a_global_latent():
     fit = gm.fit(
         model,
         x,
-        elbo(guide=AutoNormal(model)),
-        steps=600,
+        elbo(guide=AutoNormal(model), objective="meanfield", num_particles=16),
+        steps=800,
         batch_size=len(x),
         optim=gm.optim.Adam(lr=0.02),
         progress=False,
