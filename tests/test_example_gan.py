@@ -19,7 +19,7 @@ def _load():  # noqa: ANN202
     return mod
 
 
-@pytest.mark.parametrize(("engine", "divergences"), [("numpyro", "js,kl,reverse_kl,w1"), ("pyro", "js,w1")])
+@pytest.mark.parametrize(("engine", "divergences"), [("numpyro", "js,w1"), ("pyro", "kl,reverse_kl")])
 def test_gan_ring_example(engine: str, divergences: str, tmp_path: Path) -> None:
     out = tmp_path / engine
     report = _load().main(
@@ -40,7 +40,7 @@ def test_gan_ring_example(engine: str, divergences: str, tmp_path: Path) -> None
     )
     assert json.loads((out / "report.json").read_text()) == report
     assert (out / "ring.png").stat().st_size > 0 and (out / "grid.png").stat().st_size > 0
-    assert "| ring | js |" in (out / "report.md").read_text()
+    assert f"| ring | {divergences.split(',')[0]} |" in (out / "report.md").read_text()
     assert set(report["results"]) == {f"{t}/{d}" for t in ("ring", "grid") for d in divergences.split(",")}
     for key, r in report["results"].items():
         assert r["num_modes"] == (8 if key.startswith("ring") else 25)

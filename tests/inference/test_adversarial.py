@@ -272,7 +272,7 @@ def test_restarts_find_the_global_mode_seeking_minimiser(x_data: np.ndarray) -> 
     fit = gm.fit(
         jax_affine(*start),
         x_data,
-        jax_backend("reverse_kl", *SETTINGS["reverse_kl"]),
+        jax_backend("reverse_kl", STEPS, 2, 3e-3, 1e-2),
         steps=STEPS,
         batch_size=256,
         seed=0,
