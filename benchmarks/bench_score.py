@@ -3,14 +3,15 @@
 Training: the same network (``ScoreMLP(2)``: 3 hidden layers of 128 SiLU units + a 32-d sinusoidal
 time embedding), VP SDE, batch 256, Adam(1e-3), on two moons; the baselines are the loops a user
 would write (torch: one Python step per batch; JAX: a jitted step called once per batch, compiled
-afresh in each run as in a new script, since every ``gm.fit`` compiles its own program). The JAX
-steady-state rate (compilation and setup excluded) is printed separately. Quality is the final mean
+afresh in each run as in a new script, since every ``gm.fit`` compiles its own program); the JAX
+"steady state" rows time steps 100..N only (compilation and setup excluded). Quality is the final mean
 loss (same objective on every case).
 
 Sampling (printed as a second table): after training, the number of score evaluations (NFE) and
 the wall time of Euler–Maruyama with a growing grid vs the adaptive Dopri5 probability-flow ODE
 with a shrinking tolerance, each with its W1 to held-out data; the last lines name the cheapest
-setting of each that reaches ``W1 <= TARGET_W1``.
+setting of each that reaches ``W1 <= TARGET_REL x`` the best W1 any setting reached (the trained
+model's own floor, which no sampler can beat).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from benchmarks.harness import Case
 
 TITLE = "Score (DSM) training steps/s vs plain torch / JAX loops; sampler cost to a W1 target"
 BATCH = 256
-TARGET_W1 = 0.08
+TARGET_REL = 1.1
 
 
 def _moons(n: int, seed: int) -> np.ndarray:
@@ -83,7 +84,7 @@ def _torch_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
 
 
 # ---------------------------------------------------------------- JAX
-def _jax_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
+def _jax_cases(x: np.ndarray) -> tuple[list[Case], dict]:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -133,6 +134,10 @@ def _jax_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
         state["plain_steady"] = (steps - 100) / (time.perf_counter() - t0)
         return float(jnp.stack(losses[-50:]).mean())
 
+    def plain_steady(steps: int) -> tuple[float, float]:
+        q = plain(steps)
+        return q, steps / state["plain_steady"]
+
     def fitted(steps: int) -> float:
         def model(x: Any = None, n: int | None = None) -> None:
             s = eqx_module("score", net0)
@@ -154,15 +159,18 @@ def _jax_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
         state["fit"] = fit
         return float(fit.history["loss"][-50:].mean())
 
+    def fitted_steady(steps: int) -> tuple[float, float]:
+        q = fitted(steps)
+        return q, steps / state["gmppl_steady"]
+
+    base, steady = "jax loop (jit per step, compile timed)", "jax loop, steady state"
     return (
-        Case("jax loop (jit per step, compile timed)", plain, steps=0, quality_name="loss"),
-        Case(
-            "gmppl numpyro Score",
-            fitted,
-            steps=0,
-            baseline="jax loop (jit per step, compile timed)",
-            quality_name="loss",
-        ),
+        [
+            Case(base, plain, steps=0, quality_name="loss"),
+            Case("gmppl numpyro Score", fitted, steps=0, baseline=base, quality_name="loss"),
+            Case(steady, plain_steady, steps=0, quality_name="loss"),
+            Case("gmppl numpyro, steady state", fitted_steady, steps=0, baseline=steady, quality_name="loss"),
+        ],
         state,
     )
 
@@ -181,7 +189,7 @@ def sampler_table(fit: Any, held: np.ndarray, quick: bool) -> str:
     n = len(held)
     settings = [("em", {"steps": k}) for k in ((25, 100, 400) if quick else (25, 50, 100, 200, 500, 1000))]
     settings += [("ode", {"rtol": r, "atol": r}) for r in ((1e-2, 1e-4) if quick else (1e-1, 1e-2, 1e-3, 1e-4, 1e-5))]
-    rows, best = [], {}
+    rows, best, results = [], {}, []
     for sampler, opts in settings:
         dd = with_options(d, sampler=sampler, **opts)
         torch.manual_seed(0)
@@ -192,8 +200,11 @@ def sampler_table(fit: Any, held: np.ndarray, quick: bool) -> str:
         w = w1.distance(xs.numpy(), held)
         label = f"{sampler} " + ", ".join(f"{k}={v:g}" for k, v in opts.items())
         rows.append(f"| {label} | {info['nfe']} | {wall:.2f} | {w:.4f} |")
-        if w <= TARGET_W1 and (sampler not in best or info["nfe"] < best[sampler][1]):
-            best[sampler] = (label, info["nfe"], wall)
+        results.append((sampler, label, info["nfe"], wall, w))
+    target = TARGET_REL * min(r[4] for r in results)
+    for sampler, label, nfe, wall, w in results:
+        if w <= target and (sampler not in best or nfe < best[sampler][1]):
+            best[sampler] = (label, nfe, wall)
     floor = w1.distance(_moons(n, 99), held)
     lines = [
         f"### Sampler cost (Pyro, {n} samples; W1 of fresh data to held-out data: {floor:.4f})",
@@ -203,7 +214,8 @@ def sampler_table(fit: Any, held: np.ndarray, quick: bool) -> str:
         *rows,
         "",
         *(
-            f"cheapest {s} reaching W1 <= {TARGET_W1}: {b[0]} ({b[1]} score evals, {b[2]:.2f} s)"
+            f"cheapest {s} reaching W1 <= {target:.4f} ({TARGET_REL} x the best W1 of any setting): "
+            f"{b[0]} ({b[1]} score evals, {b[2]:.2f} s)"
             for s, b in sorted(best.items())
         ),
     ]
@@ -216,19 +228,13 @@ def cases(quick: bool) -> list[Case]:
     steps = 300 if quick else 2000
     x, held = _moons(8000, 0), _moons(500 if quick else 1000, 1)
     t_plain, t_fit, tstate = _torch_cases(x)
-    j_plain, j_fit, jstate = _jax_cases(x)
-    out = [t_plain, t_fit, j_plain, j_fit]
+    jax_cases, _ = _jax_cases(x)
+    out = [t_plain, t_fit, *jax_cases]
     for c in out:
         c.steps = steps
 
     def samplers(_: int) -> None:
         if "table" not in tstate:
-            if "gmppl_steady" in jstate:
-                print(
-                    f"JAX steady state (after the first 100 steps, compilation excluded): gmppl numpyro "
-                    f"{jstate['gmppl_steady']:.0f} steps/s, plain jit-per-step loop {jstate['plain_steady']:.0f} "
-                    f"steps/s ({jstate['gmppl_steady'] / jstate['plain_steady']:.2f}x)\n"
-                )
             tstate["table"] = sampler_table(tstate["fit"], held, quick)
 
     out.append(Case("(sampler table printed above)", samplers, steps=1, warmup=0))
