@@ -107,6 +107,11 @@ def run_chains_vmapped(
     split = jax.vmap(jax.random.split)
     c = len(programs)
     perm, offset = jnp.tile(jnp.arange(n), (c, 1)), jnp.full((c,), n, jnp.int32)
+    # a carry committed to the device, as the chunk's outputs are: the second chunk does not recompile
+    device = programs[0].device
+    state, perm, offset = jax.tree.map(
+        lambda a: jax.device_put(a, device) if isinstance(a, jax.Array) else a, (state, perm, offset)
+    )
     rows, done = [], 0
     while done < steps:
         pair = split(key)
