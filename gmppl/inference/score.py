@@ -55,10 +55,12 @@ class Score(Backend):
 
     # ------------------------------------------------------------------ capabilities
     def required(self) -> frozenset[str]:
-        return frozenset({"score_network"}) if self.method == "dsm" else frozenset({"density"})
+        # "auto" reports the score network, so refusals elsewhere name Score for diffusion models;
+        # check() also accepts a differentiable density for it (sliced score matching).
+        return frozenset({"density"}) if self.method == "sliced" else frozenset({"score_network"})
 
     def check(self, info: ModelInfo) -> None:
-        if self.method == "auto" and "score_network" in info.capabilities:
+        if self.method == "auto" and "density" in info.capabilities:
             return
         super().check(info)
 

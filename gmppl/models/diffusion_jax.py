@@ -38,6 +38,9 @@ class JaxDiffusion(ndist.Distribution):
     pytree_data_fields = ("score_net",)
     pytree_aux_fields = ("sde", "options")
     gmppl_score_model = True
+    # The ODE likelihood is for evaluation (solved without gradients to the parameters), so backends
+    # that train through log_prob (Likelihood, sliced Score) refuse the model; Score(method="dsm") fits it.
+    gmppl_has_log_prob = False
 
     def __init__(
         self,

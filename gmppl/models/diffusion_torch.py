@@ -40,6 +40,9 @@ class TorchDiffusion(pdist.TorchDistribution):
     arg_constraints: dict = {}
     has_rsample = False
     gmppl_score_model = True
+    # The ODE likelihood is for evaluation (solved without gradients to the parameters), so backends
+    # that train through log_prob (Likelihood, sliced Score) refuse the model; Score(method="dsm") fits it.
+    gmppl_has_log_prob = False
 
     def __init__(
         self,

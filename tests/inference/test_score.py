@@ -289,6 +289,17 @@ def test_score_refuses_what_it_cannot_fit() -> None:
     with pytest.raises(gm.UnknownName):
         gm.inference.Score(method="ism")
 
+    net = gm.models.ScoreMLP(2)
+
+    def diffusion(x=None, n=None):  # noqa: ANN001, ANN202
+        s = pyro.module("score", net)
+        with pyro.plate("data", x.shape[0] if x is not None else n):
+            pyro.sample("x", gm.models.Diffusion(s, steps=5), obs=x)
+
+    for backend in (gm.inference.Likelihood(), gm.inference.Score(method="sliced")):
+        with pytest.raises(gm.NotSupported, match="Score"):
+            gm.fit(diffusion, x, backend, steps=2, progress=False)
+
 
 @pytest.mark.parametrize("engine", ["pyro", "numpyro"])
 def test_save_load_keeps_the_ode_likelihood(gaussian_fits: dict, engine: str, tmp_path) -> None:  # noqa: ANN001
