@@ -9,6 +9,7 @@ draws of the observed site, its per-example log-density, and site introspection.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +25,20 @@ from gmppl.optim import build_torch
 
 # Which Fit last loaded its values into a shared leaf tensor (a module fitted twice).
 _OWNER: dict[int, int] = {}
+
+
+def torch_threads(device: torch.device) -> int | None:
+    """Intra-op threads while a program runs: 1 on CPU unless ``GMPPL_TORCH_THREADS`` says otherwise.
+
+    Measured on the 2-core CI machine (benchmarks/bench_flow.py, spline flow, batch 256): one thread
+    ran 32 steps/s and two threads 4 steps/s while the other core was busy; with both cores idle two
+    threads gave ~1.5x. Small generative models are dominated by many small ops, so one thread is the
+    robust default; ``GMPPL_TORCH_THREADS=0`` keeps torch's own setting.
+    """
+    if device.type != "cpu":
+        return None
+    value = int(os.environ.get("GMPPL_TORCH_THREADS", "1"))
+    return value or None
 
 
 def resolve_device(device: Any) -> torch.device:
@@ -59,6 +74,7 @@ class PyroProgram:
         self._token = id(self)
         self._frozen: dict[str, torch.Tensor] | None = None
         self.extras: dict[str, Any] = {}  # what a backend adds (guide, critic modules), by name
+        self.threads = torch_threads(self.device)
 
     # ------------------------------------------------------------------ running
     @contextlib.contextmanager
@@ -66,12 +82,17 @@ class PyroProgram:
         """Run inside this program's parameter store, on its device."""
         # torch.device(...) as a context intercepts every torch call in Python (a TorchFunctionMode,
         # ~2x slower steps for op-heavy flows): enter it only when the default device differs.
-        on_device = (
-            contextlib.nullcontext() if self.device == torch.get_default_device() else torch.device(self.device)
-        )
-        with pyro.get_param_store().scope(self.store), on_device:
-            self._reclaim()
-            yield
+        on_device = contextlib.nullcontext() if self.device == torch.get_default_device() else torch.device(self.device)
+        previous = torch.get_num_threads()
+        if self.threads and previous != self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with pyro.get_param_store().scope(self.store), on_device:
+                self._reclaim()
+                yield
+        finally:
+            if torch.get_num_threads() != previous:
+                torch.set_num_threads(previous)
 
     def _reclaim(self) -> None:
         # A module shared with another fit: put this fit's values back before use.
