@@ -1,0 +1,290 @@
+"""``gmppl demo``: one model class, several divergences, both engines, honest uncertainty — in minutes.
+
+On bundled data it fits
+  (a) one flow by ``Likelihood``, ``Adversarial(js)``, ``Adversarial(w1)`` and ``Score(sliced)`` (two moons);
+  (b) one implicit generator by ``Adversarial`` with forward KL, reverse KL and JS (the 8-Gaussian
+      ring: mode-covering vs mode-seeking, as the seed describes);
+  (c) a VAE by ``ELBO`` and a diffusion model by ``Score(dsm)`` (two moons);
+then writes ``report.md`` (fits ranked by held-out log-likelihood where one exists, and by MMD/W1 to
+held-out data with intervals everywhere; mode coverage; training time), PNGs and each fit's DataTree.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("gmppl")
+
+
+@dataclass
+class Run:
+    """One fit of the demo and what was measured on it."""
+
+    section: str
+    name: str
+    model: Any
+    backend: Any
+    data: str
+    steps: int
+    batch_size: int = 256
+    lr: float | None = None
+    results: dict = field(default_factory=dict)
+
+
+def _plan(engine: str, data: str, quick: bool) -> list[Run]:
+    from gmppl import inference
+    from gmppl.models import zoo
+    from gmppl.optim import Adam
+
+    s = (lambda n: max(n // 20, 20)) if quick else (lambda n: n)
+    gan_opt = Adam(lr=1e-4, betas=(0.5, 0.999))
+    if data == "digits":
+        return [
+            Run(
+                "a",
+                "flow / Likelihood",
+                zoo.flow(64, engine=engine, layers=4),
+                inference.Likelihood(),
+                "digits",
+                s(2000),
+            ),
+            Run(
+                "b",
+                "GAN / Adversarial(js)",
+                zoo.gan(64, latent_dim=8, engine=engine),
+                inference.Adversarial(divergence="js", optim=gan_opt, critic_optim=gan_opt),
+                "digits",
+                s(4000),
+            ),
+            Run(
+                "b",
+                "GAN / Adversarial(w1)",
+                zoo.gan(64, latent_dim=8, engine=engine),
+                inference.Adversarial(divergence="w1"),
+                "digits",
+                s(4000),
+            ),
+            Run(
+                "c",
+                "VAE / ELBO",
+                zoo.vae(64, latent_dim=8, likelihood="bernoulli", engine=engine),
+                inference.ELBO(),
+                "digits-binary",
+                s(3000),
+            ),
+            Run(
+                "c",
+                "diffusion / Score(dsm)",
+                zoo.diffusion(64, engine=engine),
+                inference.Score(method="dsm"),
+                "digits",
+                s(4000),
+            ),
+        ]
+
+    def flow() -> Any:
+        return zoo.flow(2, engine=engine, layers=4)
+
+    def gen() -> Any:
+        return zoo.gan(2, latent_dim=2, engine=engine)
+
+    ring_opt = Adam(lr=5e-4, betas=(0.5, 0.999))
+
+    def ring(divergence: str) -> Any:
+        return inference.Adversarial(divergence=divergence, optim=ring_opt, critic_optim=ring_opt)
+
+    return [
+        Run("a", "flow / Likelihood", flow(), inference.Likelihood(), "moons", s(2000)),
+        Run("a", "flow / Adversarial(js)", flow(), inference.Adversarial(divergence="js"), "moons", s(2000)),
+        Run("a", "flow / Adversarial(w1)", flow(), inference.Adversarial(divergence="w1"), "moons", s(2000)),
+        Run("a", "flow / Score(sliced)", flow(), inference.Score(method="sliced"), "moons", s(2000)),
+        Run("b", "GAN / Adversarial(kl)", gen(), ring("kl"), "ring", s(10000)),
+        Run("b", "GAN / Adversarial(reverse_kl)", gen(), ring("reverse_kl"), "ring", s(10000)),
+        Run("b", "GAN / Adversarial(js)", gen(), ring("js"), "ring", s(10000)),
+        Run("c", "VAE / ELBO", zoo.vae(2, latent_dim=2, engine=engine), inference.ELBO(), "moons", s(3000)),
+        Run(
+            "c",
+            "diffusion / Score(dsm)",
+            zoo.diffusion(2, engine=engine),
+            inference.Score(method="dsm"),
+            "moons",
+            s(4000),
+        ),
+    ]
+
+
+def _datasets(data: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from gmppl import datasets
+
+    if data == "digits":
+        x = datasets.digits()
+        rng = np.random.default_rng(0)
+        binary = (rng.uniform(size=x.shape) < x).astype(np.float32)  # stochastic binarisation
+        return {"digits": (x[:1500], x[1500:]), "digits-binary": (binary[:1500], binary[1500:])}
+    moons, ring = datasets.moons(2500, seed=0), datasets.ring(3000, seed=0)
+    return {"moons": (moons[:2000], moons[2000:]), "ring": (ring[:2000], ring[2000:])}
+
+
+def _measure(run: Run, fit: Any, x_test: np.ndarray, seconds: float) -> dict:
+    from gmppl import divergences
+    from gmppl._data import to_numpy
+    from gmppl.errors import NotSupported
+
+    out: dict[str, Any] = {"seconds": seconds, "steps_per_s": run.steps / max(seconds, 1e-9)}
+    try:
+        lp = to_numpy(getattr(fit.log_prob(x_test[:500]), "value", fit.log_prob(x_test[:500])))
+        out["log_lik"] = float(np.mean(lp))
+        out["log_lik_se"] = float(np.std(lp) / np.sqrt(len(lp)))
+    except NotSupported:
+        pass
+    samples = to_numpy(fit.sample(len(x_test), seed=1)).reshape(len(x_test), -1)
+    ref = x_test.reshape(len(x_test), -1)
+    out["samples"] = samples
+    out["mmd"] = divergences.MMD()(samples[:1000], ref[:1000])
+    method = "exact" if ref.shape[1] <= 4 else "sliced"
+    out["w1"] = divergences.Wasserstein1(method=method)(samples[:1000], ref[:1000])
+    if run.data == "ring":
+        from gmppl.datasets import ring_centers
+        from gmppl.metrics import mode_coverage
+
+        out["modes"] = mode_coverage(samples, ring_centers(), 0.02)
+    return out
+
+
+def _fmt_est(e: Any) -> str:
+    lo, hi = e.interval
+    return f"{float(e):.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def _report(runs: list[Run], engine: str, data: str, quick: bool, total: float) -> str:
+    lines = [
+        f"# gmppl demo — engine `{engine}`, data `{data}`{' (quick)' if quick else ''}",
+        "",
+        "Each fit minimises its backend's divergence `D(P_X || P_theta)` (seed: Likelihood and ELBO = forward KL,",
+        "Adversarial = an f-divergence by its Fenchel dual or W1, Score = Fisher divergence). Held-out",
+        "log-likelihood is exact for flows and diffusion (probability-flow ODE), an importance-weighted",
+        "estimate for the VAE, and does not exist for implicit GANs. MMD (RBF, median bandwidth, unbiased) and",
+        "W1 compare 1000 samples with held-out data; brackets are 95% intervals.",
+        "",
+        "| rank | fit | held-out log p (nats/example) | MMD^2 | W1 | steps/s | time (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    order = sorted(runs, key=lambda r: (-r.results.get("log_lik", -np.inf), float(r.results["mmd"])))
+    for i, r in enumerate(order, 1):
+        res = r.results
+        ll = f"{res['log_lik']:.3f} ± {1.96 * res['log_lik_se']:.3f}" if "log_lik" in res else "— (implicit)"
+        lines.append(
+            f"| {i} | {r.name} | {ll} | {_fmt_est(res['mmd'])} | {_fmt_est(res['w1'])} | "
+            f"{res['steps_per_s']:.0f} | {res['seconds']:.1f} |"
+        )
+    ring = [r for r in runs if "modes" in r.results]
+    if ring:
+        lines += [
+            "",
+            "## Mode coverage on the 8-Gaussian ring (radius 2, std 0.02)",
+            "",
+            "Forward KL is mode-covering, reverse KL mode-seeking (seed, 'Mode-covering behavior').",
+            "",
+            "| fit | modes captured | high-quality share (within 3 std) | reverse KL of mode histogram |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in ring:
+            m = r.results["modes"]
+            lines.append(f"| {r.name} | {m.modes}/{m.num_modes} | {m.high_quality:.1%} | {m.reverse_kl:.3f} |")
+    lines += [
+        "",
+        f"Total time: {total:.0f} s. Figures: `samples.png`, `losses.png`, `divergences.png`. "
+        "Each fit is saved under `fits/` (safetensors weights, metadata, `datatree.nc`).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(runs: list[Run], sets: dict, out: Path, data: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(runs)
+    cols = min(k, 3 if data == "digits" else 5)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, runs, strict=False):
+        s = r.results["samples"]
+        if data == "digits":
+            grid = s[:36].reshape(6, 6, 8, 8).transpose(0, 2, 1, 3).reshape(48, 48)
+            ax.imshow(np.clip(grid, 0, 1), cmap="gray_r")
+            ax.axis("off")
+        else:
+            ref = sets[r.data][1]
+            ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.75", label="held-out data")
+            ax.scatter(s[:, 0], s[:, 1], s=2, c="C3", label="samples")
+            ax.set_xlim(-3, 3)
+            ax.set_ylim(-3, 3)
+        ax.set_title(r.name, fontsize=8)
+    for ax in list(axes.flat)[k:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "samples.png", dpi=110)
+    plt.close(fig)
+
+    for key, fname, title in (
+        ("loss", "losses.png", "training loss"),
+        ("divergence", "divergences.png", "divergence estimate (critic's variational bound)"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        drawn = False
+        for r in runs:
+            h = r.results.get("history", {})
+            if key in h:
+                y = np.asarray(h[key], dtype=float)
+                w = max(len(y) // 50, 1)
+                ax.plot(np.convolve(y, np.ones(w) / w, mode="valid"), label=r.name, lw=1)
+                drawn = True
+        if drawn:
+            ax.set_xlabel("step")
+            ax.set_title(title)
+            ax.legend(fontsize=6)
+            fig.tight_layout()
+            fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+
+
+def run_demo(
+    out: Any = "demo-out", *, engine: str = "pyro", data: str = "moons", quick: bool = False, device: Any = None
+) -> Path:
+    """Run the demo and write ``out/report.md``; returns its path."""
+    import gmppl as gm
+
+    out = Path(out)
+    (out / "fits").mkdir(parents=True, exist_ok=True)
+    sets = _datasets(data)
+    runs = _plan(engine, data, quick)
+    start = time.perf_counter()
+    for i, r in enumerate(runs):
+        x_train, x_test = sets[r.data]
+        log.info("[%d/%d] %s on %s (%d steps)", i + 1, len(runs), r.name, r.data, r.steps)
+        t0 = time.perf_counter()
+        fit = gm.fit(r.model, x_train, r.backend, steps=r.steps, batch_size=r.batch_size, seed=0, device=device)
+        r.results = _measure(r, fit, x_test, time.perf_counter() - t0)
+        r.results["history"] = fit.history
+        slug = r.name.replace(" / ", "_").replace("(", "_").replace(")", "").replace(" ", "")
+        fit.save(out / "fits" / slug)
+        fit.to_arviz(x_test[:200], num_samples=200).to_netcdf(out / "fits" / slug / "datatree.nc")
+    total = time.perf_counter() - start
+    _plots(runs, sets, out, data)
+    text = _report(runs, engine, data, quick, total)
+    if data != "digits":
+        from gmppl.divergences.demo import main as divergence_demo
+
+        text += "\n## The divergence family on the seed's three-mode mixture\n\n" + divergence_demo(out)
+    path = out / "report.md"
+    path.write_text(text)
+    print(text)
+    return path
