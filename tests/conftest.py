@@ -28,7 +28,6 @@ def _clean_state() -> None:
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     torch.set_num_threads(1)
-    np.random.seed(0)
 
 
 @pytest.fixture
