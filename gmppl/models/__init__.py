@@ -2,7 +2,8 @@
 
 from gmppl.models import flows
 from gmppl.models.diffusion import Diffusion
+from gmppl.models.guides import AmortizedNormal
 from gmppl.models.pushforward import Pushforward
 from gmppl.models.score_nets import ScoreMLP, ScoreUNet
 
-__all__ = ["Diffusion", "Pushforward", "flows", "ScoreMLP", "ScoreUNet"]
+__all__ = ["AmortizedNormal", "Diffusion", "Pushforward", "flows", "ScoreMLP", "ScoreUNet"]
