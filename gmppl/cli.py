@@ -161,8 +161,9 @@ def report(
         _fail(e)
     test = run_dir / "test_data.npy"
     x_test = np.load(test, allow_pickle=False) if test.is_file() else None
-    path = write_report(fit_, run_dir, x_test=x_test)
-    typer.echo(f"wrote {path}")
+    paths = write_report(fit_, run_dir, x=x_test[:200] if x_test is not None else None)
+    for name, path in paths.items():
+        typer.echo(f"wrote {name}: {path}")
 
 
 @app.command()

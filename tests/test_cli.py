@@ -57,6 +57,9 @@ def test_fit_then_sample(tmp_path):
     assert (out / "weights.safetensors").is_file() and (out / "datatree.nc").is_file()
     res = runner.invoke(app, ["sample", str(out), "-n", "5000", "--out", str(tmp_path / "s.npy")])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    assert any(p.suffix == ".png" for p in out.iterdir()) and "wrote" in res.output
     s = np.load(tmp_path / "s.npy")
     assert s.shape == (5000, 2)
     # the MLE is the training mean (first 240 rows); 5000 draws of sd 0.5: standard error 0.007
