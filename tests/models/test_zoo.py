@@ -48,11 +48,22 @@ def test_unknown_options_are_refused():
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_ppca_marginal_and_latent_forms_agree(engine):
-    """The marginal PPCA density equals the latent form's z integrated: N(mu, W W^T + s^2 I) by sampling."""
-    x = gm.datasets.moons(64)
-    fit = gm.fit(zoo.ppca(2, 1, engine=engine), x, gm.inference.Likelihood(), steps=1, progress=False)
-    draws = np.asarray(fit.sample(20000, seed=0))
-    W, s = np.array([[0.1], [0.11]]), 1.0  # the initial values after one small step: compare moments loosely
-    cov = W @ W.T + s**2 * np.eye(2)
-    # 20000 draws: the covariance entries' standard error is about sqrt(2/n) * 1 = 0.01
-    np.testing.assert_allclose(np.cov(draws.T), cov, atol=0.05)
+    """Both PPCA forms at their initial parameters generate N(mu, W W^T + s^2 I), computed exactly."""
+    import jax
+
+    from gmppl.engines import make_program
+
+    x = gm.datasets.moons(16)
+    w0 = 0.1 + 0.01 * np.arange(2.0).reshape(2, 1)  # the builder's documented initial W; mu = 0, s = 1
+    exact = w0 @ w0.T + np.eye(2)
+    n = 20000
+    for marginal in (True, False):
+        program = make_program(
+            engine, zoo.ppca(2, 1, engine=engine, marginal=marginal), observed="x", latent="z", device="cpu"
+        )
+        program.inspect(x[:4])
+        draws = program.sample(n) if engine == "pyro" else program.sample(n, key=jax.random.PRNGKey(1))
+        draws = np.asarray(draws, dtype=float)
+        # covariance entries: standard error <= sqrt((s_ii s_jj + s_ij^2) / n) ~ 0.011; 5 standard errors
+        np.testing.assert_allclose(np.cov(draws.T), exact, atol=5 * np.sqrt(2.05 / n))
+        np.testing.assert_allclose(draws.mean(0), 0.0, atol=5 * np.sqrt(1.03 / n))
