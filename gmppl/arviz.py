@@ -6,7 +6,8 @@ chains of ``gm.fit(..., chains=C)`` (independently seeded fits, or NUTS chains).
 
 Point fits (one parameter value per chain):
 - ``posterior``: latent draws ``z | x`` (``chain, draw, obs, z_dim``) for the given ``x``, where the
-  backend gives them (guide, inverse flow); ``draw`` counts ``posterior_samples``. Summary
+  backend gives them (guide, inverse flow); ``draw`` counts ``posterior_samples`` (default 100: ArviZ's
+  PSIS-LOO needs at least 25 draws). Summary
   functionals (``functionals={"name": fn}``) of generated data join it as ``(chain, draw)``.
 - ``posterior_predictive``: ``num_samples`` generated ``x`` per chain (``chain, draw, x_dim``).
 - ``log_likelihood``: pointwise ``log p(x_i)`` for the given ``x`` where a likelihood exists, a
@@ -14,7 +15,8 @@ Point fits (one parameter value per chain):
 - ``sample_stats``: the training history, one ``draw`` per step.
 - ``observed_data``: ``x`` (``obs, x_dim``), else the training data.
 
-Bayesian fits (``program.draws``: NUTS; ``draw`` counts posterior draws):
+Bayesian fits (``program.draws``: NUTS, or SVI whose guide covers global sites, with
+``Fit.GUIDE_DRAWS`` draws from the guide; ``draw`` counts posterior draws):
 - ``posterior``: every sampled site (weights with dims ``<site>_dim_k``); per-example latents
   (``obs, z_dim``) when ``x`` is the data the fit was conditioned on (the default).
 - ``posterior_predictive``: one generated ``x`` per posterior draw (epistemic and aleatoric
@@ -22,10 +24,11 @@ Bayesian fits (``program.draws``: NUTS; ``draw`` counts posterior draws):
 - ``log_likelihood``: ``log p(x_i | theta_s)`` per draw, so ``az.loo``/``az.compare`` work.
 - ``sample_stats``: the sampler's per-draw statistics (``lp``, ``diverging``, ...).
 
-A backend may add groups through ``backend.arviz_groups(fit, x, seed=...)`` returning
+A backend may add groups through ``backend.arviz_groups(fit, x, seed=, posterior_samples=, log_likelihood=)`` returning
 ``{group: {var: array with (chain, draw, ...) leading dims}}`` and, optionally, dims in
-``{group: {var: [dim names]}}`` as a second item (ELBO: log p and log q per draw for
-``az.loo_approximate_posterior``).
+``{group: {var: [dim names]}}`` as a second item; its variables replace those of the same name
+(ELBO: ``log_likelihood`` per guide draw, and log p and log q per draw for
+``az.loo_approximate_posterior``; see ``ELBO.arviz_groups``).
 """
 
 from __future__ import annotations
@@ -45,14 +48,15 @@ def _x_dims(shape: tuple[int, ...]) -> list[str]:
 
 def _site_dims(name: str, shape: tuple[int, ...], local: bool, latent: str | None) -> list[str]:
     rest = shape[1:] if local else shape
-    stem = "z" if name == latent else name.replace("/", "_").replace(".", "_")
+    stem = "z" if name == latent and local else name.replace("/", "_").replace(".", "_")
     event = [f"{stem}_dim_{i}" for i in range(len(rest))] if len(rest) != 1 else [f"{stem}_dim"]
     return ["obs", *event] if local else event
 
 
 def has_draws(fit: Any) -> bool:
-    """Whether the fit holds posterior draws of its parameters (a Bayesian fit)."""
-    return getattr(fit.program, "draws", None) is not None
+    """Whether the fit holds posterior draws of its parameters (a Bayesian fit: NUTS, or SVI over global sites)."""
+    flag = getattr(fit, "is_bayesian", None)
+    return bool(flag) if flag is not None else getattr(fit.program, "draws", None) is not None
 
 
 def to_datatree(
@@ -61,7 +65,7 @@ def to_datatree(
     *,
     num_samples: int = 200,
     seed: int = 0,
-    posterior_samples: int = 20,
+    posterior_samples: int = 100,
     log_likelihood: bool = True,
     functionals: dict[str, Callable[[np.ndarray], Any]] | None = None,
     functional_samples: int = 500,
@@ -93,7 +97,8 @@ def to_datatree(
 
     extra = getattr(fit.backend, "arviz_groups", None)
     if extra is not None:
-        got = extra(fit, xs, seed=seed)
+        given = None if x is None else xs  # the hook sees x=None when to_arviz had no x
+        got = extra(fit, given, seed=seed, posterior_samples=posterior_samples, log_likelihood=log_likelihood)
         more, more_dims = got if isinstance(got, tuple) else (got, {})
         for group, variables in more.items():
             for name, value in variables.items():

@@ -17,7 +17,15 @@ class Fit:
 
     ``history`` maps a metric name (``loss``, ``grad_norm``, backend-specific estimates) to its
     per-step values: shape ``(steps,)`` for one chain, ``(chains, steps)`` for several.
+
+    A *Bayesian* fit holds posterior draws of its parameters on every program (``program.draws``):
+    NUTS's samples, or, for SVI whose guide covers global sites (priors on the weights of ``g``
+    with ``AutoNormal``/``AutoDiagonalNormal``), ``GUIDE_DRAWS`` draws ``theta_s ~ q(theta)`` taken
+    on first use (:meth:`guide_draws` redraws them). ``sample``, ``log_prob`` and ``to_arviz`` then
+    use the posterior predictive ``(1/S) sum_s p(x | theta_s)``.
     """
+
+    GUIDE_DRAWS = 1000
 
     def __init__(
         self,
@@ -48,6 +56,38 @@ class Fit:
     @property
     def program(self) -> Any:
         return self.programs[0]
+
+    @property
+    def is_bayesian(self) -> bool:
+        """Whether every chain holds posterior draws of its parameters (NUTS, or SVI over global sites)."""
+        if not getattr(self, "_guide_checked", False):
+            self._guide_checked = True
+            if getattr(self.backend, "fitted_guide", None) is not None and self.data is not None:
+                self.guide_draws(self.GUIDE_DRAWS)
+        return all(getattr(p, "draws", None) is not None for p in self.programs)
+
+    def guide_draws(self, num_draws: int = GUIDE_DRAWS, seed: int | None = None) -> bool:
+        """(Re)draw ``num_draws`` parameter draws per chain from the fitted guide (SVI fits).
+
+        Chain ``c`` uses seed ``seed + c`` (default: the fit's seed). Returns whether the guide
+        covers a global site (else the fit stays a point fit and nothing is drawn).
+        """
+        from gmppl.inference.draws import guide_draws
+
+        fitted_guide = getattr(self.backend, "fitted_guide", None)
+        if fitted_guide is None or self.data is None:
+            return False
+        self._guide_checked = True
+        seed = int(self.config.get("seed", 0) if seed is None else seed)
+        got = [
+            guide_draws(p, fitted_guide(p), self.data, int(num_draws), seed=seed + c)
+            for c, p in enumerate(self.programs)
+        ]
+        if any(d is None for d in got):
+            return False
+        for p, d in zip(self.programs, got, strict=True):
+            p.draws = d
+        return True
 
     @property
     def history(self) -> dict[str, np.ndarray]:
@@ -97,6 +137,11 @@ class Fit:
         return jnp.concatenate(parts)
 
     def _sample_chain(self, program: Any, n: int, seed: int | None) -> Any:
+        if self.is_bayesian:
+            from gmppl.inference.draws import sample_predictive
+
+            x = sample_predictive(program, int(n), seed=seed)
+            return program.as_tensor(x) if self.engine == "pyro" else program.as_array(x)
         return self.backend.sample(program, int(n), seed=seed, key=self._key(seed) if self.engine != "pyro" else None)
 
     # ------------------------------------------------------------------ densities
@@ -107,10 +152,7 @@ class Fit:
         Raises ``gm.NotSupported`` for implicit models.
         """
         arr = self._check_x(x)
-        values = [
-            self.backend.log_prob(p, p.as_tensor(arr) if self.engine == "pyro" else arr, **kwargs)
-            for p in self.programs
-        ]
+        values = [self._log_prob_chain(p, arr, **kwargs) for p in self.programs]
         if len(values) == 1:
             return values[0]
         stacked = np.stack([to_numpy(getattr(v, "value", v)) for v in values])
@@ -120,14 +162,15 @@ class Fit:
         """``log p_c(x_i)`` for every chain ``c``: shape ``(chains, len(x))``."""
         arr = self._check_x(x)
         return np.stack(
-            [
-                to_numpy(getattr(v, "value", v))
-                for v in (
-                    self.backend.log_prob(p, p.as_tensor(arr) if self.engine == "pyro" else arr, **kwargs)
-                    for p in self.programs
-                )
-            ]
+            [to_numpy(getattr(v, "value", v)) for v in (self._log_prob_chain(p, arr, **kwargs) for p in self.programs)]
         )
+
+    def _log_prob_chain(self, program: Any, arr: np.ndarray, **kwargs: Any) -> Any:
+        if self.is_bayesian and getattr(self.backend, "run", None) is None:  # SVI draws: the guide's predictive
+            from gmppl.inference.draws import log_predictive
+
+            return log_predictive(program, arr)
+        return self.backend.log_prob(program, program.as_tensor(arr) if self.engine == "pyro" else arr, **kwargs)
 
     def posterior(self, x: Any, num_samples: int = 100, seed: int | None = None, *, chain: int = 0) -> Any:
         """Draws of the latent ``z`` given ``x``: shape ``(num_samples, len(x), *z_shape)``."""

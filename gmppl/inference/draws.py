@@ -10,6 +10,12 @@ A Bayesian fit holds ``program.draws``: a :class:`Draws` with, for every unobser
 - likelihood: ``log p(x_i | theta_s)`` per draw — :func:`log_likelihood_draws` gives ``(S, n)``;
   on the data conditioned on, local draws are substituted too (``log p(x_i | theta_s, z_{i,s})``,
   what ``az.loo`` takes); for new ``x`` it needs a model without local latents.
+
+Draws come from a sampler (NUTS) or from a fitted variational guide: SVI with a mean-field guide
+over the global sites (``AutoNormal``/``AutoDiagonalNormal`` on network weights) gives
+``theta_s ~ q(theta)``, ``s = 1..S`` (:func:`guide_draws`), and everything above then works the
+same — the posterior predictive ``p(x | data) ~ (1/S) sum_s p(x | theta_s)`` uses the guide's
+approximate posterior instead of the exact one.
 """
 
 from __future__ import annotations
@@ -79,6 +85,77 @@ def sample_draws(program: Any, m: int, *, seed: int = 0) -> np.ndarray:
     keys = jax.random.split(jax.random.PRNGKey(seed), d.num_draws)
     fn = jax.jit(jax.vmap(lambda g, k: program.sample_fn({**params, **g}, k, m)))
     return np.asarray(fn(glob, keys))
+
+
+def sample_predictive(program: Any, n: int, *, seed: int | None = None) -> np.ndarray:
+    """``n`` draws of the posterior predictive: ``ceil(n / S)`` per parameter draw, shuffled (numpy)."""
+    d: Draws = program.draws
+    per = -(-int(n) // d.num_draws)
+    seed = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else int(seed)
+    x = sample_draws(program, per, seed=seed)
+    x = x.reshape(-1, *x.shape[2:])
+    return x[np.random.default_rng(seed).permutation(len(x))[: int(n)]]
+
+
+def _latent_names(sites: dict[str, Any]) -> list[str]:
+    """Unobserved sample sites, not counting plates (Pyro records a plate as a ``_Subsample`` site)."""
+    return [
+        k
+        for k, v in sites.items()
+        if v["type"] == "sample" and not v.get("is_observed") and type(v.get("fn")).__name__ != "_Subsample"
+    ]
+
+
+def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed: int = 0) -> Draws | None:
+    """``num_draws`` draws of the model's latent sites from a fitted guide run on the data ``x``.
+
+    Returns None when the guide samples no *global* site (an amortised ``q(z_i | x_i)`` alone: a
+    point fit of the network, not a Bayesian one). Local sites the guide samples (per example of
+    ``x``) are kept, as NUTS keeps its per-example draws.
+    """
+    x = np.asarray(x)
+    n, s_num = len(x), int(num_draws)
+    if program.engine == "pyro":
+        import pyro.poutine as poutine
+        import torch
+
+        xt = program.as_tensor(x)
+        model_tr = program.trace(x=xt).nodes
+        names = _latent_names(model_tr)
+        local = local_sites(model_tr, n)
+        if not set(names) - local:
+            return None
+        rows: dict[str, list] = {}
+        devices = [program.device] if program.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), program.scope():
+            torch.manual_seed(seed)
+            for _ in range(s_num):
+                tr = poutine.trace(guide).get_trace(xt).nodes
+                for k in names:
+                    if k in tr:
+                        rows.setdefault(k, []).append(tr[k]["value"].detach().cpu().numpy())
+        values = {k: np.stack(v) for k, v in rows.items()}
+    else:
+        import jax
+        from numpyro import handlers
+
+        xa = program.as_array(x)
+        model_tr = program.trace(program.params, jax.random.PRNGKey(0), x=xa)
+        names = _latent_names(model_tr)
+        local = local_sites(model_tr, n)
+        if not set(names) - local:
+            return None
+
+        def one(params: Any, key: Any) -> dict:
+            g = handlers.seed(handlers.substitute(guide, data=program.constrain(params)), key)
+            tr = handlers.trace(g).get_trace(xa)
+            return {k: tr[k]["value"] for k in names if k in tr}
+
+        keys = jax.random.split(jax.random.PRNGKey(seed), s_num)
+        values = {k: np.asarray(v) for k, v in jax.jit(jax.vmap(one, in_axes=(None, 0)))(program.params, keys).items()}
+    if not set(values) - local:
+        return None
+    return Draws(values=values, local=frozenset(local & set(values)), x=x)
 
 
 def log_likelihood_draws(program: Any, x: Any) -> np.ndarray:

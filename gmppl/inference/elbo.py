@@ -362,6 +362,11 @@ class ELBO(Backend):
             return _pyro_posterior(program, plan, x, num_samples, seed)
         return _jax_posterior(program, plan, x, num_samples, key)
 
+    def fitted_guide(self, program: Any) -> Callable:
+        """The fitted guide program ``guide(x)`` (its parameters live in ``program``): ``Fit`` draws
+        global sites from it (Bayesian SVI, see ``gmppl.inference.draws.guide_draws``)."""
+        return program.extras[_STATE].guide
+
 
 # ====================================================================== Pyro / torch
 def _jit_mean_field() -> type:

@@ -25,7 +25,7 @@ import numpy as np
 
 from gmppl.errors import BackendError, NotSupported
 from gmppl.inference.base import Backend
-from gmppl.inference.draws import Draws, local_sites, log_likelihood_draws, log_predictive, sample_draws
+from gmppl.inference.draws import Draws, local_sites, log_likelihood_draws, log_predictive, sample_predictive
 
 
 class NUTS(Backend):
@@ -166,15 +166,8 @@ class NUTS(Backend):
     # ------------------------------------------------------------------ evaluation (Fit uses these)
     def sample(self, program: Any, n: int, *, seed: int | None = None, key: Any = None) -> Any:
         """``n`` draws of the posterior predictive: ``ceil(n / S)`` per parameter draw, shuffled."""
-        d: Draws = program.draws
-        per = -(-int(n) // d.num_draws)
-        seed = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else int(seed)
-        x = sample_draws(program, per, seed=seed)
-        x = x.reshape(-1, *x.shape[2:])
-        x = x[np.random.default_rng(seed).permutation(len(x))[: int(n)]]
-        if program.engine == "pyro":
-            return program.as_tensor(x)
-        return program.as_array(x)
+        x = sample_predictive(program, n, seed=seed)
+        return program.as_tensor(x) if program.engine == "pyro" else program.as_array(x)
 
     def log_prob(self, program: Any, x: Any, **kwargs: Any) -> Any:
         """Posterior predictive ``log (1/S) sum_s p(x_i | theta_s)`` (models without per-example latents)."""
