@@ -11,8 +11,10 @@ Target ``P = 0.7 N(-1.5, 0.5^2) + 0.3 N(1.5, 0.5^2)``, 20000 data points. Tolera
   steps, each on fresh minibatches of 256 + 256 examples, so its Monte Carlo error is the per-step
   spread divided by ~sqrt(500), well under 1%; a trained critic's bound sits just below the
   supremum, and the 5% covers that approximation gap.
-* Total variation is an expected failure (strict): its optimal critic is the step ``sign(p - q) / 2``,
-  tanh critics saturate and the generator's gradient dies before it reaches the minimiser.
+* Total variation runs on the backend's defaults for it (critic ``T = v / (2 (1 + |v|))`` and an
+  output penalty ``1e-4 E[V^2]``): the penalty smooths the step-shaped optimal critic and moves the
+  minimiser by ~0.02 here (measured), inside ``ATOL``. With the seed's ``tanh`` and no penalty it
+  stalled 0.5-0.9 away.
 """
 
 from __future__ import annotations
@@ -162,7 +164,6 @@ def torch_params(fit) -> np.ndarray:
 STEPS = 2000
 SETTINGS = {name: (STEPS, 1, 1e-2, 1e-2) for name in NAMES}
 SETTINGS["jeffreys"] = (STEPS, 2, 1e-2, 5e-3)
-SETTINGS["total_variation"] = (STEPS, 1, 1e-3, 1e-3)
 START = (0.6, -0.5)  # inside the region where every D_f is finite (Neyman needs a < sqrt(2) * 0.5)
 
 
@@ -203,22 +204,7 @@ def jax_fits(x_data: np.ndarray) -> dict:
     return fits
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="TV f-GAN: the optimal critic is a step 1/2 sign(p - q); tanh critics saturate and "
-                "the generator's gradient vanishes before it reaches the minimiser",
-            ),
-        )
-        if n == "total_variation"
-        else n
-        for n in NAMES
-    ],
-)
+@pytest.mark.parametrize("name", NAMES)
 def test_every_f_divergence_finds_the_quadrature_minimiser_jax(name: str, jax_fits: dict) -> None:
     fit = jax_fits[name]
     for key in ("loss", "critic_loss", "divergence"):
@@ -345,6 +331,8 @@ def test_unknown_divergence_is_refused_at_construction() -> None:
         gm.inference.Adversarial(divergence="w1", lipschitz=None)
     with pytest.raises(gm.BackendError):
         gm.inference.Adversarial(critic_steps=0)
+    with pytest.raises(gm.BackendError, match="output_penalty"):
+        gm.inference.Adversarial(output_penalty=-1.0)
     assert gm.inference.Adversarial(divergence=gm.divergences.Neyman()).div.name == "neyman"
 
 
@@ -397,18 +385,28 @@ def test_history_save_load_and_no_density_for_implicit_models(tmp_path, moons) -
             z = numpyro.sample("z", ndist.Normal(jnp.zeros(2), 1.0).to_event(1))
             numpyro.deterministic("x", jax.vmap(g)(z))
 
-    for model, name in ((pyro_gan, "w1"), (numpyro_gan, "w1"), (numpyro_gan, "gan")):
-        backend = gm.inference.Adversarial(name, critic_steps=2)
+    cases = (
+        (pyro_gan, "w1", None),
+        (numpyro_gan, "w1", None),
+        (numpyro_gan, "gan", 1e-3),
+        (pyro_gan, "total_variation", None),
+    )
+    for model, name, out_pen in cases:
+        backend = gm.inference.Adversarial(name, critic_steps=2, output_penalty=out_pen)
         fit = gm.fit(model, moons, backend, steps=30, batch_size=64, progress=False)
         h = fit.history
         keys = {"loss", "critic_loss", "divergence", "grad_norm"}
         assert keys <= set(h) and all(h[k].shape == (30,) and np.all(np.isfinite(h[k])) for k in keys)
         if name == "w1":
             assert "gradient_penalty" in h and np.all(h["gradient_penalty"] >= 0)
+        # the critic-output penalty: on by default for TV (1e-4), or when asked for
+        assert ("output_penalty" in h) == (name == "total_variation" or out_pen is not None), (name, set(h))
+        assert backend.output_weight == (1e-4 if name == "total_variation" else (out_pen or 0.0))
         with pytest.raises(gm.NotSupported):
             fit.log_prob(moons[:4])
         fit.save(tmp_path / f"{fit.engine}{name}")
         again = gm.load(tmp_path / f"{fit.engine}{name}", model)
+        assert again.backend.output_penalty == out_pen
         xs = moons[:16]
         c1, c2 = backend.critic_fn(fit.program), again.backend.critic_fn(again.program)
         if fit.engine == "pyro":
