@@ -220,7 +220,7 @@ def main(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     picture = tile(np.concatenate([samples[:48], x_test[:16]]), 4)
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = plt.subplots(figsize=(8, 2.4))
     ax.imshow(picture, cmap="gray_r", vmin=0, vmax=1)
     ax.set(title=f"GAN ({divergence}) samples (rows 1-3) and held-out digits (row 4)", xticks=[], yticks=[])
     fig.tight_layout()
