@@ -11,6 +11,17 @@
 * ``method="auto"`` (default): ``"dsm"`` when the observed site is a ``Diffusion``, else ``"sliced"``.
 
 Both are Fisher divergences up to a constant independent of ``theta``; ``history["loss"]`` records ``L``.
+
+Caveats for ``"sliced"``, both from the Fisher divergence ``E_{P_X} ||grad log p_X - grad log p_theta||^2``:
+
+* the identity behind it is an integration by parts, valid when ``grad log p_theta`` is (absolutely)
+  continuous: use smooth networks (tanh, SiLU). Rational-quadratic spline flows are only C^1 and ReLU
+  networks piecewise linear; their scores jump, the jumps' share of the Hessian trace is invisible to
+  autodiff, and the loss can be driven down by a sawtooth density (held-out log-likelihood collapses);
+* it is blind to where mass goes off the data's support and to the relative weights of well-separated
+  components: compare held-out log-likelihoods knowing that ``log(1 - q)`` for mass ``q`` left off the
+  data is not penalised. Adam's per-coordinate scaling turns gradient noise in those blind directions
+  into full-size steps: a smaller learning rate than for maximum likelihood keeps the mass in place.
 """
 
 from __future__ import annotations

@@ -309,3 +309,85 @@ def test_save_load_keeps_the_ode_likelihood(gaussian_fits: dict, engine: str, tm
     again = gm.load(tmp_path / engine, fit.model)
     assert again.backend == fit.backend
     np.testing.assert_allclose(np.asarray(again.log_prob(XTE)), lp, atol=1e-4)
+
+
+# ------------------------------------------------------------------ sliced score matching vs maximum likelihood
+def _smooth_flow(layers: int = 8, hidden: int = 64):  # noqa: ANN202
+    """RealNVP couplings with tanh networks, started at the identity (last layers zero).
+
+    Score matching needs ``grad log p`` to be (absolutely) continuous: its objective comes from an
+    integration by parts. Rational-quadratic splines are only C^1 and ReLU networks only piecewise
+    linear, so those flows' scores jump at knots/kinks, the jumps' delta contributions to the Hessian
+    trace are invisible to autograd, and the sliced loss can be driven down by a sawtooth log-density
+    (the spline flow's sliced fit scored -30 nats held out): a smooth (tanh) flow is the valid choice.
+    """
+    from pyro.distributions.torch_transform import ComposeTransformModule
+    from pyro.distributions.transforms import AffineCoupling, Permute
+    from pyro.nn import DenseNN
+
+    torch.manual_seed(0)
+    parts: list = []
+    for i in range(layers):
+        if i:
+            parts.append(Permute(torch.tensor([1, 0])))
+        net = DenseNN(1, [hidden, hidden], param_dims=[1, 1], nonlinearity=torch.nn.Tanh())
+        with torch.no_grad():
+            net.layers[-1].weight.zero_()
+            net.layers[-1].bias.zero_()
+        parts.append(AffineCoupling(1, net))
+    return ComposeTransformModule(parts)
+
+
+def _flow_fit(backend: gm.inference.Backend, x: np.ndarray, lr: float) -> gm.Fit:
+    import pyro
+    import pyro.distributions as dist
+
+    f = _smooth_flow()
+
+    def model(x=None, n=None):  # noqa: ANN001, ANN202
+        pyro.module("flow", f)
+        with pyro.plate("data", x.shape[0] if x is not None else n):
+            pyro.sample("x", gm.models.Pushforward(dist.Normal(torch.zeros(2), 1.0).to_event(1), f), obs=x)
+
+    opt = gm.optim.Adam(lr=lr)
+    return gm.fit(model, x, backend, steps=400, batch_size=512, seed=0, optim=opt, progress=False)
+
+
+SSM_GAP = 0.5
+
+
+def test_sliced_fits_a_flow_to_nearly_the_likelihood_fits_heldout_loglik() -> None:
+    """The same flow (8 tanh RealNVP couplings, identity start), steps (400), batch and seed, fitted by
+    ``Likelihood`` and by ``Score(method="sliced")``: held-out log-likelihoods within ``SSM_GAP`` nats.
+
+    Data: two moons at noise 0.15, i.e. the usual noise-0.05 moons convolved with ``N(0, 0.14^2 I)``
+    (sliced matching on noise-perturbed data; both fits then target that smoothed density). At noise
+    0.05 the moons are a thin manifold whose score is ~1/0.05^2 x the distance to it: a smooth flow's
+    score error there dominates the Fisher divergence, the ML fit itself has a *worse* Fisher divergence
+    than a broad blob, and the sliced fit stays broad (about -2.5 nats vs -0.6 for ML).
+
+    ``SSM_GAP = 0.5``: 4 Monte Carlo sd of the paired mean difference over 1000 held-out points
+    (sd ~ 0.03 -> 0.12) plus what the Fisher divergence cannot see: mass outside the data's support
+    (the flow may leave a fraction ``q`` there at no cost, ``log(1 - q)`` nats; observed ``q ~ 0.05``) and
+    the relative weight of the two moons (``w`` instead of 1/2 costs ``-0.5 log(4 w (1 - w))``, 0.09 nats
+    at ``w = 0.65``, the worst seen); 0.38 nats is the allowance for both. Observed: ML -1.57, sliced
+    -1.80 (gap 0.23, paired sd 0.024, 95% of the sliced flow's mass in the data's box).
+    Sliced matching learned: it beats the flow's starting point, ``N(0, I)``, by more than 0.5 nats.
+    Learning rates: 2e-3 for ML, 5e-4 for the second-order sliced loss (at 1e-3 and above its
+    gradient noise, which Adam rescales to full-size steps in directions the loss is blind to, walks
+    mass away from the data).
+    """
+    from scipy.stats import multivariate_normal
+    from sklearn.datasets import make_moons
+
+    torch.set_num_threads(1)
+    x = make_moons(2000, noise=0.15, random_state=0)[0].astype(np.float32)
+    xte = make_moons(1000, noise=0.15, random_state=1)[0].astype(np.float32)
+    ml = _flow_fit(gm.inference.Likelihood(), x, 2e-3)
+    ssm = _flow_fit(gm.inference.Score(method="sliced"), x, 5e-4)
+    assert np.isfinite(ssm.history["loss"]).all() and ssm.history["loss"][-100:].mean() < 0
+    lp_ml = np.asarray(ml.log_prob(xte), dtype=np.float64)
+    lp_ssm = np.asarray(ssm.log_prob(xte), dtype=np.float64)
+    start = multivariate_normal(np.zeros(2), np.eye(2)).logpdf(xte).mean()
+    assert lp_ml.mean() - lp_ssm.mean() < SSM_GAP, (lp_ml.mean(), lp_ssm.mean())
+    assert lp_ssm.mean() > start + 0.5, (lp_ssm.mean(), start)
