@@ -24,6 +24,10 @@ Bayesian fits (``program.draws``: NUTS, or SVI whose guide covers global sites, 
 - ``log_likelihood``: ``log p(x_i | theta_s)`` per draw, so ``az.loo``/``az.compare`` work.
 - ``sample_stats``: the sampler's per-draw statistics (``lp``, ``diverging``, ...).
 
+``tree.attrs["loo"]`` says whether and how ``az.loo`` applies (see :func:`loo_note`): Bayesian and
+ELBO fits, ``az.loo(tree)``; point-fit ensembles of at least 25 chains, ``az.loo(tree, reff=1.0)``
+(independent members, a crude posterior); single point fits and implicit models, not at all.
+
 A backend may add groups through ``backend.arviz_groups(fit, x, seed=, posterior_samples=, log_likelihood=)`` returning
 ``{group: {var: array with (chain, draw, ...) leading dims}}`` and, optionally, dims in
 ``{group: {var: [dim names]}}`` as a second item; its variables replace those of the same name
@@ -112,10 +116,47 @@ def to_datatree(
         put("observed_data", fit.info.observed, np.asarray(xs), ["obs", *x_dims])
 
     attrs = {"backend": type(fit.backend).__name__, "engine": fit.engine, "inference_library": "gmppl"}
+    attrs["loo"] = loo_note(fit, x, groups.get("log_likelihood", {}).get(fit.info.observed))
     tree = xr.DataTree(dataset=xr.Dataset(attrs=attrs))
     for group, variables in groups.items():
         tree[group] = _group(group, variables, dims[group])
     return tree
+
+
+MIN_LOO_DRAWS = 25  # ArviZ's PSIS fits a Pareto tail to min(S/5, 3 sqrt(S)) >= 5 draws
+
+
+def loo_note(fit: Any, x: Any, ll: np.ndarray | None) -> str:
+    """Whether ``az.loo`` applies to the tree, and how to call it (the tree's ``attrs["loo"]``).
+
+    Bayesian fits (NUTS, SVI over global sites) and ELBO fits (per latent draw) hold many draws
+    per chain: ``az.loo(tree)``. A point fit holds one draw per chain, ``log p(x_i | theta_c)``: its
+    ``C`` chains are independent fits, a crude posterior that ``az.loo(tree, reff=1.0)`` reads once
+    ``C >= 25`` (expect Pareto k flags where members disagree); with fewer, PSIS-LOO cannot run.
+    Implicit models have no likelihood: ``gm.compare`` ranks them by two-sample statistics.
+    """
+    if ll is None:
+        if fit.info.implicit:
+            return (
+                "not applicable: the model is implicit (no likelihood, no log_likelihood group); "
+                "rank fits with gm.compare(fits, x_test) (MMD, W1)."
+            )
+        if x is None and not has_draws(fit):
+            return "no log_likelihood group: pass x to to_arviz(x) for pointwise log-likelihoods."
+        return "not applicable: no pointwise likelihood for this fit."
+    total = int(ll.shape[0] * ll.shape[1])
+    if ll.shape[1] > 1:
+        return "az.loo(tree)"
+    if total >= MIN_LOO_DRAWS:
+        return (
+            f"az.loo(tree, reff=1.0): a point-fit ensemble; its {total} independently seeded members are the draws "
+            "of a crude posterior (expect Pareto k flags where they disagree)."
+        )
+    return (
+        f"not applicable: a point fit holds one draw per chain ({total} in all) and ArviZ's PSIS-LOO needs at "
+        f"least {MIN_LOO_DRAWS}; fit chains>={MIN_LOO_DRAWS} for an ensemble LOO, or compare held-out "
+        "log-likelihoods with gm.compare(fits, x_test)."
+    )
 
 
 def _group(group: str, variables: dict[str, np.ndarray], dims: dict[str, list[str]]) -> Any:

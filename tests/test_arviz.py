@@ -219,7 +219,47 @@ def pyro_implicit():
     return model
 
 
-@pytest.mark.parametrize("backend", ["Likelihood", "Adversarial", "Score"])
+def pyro_bayes_gaussian():
+    """``mu ~ N(0, 10^2)``, ``x_i ~ N(mu, 1)``: a prior on the one weight (for ELBO+AutoNormal and NUTS)."""
+    import pyro
+    import pyro.distributions as dist
+
+    def model(x=None, n=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        n = x.shape[0] if x is not None else n
+        with pyro.plate("data", n):
+            pyro.sample("x", dist.Normal(mu, 1.0).expand([1]).to_event(1), obs=x)
+
+    return model
+
+
+def backend_fit(backend: str, chains: int = 2, engine: str = "pyro"):
+    """A short fit of a small Gaussian model by ``backend`` (implicit for Adversarial; Bayesian for ELBO/NUTS)."""
+    if backend == "ELBO":
+        from pyro.infer.autoguide import AutoNormal
+
+        model = pyro_bayes_gaussian()
+        fit = gm.fit(model, X_TEST, gm.inference.ELBO(guide=AutoNormal(model)), steps=20, chains=chains, progress=False)
+        fit.guide_draws(100)  # 100 guide draws per chain: enough for the checks, quick to evaluate
+        return fit
+    if backend == "NUTS":
+        nuts = gm.inference.NUTS(num_warmup=50, num_samples=100)
+        return gm.fit(pyro_bayes_gaussian(), X_TEST, nuts, chains=chains, progress=False)
+    model = (
+        pyro_implicit() if backend == "Adversarial" else {"pyro": pyro_gaussian, "numpyro": numpyro_gaussian}[engine]()
+    )
+    be = {
+        "Likelihood": gm.inference.Likelihood(),
+        "Adversarial": gm.inference.Adversarial(),
+        "Score": gm.inference.Score(method="sliced"),
+    }[backend]
+    return gm.fit(model, X, be, steps=20, batch_size=100, chains=chains, progress=False)
+
+
+BACKENDS = ["Likelihood", "Adversarial", "Score", "ELBO", "NUTS"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_arviz_functions_on_every_backend(backend):
     """summary/hdi/ess/rhat on functionals and the predictive, a plot, and a comparison, for each backend."""
     import matplotlib
@@ -227,14 +267,15 @@ def test_arviz_functions_on_every_backend(backend):
     matplotlib.use("Agg")
     import arviz_plots as azp
 
-    model = pyro_implicit() if backend == "Adversarial" else pyro_gaussian()
-    be = {
-        "Likelihood": gm.inference.Likelihood(),
-        "Adversarial": gm.inference.Adversarial(),
-        "Score": gm.inference.Score(method="sliced"),
-    }[backend]
-    fit = gm.fit(model, X, be, steps=20, batch_size=100, chains=2, progress=False)
-    tree = fit.to_arviz(X_TEST, num_samples=40, functionals={"mean": lambda s: s[:, 0].mean()}, posterior_samples=40)
+    fit = backend_fit(backend)
+    bayesian = backend in ("ELBO", "NUTS")
+    tree = fit.to_arviz(
+        None if bayesian else X_TEST,
+        num_samples=40,
+        functionals={"mean": lambda s: s[:, 0].mean()},
+        posterior_samples=40,
+        functional_samples=40,
+    )
     assert ("log_likelihood" in tree.children) == (backend != "Adversarial")
     assert tree.attrs["backend"] == backend
     for group in ("posterior", "posterior_predictive"):
@@ -247,6 +288,59 @@ def test_arviz_functions_on_every_backend(backend):
     matplotlib.pyplot.close("all")
     table = gm.compare({backend: fit, "other": fit}, X_TEST, num_samples=40)
     assert len(table) == 2 and ("elpd" in table.columns) == (backend != "Adversarial")
+    if bayesian:  # parameter draws: az.loo and az.compare on the trees themselves
+        assert tree.attrs["loo"] == "az.loo(tree)"
+        assert np.isfinite(az.loo(tree).elpd)
+        assert len(az.compare({backend: tree, "other": tree})) == 2
+
+
+def lppd(tree) -> float:
+    """``sum_i log (1/S) sum_s p(x_i | draw_s)`` from the tree's pointwise log-likelihoods."""
+    ll = tree.log_likelihood["x"].values.reshape(-1, tree.log_likelihood["x"].shape[-1]).astype(float)
+    return float((np.logaddexp.reduce(ll, axis=0) - np.log(len(ll))).sum())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loo_wherever_a_pointwise_likelihood_exists(backend):
+    """``az.loo`` runs on every tree with pointwise likelihoods over enough draws; ``attrs["loo"]`` says how.
+
+    Point fits (Likelihood, Score) hold one draw per chain: an ensemble of 25 independently seeded
+    chains is a crude posterior that PSIS-LOO reads with ``reff=1`` (independent
+    draws). Its elpd_loo is a reweighted ``lppd`` (``-log mean_s 1/p_s <= log mean_s p_s``, the
+    harmonic vs arithmetic mean): ``0 <= lppd - elpd_loo`` and, for members that agree after a short
+    fit, small (< 2 nats over 40 points). Bayesian trees (ELBO with a guide over the prior's site,
+    NUTS): ``az.loo(tree)``; NUTS's ``p_loo`` is near the one effective parameter (0.5 < p < 3; the
+    20-step SVI guide is still narrower than the posterior, and its ``p_loo`` smaller).
+    Implicit models (Adversarial): no likelihood, and the note says so.
+    """
+    if backend == "Adversarial":
+        tree = backend_fit(backend).to_arviz(X_TEST, num_samples=20, posterior_samples=5)
+        assert tree.attrs["loo"].startswith("not applicable: the model is implicit")
+        with pytest.raises(TypeError, match="log likelihood"):
+            az.loo(tree)
+        return
+    if backend in ("Likelihood", "Score"):
+        fit = backend_fit(backend, chains=25)
+        tree = fit.to_arviz(X_TEST, num_samples=10, posterior_samples=5)
+        assert tree.log_likelihood["x"].shape == (25, 1, len(X_TEST))
+        assert tree.attrs["loo"].startswith("az.loo(tree, reff=1.0)")
+        loo = az.loo(tree, reff=1.0)
+        assert 0.0 <= lppd(tree) - loo.elpd < 2.0
+        return
+    fit = backend_fit(backend, chains=1)
+    tree = fit.to_arviz()
+    assert tree.attrs["loo"] == "az.loo(tree)"
+    loo = az.loo(tree)
+    assert 0.0 <= lppd(tree) - loo.elpd < 3.0
+    assert 0.5 < loo.p < 3.0 if backend == "NUTS" else 0.0 < loo.p < 3.0
+
+
+def test_loo_note_for_a_single_point_fit(fits):
+    """Two chains of a point fit are two draws: too few for PSIS-LOO; the note says what to do instead."""
+    tree = fits["pyro"].to_arviz(X_TEST, num_samples=10)
+    assert tree.attrs["loo"].startswith("not applicable: a point fit holds one draw per chain (2 in all)")
+    assert "gm.compare" in tree.attrs["loo"]
+    assert fits["pyro"].to_arviz(num_samples=10).attrs["loo"].startswith("no log_likelihood group")
 
 
 # SVI with AutoNormal over global sites (Bayesian pushforwards): tests/test_bayesian_svi.py
