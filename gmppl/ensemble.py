@@ -1,6 +1,7 @@
 """Ensembles: re-draw network weights so that each chain of ``gm.fit(..., chains=C)`` starts afresh.
 
-A network's parameters reach gmppl only as tensors (``pyro.module``/``eqx_module``), so chain
+A network's parameters reach gmppl only as tensors (``pyro.module``, a ``PyroModule``'s
+``nn.Parameter`` attributes, ``eqx_module``), so chain
 ``c > 0`` re-draws every weight of a registered module with PyTorch's and Equinox's default
 rule for linear/conv layers, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (biases take the fan-in of
 their layer's weight). Plain ``param`` sites keep the value the program gives them: their
@@ -38,7 +39,7 @@ def reinitialise(program: Any, *, seed: int) -> None:
     if program.engine == "pyro":
         import torch
 
-        params = {k: v for k, v in program.params().items() if "$$$" in k}
+        params = {k: v for k, v in program.params().items() if "$$$" in k or k in _pyro_module_params(program)}
         new = _redraw([(k, tuple(v.shape)) for k, v in params.items()], rng)
         with torch.no_grad():
             for k, v in params.items():
@@ -58,6 +59,23 @@ def reinitialise(program: Any, *, seed: int) -> None:
             [jax.numpy.asarray(new[k], dtype=leaf.dtype) for (k, _), (_, leaf) in zip(keyed, leaves, strict=True)],
         )
     program.params = jax.device_put(params, program.device)
+
+
+def _pyro_module_params(program: Any) -> set[str]:
+    """The model's ``PyroModule`` parameters: ``nn.Parameter`` leaves of unconstrained ``param`` sites
+    in the model's own trace (a ``PyroModule`` registers them under its attribute path, without
+    ``pyro.module``'s ``$$$``). A guide's ``PyroParam`` (``AutoNormal``'s locations) is not the model's."""
+    import torch
+    from torch.distributions import constraints
+
+    names = [k for k, v in program.trace(x=None, n=2).nodes.items() if v["type"] == "param"]
+    store = program.params()
+    return {
+        k
+        for k in names
+        if isinstance(store.get(k), torch.nn.Parameter)
+        and program.store["constraints"].get(k, constraints.real) is constraints.real
+    }
 
 
 # ---------------------------------------------------------------------- JAX: all chains in one program
