@@ -291,3 +291,60 @@ def test_event_shape_found_by_probing() -> None:
 
     assert tuple(gm.models.Diffusion(Net()).event_shape) == (3,)
     assert tuple(gm.models.Diffusion(gm.models.ScoreUNet(1, 8, 8)).event_shape) == (1, 8, 8)
+
+
+# ------------------------------------------------------------------ the U-Net learns a known image-shaped score
+def _image_gaussian() -> tuple[np.ndarray, np.ndarray]:
+    """``N(mu, Sigma)`` on 1x4x4 images: a bright centre, pixel correlations ``0.8 exp(-d^2 / 2)`` + 0.2 I."""
+    r, c = np.divmod(np.arange(16), 4)
+    d2 = (r[:, None] - r[None]) ** 2 + (c[:, None] - c[None]) ** 2
+    mu = np.exp(-((r - 1.5) ** 2 + (c - 1.5) ** 2) / 2.0)
+    return mu, 0.8 * np.exp(-d2 / 2.0) + 0.2 * np.eye(16)
+
+
+def _unet_rel_errors(net: torch.nn.Module, mu: np.ndarray, cov: np.ndarray, sde: SDE) -> np.ndarray:
+    """``E||s_net - s*||^2 / E||s*||^2`` under ``p_t`` at ``t`` in ``TIMES_UNET``, ``s* = -C_t^{-1}(x - alpha_t mu)``."""
+    rng = np.random.default_rng(3)
+    out = []
+    for t in TIMES_UNET:
+        a, s = (float(v) for v in sde.marginal(np.asarray(t)))
+        c = a**2 * cov + s**2 * np.eye(16)
+        x = rng.multivariate_normal(a * mu, c, size=1000)
+        true = -np.linalg.solve(c, (x - a * mu).T).T
+        with torch.no_grad():
+            xt = torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 4, 4)
+            got = net(xt, torch.full((len(x),), t)).reshape(-1, 16).double().numpy()
+        out.append(((got - true) ** 2).sum(1).mean() / (true**2).sum(1).mean())
+    return np.array(out)
+
+
+TIMES_UNET = (0.05, 0.2, 0.5, 0.9)
+
+
+def test_score_unet_learns_the_closed_form_score_of_an_image_gaussian() -> None:
+    """DSM with the default image network on 4x4 Gaussian images: at every noise level the trained
+    U-Net's relative Fisher error to the exact score is below 0.1 and at most a fifth of the untrained
+    network's (which is ~1.1: its output is unrelated to the score). Observed after 350 steps:
+    0.066, 0.009, 0.004, 0.004 at t = 0.05, 0.2, 0.5, 0.9 (the smallest noise level, whose score is
+    largest, is hardest); the Monte Carlo error of each ratio over 1000 points is ~5% of its value.
+    """
+    import pyro
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    mu, cov = _image_gaussian()
+    sde = SDE("vp")
+    net = gm.models.ScoreUNet(1, 4, 4)
+    before = _unet_rel_errors(net, mu, cov, sde)
+    x = np.random.default_rng(0).multivariate_normal(mu, cov, size=4000).astype(np.float32).reshape(-1, 1, 4, 4)
+
+    def model(x=None, n=None):  # noqa: ANN001, ANN202
+        s = pyro.module("score", net)
+        with pyro.plate("data", x.shape[0] if x is not None else n):
+            pyro.sample("x", gm.models.Diffusion(s, sde=sde, steps=10), obs=x)
+
+    gm.fit(
+        model, x, gm.inference.Score(), steps=350, batch_size=128, seed=0, optim=gm.optim.Adam(lr=3e-3), progress=False
+    )
+    after = _unet_rel_errors(net, mu, cov, sde)
+    assert (after < 0.1).all() and (after < before / 5).all(), (before, after)
