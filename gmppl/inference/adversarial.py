@@ -11,7 +11,7 @@ gradient penalty ``penalty * E[(|grad T(x_hat)| - 1)^2]`` on random interpolates
 Gulrajani et al. 2017) or by spectral normalisation (Miyato et al. 2018).
 
 Each step does ``critic_steps`` ascent steps on ``F`` in ``w`` (fresh generated samples each, the
-same real minibatch), then one descent step in ``theta``: ``generator_loss="saddle"`` descends
+same real minibatch; default 1 for f-divergences, 5 for ``w1``), then one descent step in ``theta``: ``generator_loss="saddle"`` descends
 ``-E_{P_theta}[f*(T(y))]`` (the gradient of ``D_f`` itself at the optimal critic, by the envelope
 theorem); ``"nonsaturating"`` descends ``-E_{P_theta}[T(y)]`` (Nowozin et al.'s alternative; for
 ``gan`` the ``-log D`` trick). ``f*(activation(v))`` is the divergence's fused, overflow-free
@@ -75,7 +75,8 @@ class Adversarial(Backend):
     or a user module. ``lipschitz``: ``"gradient_penalty"``, ``"spectral_norm"`` or None;
     ``"auto"`` is the gradient penalty for ``w1`` and None for f-divergences. ``optim`` is the
     generator's optimiser (``gm.fit(optim=...)`` overrides it), ``critic_optim`` the critic's
-    (default: the generator's). ``output_penalty``: weight of ``E[V^2]`` in the critic's loss (None:
+    (default: the generator's). Defaults: f-GANs one critic step and Adam(2e-4, betas (0.5, 0.999));
+    ``w1`` the WGAN-GP recipe, five critic steps and Adam(1e-4, betas (0.5, 0.9)). ``output_penalty``: weight of ``E[V^2]`` in the critic's loss (None:
     ``1e-4`` for total variation, else 0; see the module notes).
 
     Example::
@@ -86,7 +87,7 @@ class Adversarial(Backend):
 
     divergence: Any = "js"
     critic: Any = None
-    critic_steps: int = 1
+    critic_steps: int | None = None
     generator_loss: str = "saddle"
     lipschitz: str | None = "auto"
     penalty: float = 10.0
@@ -111,7 +112,8 @@ class Adversarial(Backend):
             raise BackendError(
                 "divergence='w1' needs a Lipschitz critic; use lipschitz='gradient_penalty' or 'spectral_norm'."
             )
-        if not isinstance(self.critic_steps, int) or isinstance(self.critic_steps, bool) or self.critic_steps < 1:
+        cs = self.critic_steps
+        if cs is not None and (not isinstance(cs, int) or isinstance(cs, bool) or cs < 1):
             raise BackendError(f"critic_steps={self.critic_steps!r} must be a positive integer.")
         if not isinstance(self.penalty, int | float) or self.penalty < 0:
             raise BackendError(f"penalty={self.penalty!r} must be a number >= 0.")
@@ -142,6 +144,14 @@ class Adversarial(Backend):
         return self.lipschitz
 
     @property
+    def n_critic(self) -> int:
+        """Critic steps per generator step: ``critic_steps``, or by default 5 for ``w1`` (WGAN-GP) and 1 for
+        f-divergences (f-GAN's single-step alternation)."""
+        if self.critic_steps is not None:
+            return int(self.critic_steps)
+        return 5 if self.is_w1 else 1
+
+    @property
     def output_weight(self) -> float:
         """The weight of the critic-output penalty in force: ``output_penalty``, or by default ``1e-4`` for
         total variation and 0 otherwise."""
@@ -151,8 +161,11 @@ class Adversarial(Backend):
 
     @property
     def default_optim(self) -> Any:
-        """The generator's optimiser when ``gm.fit`` is given none: Adam(2e-4, betas=(0.5, 0.999))."""
-        return self.optim if self.optim is not None else Adam(lr=2e-4, betas=(0.5, 0.999))
+        """The generator's optimiser when ``gm.fit`` is given none: Adam(2e-4, betas=(0.5, 0.999)) (DCGAN's)
+        for f-GANs, Adam(1e-4, betas=(0.5, 0.9)) for ``w1`` (WGAN-GP's, Gulrajani et al. 2017)."""
+        if self.optim is not None:
+            return self.optim
+        return Adam(lr=1e-4, betas=(0.5, 0.9)) if self.is_w1 else Adam(lr=2e-4, betas=(0.5, 0.999))
 
     # ------------------------------------------------------------------ the objective, engine-free
     def _maps(self, xp: Any = None) -> tuple[Any, Any]:
@@ -269,8 +282,9 @@ class Adversarial(Backend):
         n = batch.shape[0]
         gp = self.constraint == "gradient_penalty" and self.penalty > 0
         out_w = self.output_weight
-        for k in range(self.critic_steps):
-            if k + 1 < self.critic_steps:
+        n_critic = self.n_critic
+        for k in range(n_critic):
+            if k + 1 < n_critic:
                 fake = program.sample(n)
             else:  # the last critic step shares the generator's forward pass
                 fake_g = program.sample(n, grad=bool(state.gen_params))
@@ -328,7 +342,7 @@ class Adversarial(Backend):
             "critic_opt_state": crit_tx.init(params[CRITIC]),
         }
         gp = self.constraint == "gradient_penalty" and self.penalty > 0
-        steps, weight, out_w = self.critic_steps, float(self.penalty), self.output_weight
+        steps, weight, out_w = self.n_critic, float(self.penalty), self.output_weight
 
         maps = self._maps()
 

@@ -313,7 +313,7 @@ def test_wgan_gp_critic_approaches_w1(x_data: np.ndarray) -> None:
     cdf_p = np.sum(W[:, None] * stats.norm.cdf(GRID[None], MEANS[:, None], STD), 0)
     w1 = float(integrate.simpson(np.abs(cdf_p - stats.norm.cdf(GRID, 3.0, 0.5)), x=GRID))
     assert w1 == pytest.approx(3.6, rel=1e-6)
-    backend = gm.inference.Adversarial("w1", penalty=100.0, critic_optim=optax.adam(1e-3, b1=0.5))
+    backend = gm.inference.Adversarial("w1", critic_steps=1, penalty=100.0, critic_optim=optax.adam(1e-3, b1=0.5))
     fit = gm.fit(frozen_normal(3.0, 0.5), x_data, backend, steps=600, batch_size=256, seed=0, progress=False)
     estimate = float(fit.history["divergence"][-300:].mean())
     assert estimate == pytest.approx(w1 * (1 + w1 / 200), rel=0.05), estimate
@@ -331,6 +331,11 @@ def test_unknown_divergence_is_refused_at_construction() -> None:
         gm.inference.Adversarial(divergence="w1", lipschitz=None)
     with pytest.raises(gm.BackendError):
         gm.inference.Adversarial(critic_steps=0)
+    # defaults: f-GAN one critic step, Adam(2e-4, (0.5, 0.999)); w1 the WGAN-GP recipe
+    js, w1 = gm.inference.Adversarial("js"), gm.inference.Adversarial("w1")
+    assert (js.n_critic, js.default_optim.lr, js.default_optim.betas) == (1, 2e-4, (0.5, 0.999))
+    assert (w1.n_critic, w1.default_optim.lr, w1.default_optim.betas) == (5, 1e-4, (0.5, 0.9))
+    assert gm.inference.Adversarial("w1", critic_steps=2).n_critic == 2
     with pytest.raises(gm.BackendError, match="output_penalty"):
         gm.inference.Adversarial(output_penalty=-1.0)
     assert gm.inference.Adversarial(divergence=gm.divergences.Neyman()).div.name == "neyman"
