@@ -319,7 +319,8 @@ def _smooth_flow(layers: int = 8, hidden: int = 64):  # noqa: ANN202
     integration by parts. Rational-quadratic splines are only C^1 and ReLU networks only piecewise
     linear, so those flows' scores jump at knots/kinks, the jumps' delta contributions to the Hessian
     trace are invisible to autograd, and the sliced loss can be driven down by a sawtooth log-density
-    (the spline flow's sliced fit scored -30 nats held out): a smooth (tanh) flow is the valid choice.
+    (on noise-0.05 moons the spline flow's sliced fit scored -30 nats held out vs -0.44 by ML; along a
+    line its score jumps by up to 15 over 1e-4): a smooth (tanh) flow is the valid choice.
     """
     from pyro.distributions.torch_transform import ComposeTransformModule
     from pyro.distributions.transforms import AffineCoupling, Permute
