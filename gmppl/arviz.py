@@ -22,7 +22,9 @@ Bayesian fits (``program.draws``: NUTS, or SVI whose guide covers global sites, 
 - ``posterior_predictive``: one generated ``x`` per posterior draw (epistemic and aleatoric
   spread together; ``gm.uq.functional`` separates them).
 - ``log_likelihood``: ``log p(x_i | theta_s)`` per draw, so ``az.loo``/``az.compare`` work.
-- ``sample_stats``: the sampler's per-draw statistics (``lp``, ``diverging``, ...).
+- ``sample_stats``: the sampler's per-draw statistics (``lp``, ``diverging``, ...), or SVI's history.
+- ``approximate_posterior`` (draws from a guide ``q``): ``log_p = log p(x, theta_s)`` and
+  ``log_q = log q(theta_s)`` per draw, for ``az.loo_approximate_posterior``.
 
 ``tree.attrs["loo"]`` says whether and how ``az.loo`` applies (see :func:`loo_note`): Bayesian and
 ELBO fits, ``az.loo(tree)``; point-fit ensembles of at least 25 chains, ``az.loo(tree, reff=1.0)``
@@ -146,6 +148,11 @@ def loo_note(fit: Any, x: Any, ll: np.ndarray | None) -> str:
         return "not applicable: no pointwise likelihood for this fit."
     total = int(ll.shape[0] * ll.shape[1])
     if ll.shape[1] > 1:
+        if has_draws(fit) and getattr(fit.program.draws, "log_q", None) is not None:
+            return (
+                "az.loo(tree); the draws come from a guide q: az.loo_approximate_posterior(tree, "
+                "tree.approximate_posterior.log_p, tree.approximate_posterior.log_q) corrects for its misfit."
+            )
         return "az.loo(tree)"
     if total >= MIN_LOO_DRAWS:
         return (
@@ -226,3 +233,6 @@ def _bayesian_groups(fit: Any, x: Any, xs: np.ndarray, put: Callable, *, seed: i
         except NotSupported:
             return
         put("log_likelihood", obs, ll, ["obs"])
+    if on_data and all(p.draws.log_q is not None for p in fit.programs):  # draws from a guide q
+        put("approximate_posterior", "log_p", np.stack([p.draws.log_p for p in fit.programs]), [])
+        put("approximate_posterior", "log_q", np.stack([p.draws.log_q for p in fit.programs]), [])

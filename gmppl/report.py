@@ -4,7 +4,9 @@ Writes into ``out_dir``:
 
 - ``summary_<group>.csv`` / ``.md`` — ``az.summary`` of ``posterior`` (latents, parameter draws,
   functionals) and ``posterior_predictive`` (mean, sd, ETI, ESS, R-hat, MCSE);
-- ``loo.md`` — ``az.loo`` where the tree has a pointwise log-likelihood over several draws;
+- ``loo.md`` — ``az.loo`` where the tree has a pointwise log-likelihood over enough draws (as
+  ``tree.attrs["loo"]`` says; with ``az.loo_approximate_posterior`` for draws from a guide), else
+  why it does not apply;
 - ``history.png`` — the training history (``loss``, or a sampler's ``lp``) per chain;
 - ``ppc.png`` — generated vs observed data, per data dimension (at most 6);
 - ``posterior.png`` — ``arviz_plots.plot_dist`` of the ``posterior`` group (at most 6 variables).
@@ -28,6 +30,34 @@ def _markdown(table: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _loo(tree: Any) -> str | None:
+    """``az.loo`` as ``tree.attrs["loo"]`` says it applies (and the guide-corrected LOO for draws from a
+    guide); the note alone where it does not; None without a log-likelihood group."""
+    import arviz as az
+
+    if "log_likelihood" not in tree.children:
+        return None
+    note = str(tree.attrs.get("loo", ""))
+    parts = [f"# PSIS-LOO\n\n{note}\n"] if note else ["# PSIS-LOO\n"]
+    if tree.log_likelihood.sizes.get("draw", 1) > 1:
+        calls = [("az.loo(tree)", lambda: az.loo(tree))]
+        if "approximate_posterior" in tree.children:
+            ap = tree.approximate_posterior
+            calls.append(
+                ("az.loo_approximate_posterior", lambda: az.loo_approximate_posterior(tree, ap["log_p"], ap["log_q"]))
+            )
+    elif note.startswith("az.loo(tree, reff=1.0)"):
+        calls = [("az.loo(tree, reff=1.0)", lambda: az.loo(tree, reff=1.0))]
+    else:
+        return "".join(parts)
+    for title, call in calls:
+        try:
+            parts.append(f"\n## {title}\n\n```\n{call()}\n```\n")
+        except (ValueError, TypeError, IndexError) as e:  # ArviZ refuses: say why, keep the rest of the report
+            parts.append(f"\n## {title}\n\nfailed: {type(e).__name__}: {e}\n")
+    return "".join(parts)
+
+
 def write_report(fit_or_tree: Any, out_dir: Any, *, x: Any = None, max_plots: int = 6) -> dict[str, Path]:
     """Write tables and PNGs of a ``Fit`` (converted with ``to_arviz(x)``) or a ``DataTree``; returns the paths."""
     import arviz as az
@@ -49,8 +79,9 @@ def write_report(fit_or_tree: Any, out_dir: Any, *, x: Any = None, max_plots: in
         (out / f"summary_{group}.md").write_text(f"# {group}\n\n" + _markdown(table))
         written[f"summary_{group}"] = out / f"summary_{group}.md"
 
-    if "log_likelihood" in tree.children and tree.log_likelihood.sizes.get("draw", 1) > 1:
-        (out / "loo.md").write_text("```\n" + str(az.loo(tree)) + "\n```\n")
+    loo_text = _loo(tree)
+    if loo_text is not None:
+        (out / "loo.md").write_text(loo_text)
         written["loo"] = out / "loo.md"
 
     if "sample_stats" in tree.children:

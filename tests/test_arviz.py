@@ -289,7 +289,7 @@ def test_arviz_functions_on_every_backend(backend):
     table = gm.compare({backend: fit, "other": fit}, X_TEST, num_samples=40)
     assert len(table) == 2 and ("elpd" in table.columns) == (backend != "Adversarial")
     if bayesian:  # parameter draws: az.loo and az.compare on the trees themselves
-        assert tree.attrs["loo"] == "az.loo(tree)"
+        assert tree.attrs["loo"].startswith("az.loo(tree)")
         assert np.isfinite(az.loo(tree).elpd)
         assert len(az.compare({backend: tree, "other": tree})) == 2
 
@@ -329,7 +329,7 @@ def test_loo_wherever_a_pointwise_likelihood_exists(backend):
         return
     fit = backend_fit(backend, chains=1)
     tree = fit.to_arviz()
-    assert tree.attrs["loo"] == "az.loo(tree)"
+    assert tree.attrs["loo"].startswith("az.loo(tree)")
     loo = az.loo(tree)
     assert 0.0 <= lppd(tree) - loo.elpd < 3.0
     assert 0.5 < loo.p < 3.0 if backend == "NUTS" else 0.0 < loo.p < 3.0

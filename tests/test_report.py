@@ -32,3 +32,36 @@ def test_report_of_a_nuts_fit(tmp_path):
     assert "elpd" in (tmp_path / "loo.md").read_text()
     for name in ("history", "ppc", "posterior"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_loo_of_svi_and_point_fits(tmp_path):
+    """SVI over the prior's site: loo.md holds az.loo and the guide-corrected LOO; a two-chain point fit's
+    loo.md says why PSIS-LOO does not apply (one draw per chain)."""
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    from pyro.infer.autoguide import AutoNormal
+
+    def model(x=None, n=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        n = x.shape[0] if x is not None else n
+        with pyro.plate("data", n):
+            pyro.sample("x", dist.Normal(mu, 1.0).expand([1]).to_event(1), obs=x)
+
+    svi = gm.fit(model, X, gm.inference.ELBO(guide=AutoNormal(model)), steps=20, progress=False)
+    svi.guide_draws(100)
+    paths = write_report(svi, tmp_path / "svi")
+    text = paths["loo"].read_text()
+    assert "## az.loo(tree)" in text and "## az.loo_approximate_posterior" in text
+    assert text.count("elpd") >= 2 and "failed" not in text
+
+    def point(x=None, n=None):
+        mu = pyro.param("mu", torch.tensor(0.0))
+        n = x.shape[0] if x is not None else n
+        with pyro.plate("data", n):
+            pyro.sample("x", dist.Normal(mu, 1.0).expand([1]).to_event(1), obs=x)
+
+    fit = gm.fit(point, X, gm.inference.Likelihood(), steps=5, chains=2, progress=False)
+    paths = write_report(fit, tmp_path / "point", x=X)
+    text = paths["loo"].read_text()
+    assert "not applicable: a point fit holds one draw per chain" in text and "elpd" not in text

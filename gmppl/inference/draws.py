@@ -35,6 +35,9 @@ class Draws:
     values: dict[str, np.ndarray]
     local: frozenset[str] = field(default_factory=frozenset)
     x: np.ndarray | None = None  # the data the local draws belong to
+    # draws from a guide q: log p(x, theta_s) (the unnormalised target) and log q(theta_s) per draw
+    log_p: np.ndarray | None = None
+    log_q: np.ndarray | None = None
 
     @property
     def num_draws(self) -> int:
@@ -57,6 +60,14 @@ def local_sites(sites: dict[str, Any], n: int) -> frozenset[str]:
         if any(getattr(f, "size", None) == n for f in site.get("cond_indep_stack", ())):
             out.add(name)
     return frozenset(out)
+
+
+def _cached(program: Any, key: tuple, build: Any) -> Any:
+    """A jitted function kept on the program (``extras``), so repeated evaluations compile once per shape."""
+    cache = program.extras.setdefault("gmppl_draws_jit", {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
 
 
 def _pick(draws: dict[str, np.ndarray], s: int) -> dict[str, np.ndarray]:
@@ -83,8 +94,12 @@ def sample_draws(program: Any, m: int, *, seed: int = 0) -> np.ndarray:
 
     params = program.params or {}
     keys = jax.random.split(jax.random.PRNGKey(seed), d.num_draws)
-    fn = jax.jit(jax.vmap(lambda g, k: program.sample_fn({**params, **g}, k, m)))
-    return np.asarray(fn(glob, keys))
+    fn = _cached(
+        program,
+        ("sample", m),
+        lambda: jax.jit(jax.vmap(lambda p, g, k: program.sample_fn({**p, **g}, k, m), in_axes=(None, 0, 0))),
+    )
+    return np.asarray(fn(params, glob, keys))
 
 
 def sample_predictive(program: Any, n: int, *, seed: int | None = None) -> np.ndarray:
@@ -111,7 +126,8 @@ def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed
 
     Returns None when the guide samples no *global* site (an amortised ``q(z_i | x_i)`` alone: a
     point fit of the network, not a Bayesian one). Local sites the guide samples (per example of
-    ``x``) are kept, as NUTS keeps its per-example draws.
+    ``x``) are kept, as NUTS keeps its per-example draws. Each draw also records the target
+    ``log p(x, theta_s)`` and the guide's ``log q(theta_s)`` (``az.loo_approximate_posterior``).
     """
     x = np.asarray(x)
     n, s_num = len(x), int(num_draws)
@@ -126,14 +142,17 @@ def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed
         if not set(names) - local:
             return None
         rows: dict[str, list] = {}
+        log_p, log_q = np.empty(s_num), np.empty(s_num)
         devices = [program.device] if program.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad(), program.scope():
             torch.manual_seed(seed)
-            for _ in range(s_num):
-                tr = poutine.trace(guide).get_trace(xt).nodes
-                for k in names:
-                    if k in tr:
-                        rows.setdefault(k, []).append(tr[k]["value"].detach().cpu().numpy())
+            for s in range(s_num):
+                gtr = poutine.trace(guide).get_trace(xt)
+                drawn = {k: gtr.nodes[k]["value"].detach() for k in names if k in gtr.nodes}
+                for k, v in drawn.items():
+                    rows.setdefault(k, []).append(v.cpu().numpy())
+                mtr = poutine.trace(poutine.condition(program.model, data=drawn)).get_trace(x=xt, n=None)
+                log_q[s], log_p[s] = float(gtr.log_prob_sum()), float(mtr.log_prob_sum())
         values = {k: np.stack(v) for k, v in rows.items()}
     else:
         import jax
@@ -146,16 +165,28 @@ def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed
         if not set(names) - local:
             return None
 
-        def one(params: Any, key: Any) -> dict:
-            g = handlers.seed(handlers.substitute(guide, data=program.constrain(params)), key)
-            tr = handlers.trace(g).get_trace(xa)
-            return {k: tr[k]["value"] for k in names if k in tr}
+        from numpyro.infer.util import log_density
+
+        def one(params: Any, key: Any, xa: Any) -> tuple:
+            c = program.constrain(params)
+            tr = handlers.trace(handlers.seed(handlers.substitute(guide, data=c), key)).get_trace(xa)
+            drawn = {k: tr[k]["value"] for k in names if k in tr}
+            lq = sum(
+                (site["scale"] if site.get("scale") is not None else 1.0) * site["fn"].log_prob(site["value"]).sum()
+                for site in tr.values()
+                if site["type"] == "sample"
+            )
+            lp, _ = log_density(program.model, (), {"x": xa, "n": None}, {**c, **drawn})
+            return drawn, lp, lq
 
         keys = jax.random.split(jax.random.PRNGKey(seed), s_num)
-        values = {k: np.asarray(v) for k, v in jax.jit(jax.vmap(one, in_axes=(None, 0)))(program.params, keys).items()}
+        fn = _cached(program, ("guide", id(guide)), lambda: jax.jit(jax.vmap(one, in_axes=(None, 0, None))))
+        drawn, lp, lq = fn(program.params, keys, xa)
+        values = {k: np.asarray(v) for k, v in drawn.items()}
+        log_p, log_q = np.asarray(lp, dtype=float), np.asarray(lq, dtype=float)
     if not set(values) - local:
         return None
-    return Draws(values=values, local=frozenset(local & set(values)), x=x)
+    return Draws(values=values, local=frozenset(local & set(values)), x=x, log_p=log_p, log_q=log_q)
 
 
 def log_likelihood_draws(program: Any, x: Any) -> np.ndarray:
@@ -186,8 +217,12 @@ def log_likelihood_draws(program: Any, x: Any) -> np.ndarray:
 
     params = program.params or {}
     xa = program.as_array(np.asarray(x))
-    fn = jax.jit(jax.vmap(lambda g: program.log_prob_fn({**params, **g}, xa)))
-    return np.asarray(fn(vals))
+    fn = _cached(
+        program,
+        ("log_likelihood", tuple(sorted(vals))),
+        lambda: jax.jit(jax.vmap(lambda p, g, x: program.log_prob_fn({**p, **g}, x), in_axes=(None, 0, None))),
+    )
+    return np.asarray(fn(params, vals, xa))
 
 
 def log_predictive(program: Any, x: Any) -> np.ndarray:
