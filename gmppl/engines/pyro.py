@@ -352,11 +352,7 @@ def gradient_step(loss: torch.Tensor, optimizer: Any, params: list[torch.Tensor]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grads = [p.grad for p in params if p.grad is not None]
-    norm = (
-        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        if grads
-        else (torch.zeros(()))
-    )
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
     optimizer.step()
     return norm.detach()
 

@@ -315,7 +315,10 @@ class ELBO(Backend):
 
     # ------------------------------------------------------------------ torch
     def torch_init(self, program: Any, batch: Any, optim: Any) -> Any:
-        state = super().torch_init(program, batch, optim)
+        from gmppl.inference.base import StepState
+
+        params = list(program.params().values())
+        state = StepState(program=program, params=params, optimizer=_torch_optimizer(optim, params))
         plan = program.extras[_STATE]
         plan.cache["loss"] = _pyro_training_loss(self, program, plan, batch)
         return state
@@ -362,6 +365,77 @@ class ELBO(Backend):
             return _pyro_posterior(program, plan, x, num_samples, seed)
         return _jax_posterior(program, plan, x, num_samples, key)
 
+    # ------------------------------------------------------------------ ArviZ
+    def arviz_groups(
+        self, fit: Any, x: Any, *, seed: int = 0, posterior_samples: int = 20, log_likelihood: bool = True
+    ) -> tuple[dict, dict]:
+        r"""What ``fit.to_arviz(x)`` holds for an ELBO fit, so that ``az.loo_approximate_posterior`` works.
+
+        Draw ``s`` is a joint draw ``z_s = (z_{s,1}, ..., z_{s,n}) ~ q(. | x)`` of every example's
+        latent (``posterior``: ``chain, draw, obs, z_dim``, ``posterior_samples`` draws), and for it:
+
+        * ``log_likelihood[x]``: ``log p(x_i | z_{s,i})`` (``chain, draw, obs``), the pointwise
+          likelihood ArviZ's LOO functions read;
+        * ``approximate_posterior``: ``log_p = sum_i log p(x_i, z_{s,i})`` (the unnormalised target)
+          and ``log_q = sum_i log q(z_{s,i} | x_i)`` (``chain, draw``), and the per-example
+          ``log_weight = log p(x_i, z_{s,i}) - log q(z_{s,i} | x_i)`` (``chain, draw, obs``);
+        * ``log_marginal_likelihood[x]``: the importance-weighted estimates of ``log p(x_i)`` from
+          ``Fit.log_prob`` (``eval_particles`` draws; ``x_stderr`` their standard errors) — what
+          ``log_likelihood`` held before it became per draw (``chain, draw=1, obs``).
+
+        ``az.loo_approximate_posterior(tree, tree.approximate_posterior.log_p,
+        tree.approximate_posterior.log_q)`` then reweights the draws by ``p(z_s | x) / q(z_s | x)``.
+        Read it with care: with the decoder a point estimate, ``z_i``'s leave-one-out posterior is its
+        prior, so ``elpd_loo_i = log p(x_i)``; the reweighting estimates it harmonic-mean style and the
+        weights carry every other example's ``log_weight``, so they degenerate as ``n`` grows (check
+        ``pareto_k``). ``log_marginal_likelihood`` (or ``logmeanexp`` of ``log_weight`` over draws) is
+        the better estimate of the same ``log p(x_i)``. When ``q`` is the exact posterior,
+        ``log_p - log_q = sum_i log p(x_i)`` for every draw and the weights are uniform.
+
+        Nothing is added without ``x``, without ``log_likelihood``, for fits holding parameter draws
+        (Bayesian SVI: ``log_likelihood`` is then per parameter draw already), or for models with
+        global latents (no per-example factorisation).
+        """
+        from gmppl.arviz import _site_dims, has_draws
+
+        if x is None or not log_likelihood or has_draws(fit):
+            return {}, {}
+        plans = [p.extras[_STATE] for p in fit.programs]
+        if not all(plan.local for plan in plans):
+            return {}, {}
+        num = int(posterior_samples)
+        terms = []
+        for program, plan in zip(fit.programs, plans, strict=True):
+            if program.engine == "pyro":
+                terms.append(_pyro_draw_terms(program, plan, program.as_tensor(x), num, seed))
+            else:
+                terms.append(_jax_draw_terms(program, plan, x, num, seed))
+        t = {k: np.stack([d[k] for d in terms]) for k in terms[0]}
+        est = [self.log_prob(p, p.as_tensor(x) if p.engine == "pyro" else x) for p in fit.programs]
+        obs, latent = fit.info.observed, fit.info.latent or plans[0].latents[0]
+        var = latent.replace("/", ".")
+        lw = t["ll"] + t["lp"] - t["lq"]
+        groups = {
+            "posterior": {var: t["z"]},
+            "log_likelihood": {obs: t["ll"]},
+            "approximate_posterior": {
+                "log_p": (t["ll"] + t["lp"]).sum(-1),
+                "log_q": t["lq"].sum(-1),
+                "log_weight": lw,
+            },
+            "log_marginal_likelihood": {
+                obs: np.stack([e.value for e in est])[:, None],
+                f"{obs}_stderr": np.stack([e.stderr for e in est])[:, None],
+            },
+        }
+        dims = {
+            "posterior": {var: _site_dims(latent, t["z"].shape[2:], True, latent)},
+            "log_likelihood": {obs: ["obs"]},
+            "approximate_posterior": {"log_p": [], "log_q": [], "log_weight": ["obs"]},
+            "log_marginal_likelihood": {obs: ["obs"], f"{obs}_stderr": ["obs"]},
+        }
+        return groups, dims
+
     def fitted_guide(self, program: Any) -> Callable:
         """The fitted guide program ``guide(x)`` (its parameters live in ``program``): ``Fit`` draws
         global sites from it (Bayesian SVI, see ``gmppl.inference.draws.guide_draws``)."""
@@ -369,6 +443,26 @@ class ELBO(Backend):
 
 
 # ====================================================================== Pyro / torch
+def _torch_optimizer(optim: Any, params: list) -> Any:
+    """``gm.optim.Adam`` as torch's fused Adam (one kernel per parameter instead of about six: a tenth
+    of a small VAE's step on CPU); any other optimiser as the engine builds it."""
+    import torch
+
+    from gmppl.engines.pyro import make_optimizer
+    from gmppl.optim import Adam
+
+    if (
+        type(optim) is Adam
+        and params
+        and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    ):
+        try:
+            return torch.optim.Adam(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
+        except (RuntimeError, ValueError) as e:  # a dtype/device fused Adam does not cover
+            log.info("ELBO: torch's fused Adam is unavailable here (%s); using the default Adam", e)
+    return make_optimizer(optim, params)
+
+
 def _jit_mean_field() -> type:
     from pyro.infer import JitTraceMeanField_ELBO
 
@@ -461,14 +555,17 @@ def _pyro_vectorizes(program: Any, plan: _Plan, x: Any) -> bool:
     return all(s["log_prob"].dim() >= dim and s["log_prob"].shape[-dim] == 2 for s in sites)
 
 
-def _per_example(nodes: dict, plan: _Plan, particles: bool) -> Any:
-    """Sum every sample site's log-density down to ``(particles, examples)`` (or ``(examples,)``)."""
+def _per_example(nodes: dict, plan: _Plan, particles: bool, only: Callable[[str], bool] | None = None) -> Any:
+    """Sum every sample site's (or those ``only`` keeps) log-density down to ``(particles, examples)``
+    (or ``(examples,)``)."""
     import torch
 
     ndim = plan.nesting + int(particles)
     keep = {ndim + int(plan.data_dim or 0), *([0] if particles else [])}
     total = 0.0
-    for site in _sample_sites(nodes).values():
+    for name, site in _sample_sites(nodes).items():
+        if only is not None and not only(name):
+            continue
         lp = site["log_prob"]
         lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape))
         other = [d for d in range(ndim) if d not in keep]
@@ -635,6 +732,39 @@ def _pyro_posterior(program: Any, plan: _Plan, x: Any, num: int, seed: int | Non
         return torch.stack(draws)
 
 
+def _pyro_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int) -> dict[str, np.ndarray]:
+    """``num`` joint draws ``z_s ~ q(. | x)`` and, per draw and example, ``log p(x_i | z_si)``,
+    ``log p(z_si)`` and ``log q(z_si | x_i)`` (numpy, float64; see ``ELBO.arviz_groups``)."""
+    import pyro
+    import pyro.poutine as poutine
+    import torch
+
+    name, obs = (plan.latents[0] if len(plan.latents) == 1 else program.latent), program.observed
+
+    def one(particles: bool) -> tuple:
+        guide_tr = poutine.trace(plan.guide).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(program.model, trace=guide_tr)).get_trace(x)
+        model_tr.compute_log_prob()
+        guide_tr.compute_log_prob()
+        n = x.shape[0]
+        shape = (num, n) if particles else (n,)
+        return (
+            guide_tr.nodes[name]["value"],
+            _per_example(model_tr.nodes, plan, particles, lambda k: k == obs).expand(shape),
+            _per_example(model_tr.nodes, plan, particles, lambda k: k != obs).expand(shape),
+            _per_example(guide_tr.nodes, plan, particles).expand(shape),
+        )
+
+    with torch.no_grad(), program.scope(), _seeded(program, seed):
+        if plan.vectorized:
+            with pyro.plate(_PARTICLES, num, dim=-(plan.nesting + 1)):
+                parts = one(True)
+        else:
+            parts = tuple(torch.stack(p) for p in zip(*(one(False) for _ in range(num)), strict=True))
+    z, ll, lp, lq = (p.cpu().double().numpy() for p in parts)
+    return {"z": z, "ll": ll, "lp": lp, "lq": lq}
+
+
 # ====================================================================== NumPyro / JAX
 def _numpyro_objective(backend: ELBO) -> Any:
     from numpyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
@@ -703,15 +833,7 @@ def _jax_log_weights_fn(program: Any, plan: _Plan) -> Callable:
     import jax.numpy as jnp
     from numpyro import handlers
 
-    other = tuple(d for d in range(plan.nesting) if d != plan.nesting + int(plan.data_dim or 0))
-
-    def per_example(tr: dict) -> Any:
-        total: Any = 0.0
-        for s in _sample_sites(tr).values():
-            lp = s["fn"].log_prob(s["value"])
-            lp = lp if s.get("scale") is None else s["scale"] * lp
-            total = total + jnp.reshape(lp, (1,) * (plan.nesting - lp.ndim) + lp.shape).sum(other)
-        return total
+    per_example = _jax_per_example(plan)
 
     def one(params: Any, x: Any, key: Any) -> Any:
         c = program.constrain(params)
@@ -722,6 +844,57 @@ def _jax_log_weights_fn(program: Any, plan: _Plan) -> Callable:
         return jnp.broadcast_to(per_example(model_tr) - per_example(guide_tr), (x.shape[0],))
 
     return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+
+
+def _jax_per_example(plan: _Plan) -> Callable:
+    """``(trace, only=None) -> per-example sum`` of the (kept) sample sites' log-densities."""
+    import jax.numpy as jnp
+
+    other = tuple(d for d in range(plan.nesting) if d != plan.nesting + int(plan.data_dim or 0))
+
+    def per_example(tr: dict, only: Callable[[str], bool] | None = None) -> Any:
+        total: Any = 0.0
+        for name, s in _sample_sites(tr).items():
+            if only is not None and not only(name):
+                continue
+            lp = s["fn"].log_prob(s["value"])
+            lp = lp if s.get("scale") is None else s["scale"] * lp
+            total = total + jnp.reshape(lp, (1,) * (plan.nesting - lp.ndim) + lp.shape).sum(other)
+        return total
+
+    return per_example
+
+
+def _jax_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int) -> dict[str, np.ndarray]:
+    """As ``_pyro_draw_terms``: ``num`` guide draws and their per-example log-densities (jitted, vmapped)."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro import handlers
+
+    if "draw_terms" not in plan.cache:
+        name, obs = (plan.latents[0] if len(plan.latents) == 1 else program.latent), program.observed
+        per_example = _jax_per_example(plan)
+
+        def one(params: Any, x: Any, key: Any) -> tuple:
+            c = program.constrain(params)
+            kg, km = jax.random.split(key)
+            guide_tr = handlers.trace(handlers.seed(handlers.substitute(plan.guide, data=c), kg)).get_trace(x)
+            model = handlers.seed(handlers.substitute(program.model, data=c), km)
+            model_tr = handlers.trace(handlers.replay(model, guide_tr)).get_trace(x)
+            n = (x.shape[0],)
+            return (
+                guide_tr[name]["value"],
+                jnp.broadcast_to(per_example(model_tr, lambda k: k == obs), n),
+                jnp.broadcast_to(per_example(model_tr, lambda k: k != obs), n),
+                jnp.broadcast_to(per_example(guide_tr), n),
+            )
+
+        plan.cache["draw_terms"] = jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+    keys = jax.random.split(jax.random.PRNGKey(seed), num)
+    z, ll, lp, lq = (
+        np.asarray(v, dtype=np.float64) for v in plan.cache["draw_terms"](program.params, program.as_array(x), keys)
+    )
+    return {"z": z, "ll": ll, "lp": lp, "lq": lq}
 
 
 def _jax_log_weights_np(program: Any, plan: _Plan, x: Any, k: int, seed: int, chunk: int = 100) -> np.ndarray:
