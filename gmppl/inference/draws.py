@@ -51,13 +51,18 @@ class Draws:
         return self.x is not None and np.shape(x) == self.x.shape and np.array_equal(np.asarray(x), self.x)
 
 
-def local_sites(sites: dict[str, Any], n: int) -> frozenset[str]:
-    """Unobserved sample sites inside a plate of size ``n`` (per-example latents)."""
+def local_sites(sites: dict[str, Any], n: int, observed: str | None = None) -> frozenset[str]:
+    """Unobserved sample sites inside a plate of size ``n`` (per-example latents); with ``observed``, only
+    plates the observed site sits in too (a weight plate that happens to have size ``n`` is not the data's)."""
+    data = None
+    if observed is not None and observed in sites:
+        data = {f.name for f in sites[observed].get("cond_indep_stack", ()) if getattr(f, "size", None) == n}
     out = set()
     for name, site in sites.items():
         if site.get("type") != "sample" or site.get("is_observed"):
             continue
-        if any(getattr(f, "size", None) == n for f in site.get("cond_indep_stack", ())):
+        frames = [f for f in site.get("cond_indep_stack", ()) if getattr(f, "size", None) == n]
+        if any(data is None or f.name in data for f in frames):
             out.add(name)
     return frozenset(out)
 
@@ -135,12 +140,13 @@ def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed
         import pyro.poutine as poutine
         import torch
 
-        xt = program.as_tensor(x)
-        model_tr = program.trace(x=xt).nodes
+        head = x[: min(n, 16)]  # site roles from a few examples: a VAE on big data is not run on all of it
+        model_tr = program.trace(x=program.as_tensor(head)).nodes
         names = _latent_names(model_tr)
-        local = local_sites(model_tr, n)
+        local = local_sites(model_tr, len(head), program.observed)
         if not set(names) - local:
             return None
+        xt = program.as_tensor(x)
         rows: dict[str, list] = {}
         log_p, log_q = np.empty(s_num), np.empty(s_num)
         devices = [program.device] if program.device.type == "cuda" else []
@@ -158,12 +164,13 @@ def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed
         import jax
         from numpyro import handlers
 
-        xa = program.as_array(x)
-        model_tr = program.trace(program.params, jax.random.PRNGKey(0), x=xa)
+        head = x[: min(n, 16)]
+        model_tr = program.trace(program.params, jax.random.PRNGKey(0), x=program.as_array(head))
         names = _latent_names(model_tr)
-        local = local_sites(model_tr, n)
+        local = local_sites(model_tr, len(head), program.observed)
         if not set(names) - local:
             return None
+        xa = program.as_array(x)
 
         from numpyro.infer.util import log_density
 
