@@ -253,3 +253,31 @@ def test_save_and_load_give_the_same_draws(tmp_path):
         np.testing.assert_allclose(
             again.programs[c].draws.values["g/weight"], fit.programs[c].draws.values["g/weight"], rtol=1e-6
         )
+
+
+@pytest.mark.parametrize("engine", ["pyro", pytest.param("numpyro", marks=pytest.mark.slow)])  # ~15 s compiling
+def test_auto_diagonal_normal_guide(engine):
+    """``AutoDiagonalNormal`` (one auxiliary Normal over all global sites, unpacked into the model's names):
+    the draws carry the model's site names, and ``log q`` is the auxiliary Normal's density at them (exact;
+    the unpacking of real-valued sites has no Jacobian). A short fit: only the mechanics are checked."""
+    if engine == "pyro":
+        import pyro
+        from pyro.infer.autoguide import AutoDiagonalNormal
+    else:
+        from numpyro.infer.autoguide import AutoDiagonalNormal
+    model = MODELS[engine]()
+    elbo = gm.inference.ELBO(guide=AutoDiagonalNormal(model))
+    fit = gm.fit(model, X, elbo, steps=50, batch_size=N, optim=gm.optim.Adam(lr=0.02), progress=False)
+    assert fit.guide_draws(200)
+    tree = fit.to_arviz()
+    w = tree.posterior[WEIGHT[engine]].values[0, :, :, 0]
+    p = fit.program
+    if engine == "pyro":
+        with p.scope():
+            loc, scale = (pyro.param(f"AutoDiagonalNormal.{k}").detach().numpy() for k in ("loc", "scale"))
+    else:
+        c = p.constrain(p.params)
+        loc, scale = np.asarray(c["auto_loc"]), np.asarray(c["auto_scale"])
+    want = stats.norm.logpdf(w, loc, scale).sum(-1)
+    np.testing.assert_allclose(tree.approximate_posterior["log_q"].values[0], want, rtol=1e-5, atol=1e-4)
+    assert np.all(np.abs(w.mean(0) - loc) < 4 * scale / np.sqrt(200))
