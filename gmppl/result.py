@@ -148,7 +148,9 @@ class Fit:
     def log_prob(self, x: Any, **kwargs: Any) -> Any:
         """Per-example ``log p(x_i)``: exact for flows and diffusion; an estimate for ELBO fits.
 
-        For an ensemble, the log-density of the equally weighted mixture of its chains.
+        For an ensemble, the log-density of the equally weighted mixture of its chains; for a Bayesian
+        fit (NUTS, SVI over global sites) the posterior predictive ``log (1/S) sum_s p(x_i | theta_s)``
+        (SVI: over the guide's draws; the ELBO's ``num_particles`` then does not apply).
         Raises ``gm.NotSupported`` for implicit models.
         """
         arr = self._check_x(x)
