@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as ndist
@@ -79,7 +80,7 @@ class JaxDiffusion(ndist.Distribution):
     # ------------------------------------------------------------------ sampling
     def sample(self, key: Any, sample_shape: tuple = ()) -> Any:
         shape = tuple(sample_shape) + tuple(self.batch_shape)
-        x, _ = self.generate(key, math.prod(shape))
+        x = _generate_jit(self, key, math.prod(shape))
         return jax.lax.stop_gradient(x).reshape(shape + tuple(self.event_shape))
 
     def generate(
@@ -191,6 +192,16 @@ class JaxDiffusion(ndist.Distribution):
         mean = lp.mean(0).reshape(batch)
         se = None if probes < 2 else (lp.std(0, ddof=1) / math.sqrt(probes)).reshape(batch)
         return mean, se, sol.stats["num_steps"] * 6 + 1
+
+
+@eqx.filter_jit
+def _generate_jit(d: JaxDiffusion, key: Any, n: int) -> Any:
+    """``d.generate(key, n)`` compiled once per network structure, shapes and options.
+
+    Model inspection calls ``sample`` eagerly (twice per ``gm.fit``): without this each call compiled
+    its own ``lax.scan`` of the reverse process; now they, and later fits of the same model, reuse one.
+    """
+    return d.generate(key, n)[0]
 
 
 def _norm(x: Any) -> Any:
