@@ -95,14 +95,31 @@ def _plan(engine: str, data: str, quick: bool) -> list[Run]:
         return zoo.gan(2, latent_dim=2, engine=engine)
 
     ring_opt = Adam(lr=5e-4, betas=(0.5, 0.999))
+    w1_flow_opt = Adam(lr=3e-5, betas=(0.5, 0.9))
 
     def ring(divergence: str) -> Any:
         return inference.Adversarial(divergence=divergence, optim=ring_opt, critic_optim=ring_opt)
 
     return [
         Run("a", "flow / Likelihood", flow(), inference.Likelihood(), "moons", s(2000)),
-        Run("a", "flow / Adversarial(js)", flow(), inference.Adversarial(divergence="js"), "moons", s(2000)),
-        Run("a", "flow / Adversarial(w1)", flow(), inference.Adversarial(divergence="w1"), "moons", s(2000)),
+        # adversarially trained flows: gentler steps keep the density sane (held-out log p, 2000 steps:
+        # js -6.4 at lr 2e-4 vs -3.8 at 1e-4; w1 -11.0 at 1e-4 vs -4.4 at 3e-5)
+        Run(
+            "a",
+            "flow / Adversarial(js)",
+            flow(),
+            inference.Adversarial(divergence="js", optim=gan_opt),
+            "moons",
+            s(2000),
+        ),
+        Run(
+            "a",
+            "flow / Adversarial(w1)",
+            flow(),
+            inference.Adversarial(divergence="w1", optim=w1_flow_opt),
+            "moons",
+            s(2000),
+        ),
         Run("a", "flow / Score(sliced)", flow(), inference.Score(method="sliced"), "moons", s(2000)),
         Run("b", "GAN / Adversarial(kl)", gen(), ring("kl"), "ring", s(10000)),
         Run("b", "GAN / Adversarial(reverse_kl)", gen(), ring("reverse_kl"), "ring", s(10000)),
