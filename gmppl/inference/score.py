@@ -91,7 +91,8 @@ class Score(Backend):
     def torch_init(self, program: Any, batch: Any, optim: Any) -> Any:
         if self._method(program) == "dsm":
             # The torch network is a stateful module whose leaves are the param store's: find it once.
-            program.extras["diffusion"] = _torch_diffusion(program, batch)
+            d = program.extras["diffusion"] = _torch_diffusion(program, batch)
+            program.extras["diffusion_dtype"] = d._like(batch)["dtype"]
         return super().torch_init(program, batch, optim)
 
     def torch_loss(self, program: Any, batch: Any) -> tuple[Any, dict]:
@@ -100,11 +101,12 @@ class Score(Backend):
         if self._method(program) == "sliced":
             return self._torch_sliced(program, batch)
         d = program.extras.get("diffusion") or _torch_diffusion(program, batch)
-        x0 = batch.to(d._like(batch)["dtype"])
+        dtype = program.extras.get("diffusion_dtype") or d._like(batch)["dtype"]
+        x0 = batch if batch.dtype == dtype else batch.to(dtype)
         eps = d.sde.t_eps
-        t = eps + (1.0 - eps) * torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device)
+        t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device).mul_(1.0 - eps).add_(eps)
         z = torch.randn_like(x0)
-        shape = (-1, *[1] * (x0.dim() - 1))
+        shape = (-1,) + (1,) * (x0.dim() - 1)
         alpha, sigma = (a.reshape(shape) for a in d.sde.marginal(t))
         s = d.score_net(alpha * x0 + sigma * z, t)
         per = (sigma * s + z).square().reshape(x0.shape[0], -1).sum(1)
