@@ -411,15 +411,16 @@ class ELBO(Backend):
         if not all(plan.local for plan in plans):
             return {}, {}
         num = int(posterior_samples)
+        latent = fit.info.latent if fit.info.latent in plans[0].latents else plans[0].latents[0]
         terms = []
         for program, plan in zip(fit.programs, plans, strict=True):
             if program.engine == "pyro":
-                terms.append(_pyro_draw_terms(program, plan, program.as_tensor(x), num, seed))
+                terms.append(_pyro_draw_terms(program, plan, program.as_tensor(x), num, seed, latent))
             else:
-                terms.append(_jax_draw_terms(program, plan, x, num, seed))
+                terms.append(_jax_draw_terms(program, plan, x, num, seed, latent))
         t = {k: np.stack([d[k] for d in terms]) for k in terms[0]}
         est = [self.log_prob(p, p.as_tensor(x) if p.engine == "pyro" else x) for p in fit.programs]
-        obs, latent = fit.info.observed, fit.info.latent or plans[0].latents[0]
+        obs = fit.info.observed
         var = latent.replace("/", ".")
         lw = t["ll"] + t["lp"] - t["lq"]
         groups = {
@@ -739,14 +740,14 @@ def _pyro_posterior(program: Any, plan: _Plan, x: Any, num: int, seed: int | Non
         return torch.stack(draws)
 
 
-def _pyro_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int) -> dict[str, np.ndarray]:
+def _pyro_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int, name: str) -> dict[str, np.ndarray]:
     """``num`` joint draws ``z_s ~ q(. | x)`` and, per draw and example, ``log p(x_i | z_si)``,
     ``log p(z_si)`` and ``log q(z_si | x_i)`` (numpy, float64; see ``ELBO.arviz_groups``)."""
     import pyro
     import pyro.poutine as poutine
     import torch
 
-    name, obs = (plan.latents[0] if len(plan.latents) == 1 else program.latent), program.observed
+    obs = program.observed
 
     def one(particles: bool) -> tuple:
         guide_tr = poutine.trace(plan.guide).get_trace(x)
@@ -872,14 +873,14 @@ def _jax_per_example(plan: _Plan) -> Callable:
     return per_example
 
 
-def _jax_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int) -> dict[str, np.ndarray]:
+def _jax_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int, name: str) -> dict[str, np.ndarray]:
     """As ``_pyro_draw_terms``: ``num`` guide draws and their per-example log-densities (jitted, vmapped)."""
     import jax
     import jax.numpy as jnp
     from numpyro import handlers
 
-    if "draw_terms" not in plan.cache:
-        name, obs = (plan.latents[0] if len(plan.latents) == 1 else program.latent), program.observed
+    if plan.cache.get("draw_terms", (None,))[0] != name:
+        obs = program.observed
         per_example = _jax_per_example(plan)
 
         def one(params: Any, x: Any, key: Any) -> tuple:
@@ -896,10 +897,10 @@ def _jax_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int) -> d
                 jnp.broadcast_to(per_example(guide_tr), n),
             )
 
-        plan.cache["draw_terms"] = jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+        plan.cache["draw_terms"] = (name, jax.jit(jax.vmap(one, in_axes=(None, None, 0))))
     keys = jax.random.split(jax.random.PRNGKey(seed), num)
     z, ll, lp, lq = (
-        np.asarray(v, dtype=np.float64) for v in plan.cache["draw_terms"](program.params, program.as_array(x), keys)
+        np.asarray(v, dtype=np.float64) for v in plan.cache["draw_terms"][1](program.params, program.as_array(x), keys)
     )
     return {"z": z, "ll": ll, "lp": lp, "lq": lq}
 
