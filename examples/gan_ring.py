@@ -8,30 +8,31 @@ fifth of the expected samples), the share of high-quality samples (within 3 std 
 reverse KL of the mode histogram. Writes ``report.json``, ``report.md`` and a scatter PNG per
 target. Every fit uses ``Adversarial(name)`` on its default settings (see `backend`).
 
-Measured with a 2x128 generator (``--width 128 --depth 2``; NumPyro engine, 20000 steps, batch 256,
-2500 samples, seed 0; CPU, 2 shared cores):
+Measured (NumPyro engine, 20000 steps, batch 256, 2500 samples, seed 0; CPU, 2 shared cores), with
+the default 3x256 generator and, in the last column, a 2x128 one (``--width 128 --depth 2``):
 
-    | target | divergence | modes | high quality | reverse KL | seconds |
+    | target | divergence | modes | high quality | reverse KL | 2x128: modes, HQ |
     |---|---|---:|---:|---:|---:|
-    | ring | js | 8/8 | 90.2% | 0.004 | 201 |
-    | ring | kl | 8/8 | 60.0% | 0.043 | 56 |
-    | ring | reverse_kl | 6/8 | 95.0% | 0.306 | 44 |
-    | ring | w1 | 8/8 | 82.5% | 0.006 | 276 |
-    | grid | js | 9/25 | 40.8% | 0.771 | 56 |
-    | grid | kl | 2/25 | 7.9% | 0.610 | 75 |
-    | grid | reverse_kl | 5/25 | 55.7% | 1.542 | 72 |
-    | grid | w1 | 10/25 | 26.3% | 0.510 | 478 |
+    | ring | js | 8/8 | 92.7% | 0.005 | 8/8, 90.2% |
+    | ring | kl | 8/8 | 79.8% | 0.011 | 8/8, 60.0% |
+    | ring | reverse_kl | 7/8 | 91.3% | 0.159 | 6/8, 95.0% |
+    | ring | w1 | 0/8 | 0.1% | 1.443 | 8/8, 82.5% |
+    | grid | js | 24/25 | 78.2% | 0.033 | 9/25, 40.8% |
+    | grid | kl | 24/25 | 56.9% | 0.067 | 2/25, 7.9% |
+    | grid | reverse_kl | 24/25 | 79.4% | 0.072 | 5/25, 55.7% |
+    | grid | w1 | 0/25 | 1.4% | 0.983 | 10/25, 26.3% |
 
-The issue's target (all modes, >= 90% high quality, for js, kl, reverse_kl and w1) is met by JS on
-the ring only. Forward KL covers all 8 ring modes with mass between them (its mode-covering
-minimiser), reverse KL drops 2 and keeps tight samples (mode seeking), as the seed describes. On
-the grid a 2x128 ReLU generator from a 2-D latent folds the plane into lines through the modes
-(see ``grid.png``); the GAN papers that reach 25/25 use deeper generators (3x512, WGAN-GP) and 100k
-steps, out of reach on this machine. Other settings tried at 10000 steps (same table's columns):
-ring kl with the nonsaturating generator loss or 3 critic steps collapsed (0/8); reverse KL
-nonsaturating went NaN, with 3 critic steps 6/8 88.5%; grid js nonsaturating 4/25 11% (saddle 7/25
-24%), with lr 5e-4 13/25 44% (but ring reverse KL at 5e-4: 2/8); a 3x256 generator with the
-nonsaturating loss 0/25. None was better across the board, so the defaults stand.
+The issue's target (all modes and >= 90% high quality, for js, kl, reverse_kl and w1) is met by JS
+on the ring only; the f-GANs come close on the grid (24/25) with the deeper generator, which is the
+lever that mattered (the 2x128 generator folds the plane into lines through the grid's modes). Forward
+KL keeps mass between modes (its mode-covering minimiser), reverse KL drops modes first (mode
+seeking), as the seed describes. WGAN-GP (five critic steps, Adam(1e-4, (0.5, 0.9)), penalty 10)
+works with the 2x128 generator but did not converge with the 3x256 one in 20000 steps (samples a
+broad offset disc; ``--width 128 --depth 2`` for w1). Settings tried at 10000 steps with the 2x128
+generator: the nonsaturating generator loss collapsed KL (0/8) and sent reverse KL to NaN; 3 critic
+steps collapsed KL and gave reverse KL 6/8 88.5%; lr 5e-4 helped grid JS (13/25 at 10k, 20/25 77%
+at 20k) but cost ring reverse KL (2/8). None was better across the board, so the backend's f-GAN
+defaults stand; the GAN papers that reach 25/25 also run ~100k steps.
 
     python examples/gan_ring.py --engine numpyro --steps 20000 --out out/gan_ring
     python examples/gan_ring.py --engine pyro --steps 20000
