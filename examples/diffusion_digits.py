@@ -16,6 +16,14 @@ training digits to the same held-out set (the floor a perfect model would reach)
 the reverse-time trajectory.
 
     python examples/diffusion_digits.py --steps 4000 --out out/diffusion_digits
+
+Measured (Pyro, ScoreUNet, 4000 steps of batch 128, lr 2e-3; ~10 min on one busy CPU core): MMD^2
+0.0047 +- 0.0020 (floor 0.0021); bits/dim median 2.18, mean 2.20 +- 0.017 over 293 of the 297 held-out
+images. For the other 4 (atypical digits) the learned probability-flow field over-estimates the score's
+magnitude off the training range at t > 0.8 (``s ~ -k x`` with ``k > 1`` makes ``dx/dt = beta (k - 1) x / 2``
+grow), the trajectory is carried to ``|x_1| ~ 1e17`` whatever the solver tolerance, and the model's
+density there is ~0: the mean over all 297 is then meaningless, hence the median and the count reported.
+The U-Net is the default (0.03-0.1 s a step on one core, fast enough); ``--net mlp`` is the vector path.
 """
 
 from __future__ import annotations
