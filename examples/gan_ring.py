@@ -28,7 +28,7 @@ lever that mattered (the 2x128 generator folds the plane into lines through the 
 KL keeps mass between modes (its mode-covering minimiser), reverse KL drops modes first (mode
 seeking), as the seed describes. WGAN-GP (five critic steps, Adam(1e-4, (0.5, 0.9)), penalty 10)
 works with the 2x128 generator but did not converge with the 3x256 one in 20000 steps (samples a
-broad offset disc; ``--width 128 --depth 2`` for w1). Settings tried at 10000 steps with the 2x128
+broad offset disc, also at lr 5e-5: 0/8; ``--width 128 --depth 2`` for w1). Settings tried at 10000 steps with the 2x128
 generator: the nonsaturating generator loss collapsed KL (0/8) and sent reverse KL to NaN; 3 critic
 steps collapsed KL and gave reverse KL 6/8 88.5%; lr 5e-4 helped grid JS (13/25 at 10k, 20/25 77%
 at 20k) but cost ring reverse KL (2/8). None was better across the board, so the backend's f-GAN
