@@ -11,6 +11,8 @@ class Adam:
     """Adam (Kingma & Ba, 2015) with optional global-norm gradient clipping.
 
     ``Adam(lr).torch(params)`` builds ``torch.optim.Adam``; ``Adam(lr).optax()`` builds ``optax.adam``.
+    With ``clip_norm=c`` the gradient ``g`` is rescaled to ``g * min(1, c / ||g||_2)`` (global norm over
+    all parameters) before each step, on both engines.
     """
 
     lr: float = 1e-3
@@ -18,10 +20,21 @@ class Adam:
     eps: float = 1e-8
     clip_norm: float | None = None
 
-    def torch(self, params: Any) -> Any:
+    def torch(self, params: Any, *, fused: bool | None = None) -> Any:
+        """``torch.optim.Adam`` over ``params`` (``fused=True``: one kernel per parameter), clipping in
+        a step pre-hook when ``clip_norm`` is set."""
         import torch
 
-        return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.eps)
+        params = list(params)
+        opt = torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.eps, fused=fused)
+        if self.clip_norm is not None:
+            clip = float(self.clip_norm)
+
+            def clip_gradients(*_: Any) -> None:
+                torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+
+            opt.register_step_pre_hook(clip_gradients)
+        return opt
 
     def optax(self) -> Any:
         import optax

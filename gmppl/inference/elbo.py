@@ -454,8 +454,6 @@ class ELBO(Backend):
 def _torch_optimizer(optim: Any, params: list) -> Any:
     """``gm.optim.Adam`` as torch's fused Adam (one kernel per parameter instead of about six: a tenth
     of a small VAE's step on CPU); any other optimiser as the engine builds it."""
-    import torch
-
     from gmppl.engines.pyro import make_optimizer
     from gmppl.optim import Adam
 
@@ -465,7 +463,7 @@ def _torch_optimizer(optim: Any, params: list) -> Any:
         and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     ):
         try:
-            return torch.optim.Adam(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
+            return optim.torch(params, fused=True)
         except (RuntimeError, ValueError) as e:  # a dtype/device fused Adam does not cover
             log.info("ELBO: torch's fused Adam is unavailable here (%s); using the default Adam", e)
     return make_optimizer(optim, params)
