@@ -837,19 +837,26 @@ def _jax_log_weights_fn(program: Any, plan: _Plan) -> Callable:
     """Jitted ``(params, x, keys) -> log w`` of shape ``(len(keys), len(x))``."""
     import jax
     import jax.numpy as jnp
-    from numpyro import handlers
 
     per_example = _jax_per_example(plan)
 
     def one(params: Any, x: Any, key: Any) -> Any:
-        c = program.constrain(params)
-        kg, km = jax.random.split(key)
-        guide_tr = handlers.trace(handlers.seed(handlers.substitute(plan.guide, data=c), kg)).get_trace(x)
-        model = handlers.seed(handlers.substitute(program.model, data=c), km)
-        model_tr = handlers.trace(handlers.replay(model, guide_tr)).get_trace(x)
+        guide_tr, model_tr = _jax_traces(program, plan, params, x, key)
         return jnp.broadcast_to(per_example(model_tr) - per_example(guide_tr), (x.shape[0],))
 
     return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+
+
+def _jax_traces(program: Any, plan: _Plan, params: Any, x: Any, key: Any) -> tuple[dict, dict]:
+    """One guide draw ``z ~ q(z|x)`` and the model replayed on it: ``(guide trace, model trace)``."""
+    import jax
+    from numpyro import handlers
+
+    c = program.constrain(params)
+    kg, km = jax.random.split(key)
+    guide_tr = handlers.trace(handlers.seed(handlers.substitute(plan.guide, data=c), kg)).get_trace(x)
+    model = handlers.seed(handlers.substitute(program.model, data=c), km)
+    return guide_tr, handlers.trace(handlers.replay(model, guide_tr)).get_trace(x)
 
 
 def _jax_per_example(plan: _Plan) -> Callable:
@@ -875,18 +882,13 @@ def _jax_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int, name
     """As ``_pyro_draw_terms``: ``num`` guide draws and their per-example log-densities (jitted, vmapped)."""
     import jax
     import jax.numpy as jnp
-    from numpyro import handlers
 
     if plan.cache.get("draw_terms", (None,))[0] != name:
         obs = program.observed
         per_example = _jax_per_example(plan)
 
         def one(params: Any, x: Any, key: Any) -> tuple:
-            c = program.constrain(params)
-            kg, km = jax.random.split(key)
-            guide_tr = handlers.trace(handlers.seed(handlers.substitute(plan.guide, data=c), kg)).get_trace(x)
-            model = handlers.seed(handlers.substitute(program.model, data=c), km)
-            model_tr = handlers.trace(handlers.replay(model, guide_tr)).get_trace(x)
+            guide_tr, model_tr = _jax_traces(program, plan, params, x, key)
             n = (x.shape[0],)
             return (
                 guide_tr[name]["value"],
