@@ -67,10 +67,6 @@ import gmppl as gm
 
 DIVERGENCES = ("js", "kl", "reverse_kl", "w1")
 
-#: The generator (hidden layers, width) each divergence gets unless ``--depth``/``--width`` are given:
-#: 3x256 for the f-GANs; 2x128 for ``w1``, which fails with the 3x256 one on the backend's defaults
-#: (see the module notes).
-GENERATORS = {"js": (3, 256), "kl": (3, 256), "reverse_kl": (3, 256), "w1": (2, 128)}
 
 
 def ring(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -153,10 +149,10 @@ def scatter(path: Path, title: str, data: np.ndarray, panels: dict[str, np.ndarr
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--engine", choices=["pyro", "numpyro"], default="numpyro")
-    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--steps", type=int, default=100000)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--width", type=int, default=None, help="generator hidden width (default: per divergence)")
-    p.add_argument("--depth", type=int, default=None, help="generator hidden layers (default: per divergence)")
+    p.add_argument("--width", type=int, default=256, help="generator hidden width")
+    p.add_argument("--depth", type=int, default=3, help="generator hidden layers")
     p.add_argument("--n-eval", type=int, default=2500)
     p.add_argument("--divergences", default=",".join(DIVERGENCES))
     p.add_argument("--targets", default="ring,grid")
@@ -177,8 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         x, centres, std = {"ring": ring, "grid": grid}[target](50_000, args.seed)
         panels = {}
         for name in args.divergences.split(","):
-            depth = args.depth if args.depth is not None else GENERATORS[name][0]
-            width = args.width if args.width is not None else GENERATORS[name][1]
+            depth, width = args.depth, args.width
             t0 = time.perf_counter()
             fit = gm.fit(
                 generator(args.engine, width, args.seed, depth),

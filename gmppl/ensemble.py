@@ -152,6 +152,7 @@ def run_chains_vmapped(
         progress.update(done, float(metrics["loss"][:, -1].mean()))
         for cb in callbacks:
             cb(done, {name: float(v[:, -1].mean()) for name, v in metrics.items()})
+    fitted = backend.jax_params(state)
     for i, program in enumerate(programs):
-        program.params = jax.tree.map(lambda a, i=i: a[i], state["params"])
+        program.params = jax.tree.map(lambda a, i=i: a[i], fitted)
     return [{name: np.concatenate([r[name][i] for r in rows]) for name in rows[0]} for i in range(c)]

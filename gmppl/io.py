@@ -106,12 +106,14 @@ def save(fit: Any, path: Any) -> None:
         shapes.append({k: list(v.shape) for k, v in flat.items()})
         tensors.update({f"chain{c}/{k}": v for k, v in flat.items()})
     save_file(tensors, str(out / "weights.safetensors"))
-    draws = [getattr(p, "draws", None) for p in fit.programs]  # posterior draws of a sampler (NUTS)
+    draws = [getattr(p, "draws", None) for p in fit.programs]  # posterior draws (NUTS, Bayesian SVI)
     if all(d is not None for d in draws):
-        save_file(
-            {f"chain{c}/{k}": np.ascontiguousarray(v) for c, d in enumerate(draws) for k, v in d.values.items()},
-            str(out / "draws.safetensors"),
-        )
+        arrays = {}
+        for c, d in enumerate(draws):
+            arrays.update({f"chain{c}/{k}": np.ascontiguousarray(v) for k, v in d.values.items()})
+            # a guide's draws also carry log p(x, theta_s) and log q(theta_s) (ArviZ's approximate_posterior)
+            arrays.update({f"chain{c}/{k}": np.ascontiguousarray(v) for k, v in _draw_weights(d).items()})
+        save_file(arrays, str(out / "draws.safetensors"))
     hist = {f"chain{c}/{k}": np.asarray(v) for c, h in enumerate(fit._histories) for k, v in h.items()}
     np.savez(out / "history.npz", **hist)
     if fit.data is not None:
@@ -130,6 +132,15 @@ def save(fit: Any, path: Any) -> None:
         "versions": _versions(),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+#: Keys of a guide's per-draw log-densities in ``draws.safetensors``, after ``chain{c}/``: the leading
+#: ``/`` keeps them apart from site names (``g/weight``), which do not start with one.
+_DRAW_WEIGHTS = {"log_p": "/log_p", "log_q": "/log_q"}
+
+
+def _draw_weights(draws: Any) -> dict[str, np.ndarray]:
+    return {name: getattr(draws, k) for k, name in _DRAW_WEIGHTS.items() if getattr(draws, k) is not None}
 
 
 def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None) -> Any:
@@ -191,7 +202,8 @@ def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
             except (SafetensorError, OSError) as e:
                 raise CheckpointError(f"{src}: the posterior draws are missing or corrupt ({e}).") from e
             values = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
-            program.draws = Draws(values=values, local=frozenset(meta["draws_local"]), x=data)
+            weights = {k: values.pop(name, None) for k, name in _DRAW_WEIGHTS.items()}
+            program.draws = Draws(values=values, local=frozenset(meta["draws_local"]), x=data, **weights)
         programs.append(program)
     with np.load(src / "history.npz", allow_pickle=False) as h:
         histories = [

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,20 @@ def as_optim(optim: Any, default: Adam | None = None) -> Any:
 
 
 def build_torch(optim: Any, params: Any) -> Any:
-    """A torch optimiser over ``params`` from a spec or a factory."""
+    """A torch optimiser over ``params`` from a spec or a factory.
+
+    ``gm.optim.Adam`` runs as torch's fused Adam (one kernel per parameter instead of about six: a
+    tenth of a small VAE's step on CPU; the same update up to rounding), falling back to the default
+    implementation where fused Adam does not cover the parameters' dtype or device.
+    """
+    if type(optim) is Adam:
+        params = list(params)
+        if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+            try:
+                return optim.torch(params, fused=True)
+            except (RuntimeError, ValueError) as e:  # a dtype/device fused Adam does not cover
+                log.info("torch's fused Adam is unavailable here (%s); using the default Adam", e)
+        return optim.torch(params)
     if hasattr(optim, "torch"):
         return optim.torch(params)
     if callable(optim):

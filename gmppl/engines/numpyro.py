@@ -229,7 +229,7 @@ class JaxTrainer(Trainer):
             progress.update(done, float(metrics["loss"][-1]))
             for cb in callbacks:
                 cb(done, {k: float(v[-1]) for k, v in metrics.items()})
-        program.params = state["params"]
+        program.params = backend.jax_params(state)
         history = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
         return state, history
 

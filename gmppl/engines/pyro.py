@@ -60,6 +60,10 @@ def resolve_device(device: Any) -> torch.device:
     return dev
 
 
+#: The programs whose scope is open, innermost last (`PyroProgram.scope` is re-entrant for the innermost).
+_ACTIVE: list[PyroProgram] = []
+
+
 class PyroProgram:
     """A Pyro program ``model(x=None, n=None)`` bound to a private parameter store and a device."""
 
@@ -79,7 +83,11 @@ class PyroProgram:
     # ------------------------------------------------------------------ running
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
-        """Run inside this program's parameter store, on its device."""
+        """Run inside this program's parameter store, on its device (re-entrant: a nested call, such as
+        each training step's trace inside the trainer's scope, costs nothing)."""
+        if _ACTIVE and _ACTIVE[-1] is self:
+            yield
+            return
         # torch.device(...) as a context intercepts every torch call in Python (a TorchFunctionMode,
         # ~2x slower steps for op-heavy flows): enter it only when the default device differs.
         on_device = contextlib.nullcontext() if self.device == torch.get_default_device() else torch.device(self.device)
@@ -89,7 +97,11 @@ class PyroProgram:
         try:
             with pyro.get_param_store().scope(self.store), on_device:
                 self._reclaim()
-                yield
+                _ACTIVE.append(self)
+                try:
+                    yield
+                finally:
+                    _ACTIVE.pop()
         finally:
             if torch.get_num_threads() != previous:
                 torch.set_num_threads(previous)
@@ -332,6 +344,7 @@ class TorchTrainer(Trainer):
                     progress.update(t + 1, float(losses[-1]))
                     for cb in callbacks:
                         cb(t + 1, {k: float(v) for k, v in metrics.items()})
+            backend.torch_finish(state)
         program.freeze()
         history = {k: torch.stack([torch.as_tensor(r[k]) for r in rows]).detach().cpu().numpy() for k in rows[0]}
         return state, history

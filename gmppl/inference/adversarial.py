@@ -7,8 +7,25 @@ For an f-divergence, Fenchel duality gives the saddle point of the seed
 whose inner maximum is ``D_f(P || P_theta)`` when the critic family holds ``T* = f'(p/q)``
 (Nowozin, Cseke & Tomioka 2016). For ``w1`` the Kantorovich–Rubinstein dual
 ``W1 = sup_{Lip(T) <= 1} E_P[T] - E_{P_theta}[T]`` with the Lipschitz constraint enforced by a
-gradient penalty ``penalty * E[(|grad T(x_hat)| - 1)^2]`` on random interpolates (WGAN-GP,
-Gulrajani et al. 2017) or by spectral normalisation (Miyato et al. 2018).
+penalty on the critic's gradient at random interpolates ``x_hat`` of real and generated examples
+(Gulrajani et al. 2017), or by spectral normalisation (Miyato et al. 2018). The default for ``w1``
+is the one-sided penalty ``penalty * E[max(0, |grad T(x_hat)| - 1)^2]`` (``"one_sided_penalty"``,
+WGAN-LP, Petzka et al. 2018); ``"gradient_penalty"`` is WGAN-GP's two-sided
+``penalty * E[(|grad T(x_hat)| - 1)^2]``. Both bound the slope from above; the two-sided one also
+pushes it *up* to 1 on every interpolate, so where the generated and real samples already agree the
+critic keeps a unit slope and goes on pushing the generator about, where the optimal critic is flat
+there. Measured on the 8-Gaussian ring with a 3x256 generator (NumPyro, default 2x128 critic): the
+two-sided penalty leaves the generator off the ring (0/8 modes after 20000 steps), the one-sided one
+captures 8/8 within 6000.
+
+The generator the fit returns is, by default (``ema=0.999``), the exponential moving average of its
+iterates, ``bar_theta_t = d_t bar_theta_{t-1} + (1 - d_t) theta_t`` with ``d_t = min(ema, (1 + t) / (10 + t))``:
+an average over about the last ``min(t / 9, 1 / (1 - ema))`` steps (Yazıcı et al. 2019; the
+"generator EMA" of modern GANs). The players' iterates circle the saddle point rather than settle
+on it; the average sits closer to it. Measured on the ring and 25-Gaussian grid (share of samples
+within 3 std of a mode, last iterate -> average): f-GANs 1-2 points higher (e.g. JS grid after
+60000 steps 96.4% -> 97.8%), ``w1`` 77.5% -> 92.7% (ring, 12000 steps). Training (the history, the
+critic) runs on the iterates; ``ema=None`` returns the last one.
 
 Each step does ``critic_steps`` ascent steps on ``F`` in ``w`` (fresh generated samples each, the
 same real minibatch; default 1 for f-divergences, 5 for ``w1``), then one descent step in ``theta``: ``generator_loss="saddle"`` descends
@@ -53,7 +70,8 @@ from gmppl.inference.critics import (
 from gmppl.optim import Adam
 
 _GENERATOR_LOSSES = ("saddle", "nonsaturating")
-_LIPSCHITZ = ("auto", "gradient_penalty", "spectral_norm", None)
+_LIPSCHITZ = ("auto", "gradient_penalty", "one_sided_penalty", "spectral_norm", None)
+_PENALTIES = ("gradient_penalty", "one_sided_penalty")
 _DENSITY = "_gmppl_adversarial_density"
 _APPLY = "_gmppl_critic_apply"
 
@@ -71,13 +89,16 @@ class Adversarial(Backend):
 
     ``divergence``: a name or object from ``gm.divergences`` — ``kl``, ``reverse_kl``, ``pearson``,
     ``neyman``, ``squared_hellinger``, ``jeffreys``, ``js``, ``gan``, ``total_variation`` (f-GAN), or
-    ``w1`` (WGAN-GP by default). ``critic``: None/``"mlp"`` (an MLP sized from the data), ``"conv"``,
-    or a user module. ``lipschitz``: ``"gradient_penalty"``, ``"spectral_norm"`` or None;
-    ``"auto"`` is the gradient penalty for ``w1`` and None for f-divergences. ``optim`` is the
+    ``w1`` (a critic with a gradient penalty by default). ``critic``: None/``"mlp"`` (an MLP sized
+    from the data), ``"conv"``, or a user module. ``lipschitz``: ``"one_sided_penalty"``,
+    ``"gradient_penalty"`` (two-sided, WGAN-GP), ``"spectral_norm"`` or None; ``"auto"`` is the
+    one-sided penalty for ``w1`` and None for f-divergences (see the module notes). ``optim`` is the
     generator's optimiser (``gm.fit(optim=...)`` overrides it), ``critic_optim`` the critic's
     (default: the generator's). Defaults: f-GANs one critic step and Adam(2e-4, betas (0.5, 0.999));
     ``w1`` the WGAN-GP recipe, five critic steps and Adam(1e-4, betas (0.5, 0.9)). ``output_penalty``: weight of ``E[V^2]`` in the critic's loss (None:
-    ``1e-4`` for total variation, else 0; see the module notes).
+    ``1e-4`` for total variation, else 0; see the module notes). ``ema``: the fitted generator is the
+    exponential moving average of its iterates with this decay (see the module notes); None keeps
+    the last iterate.
 
     Example::
 
@@ -94,6 +115,7 @@ class Adversarial(Backend):
     optim: Any = None
     critic_optim: Any = None
     output_penalty: float | None = None
+    ema: float | None = 0.999
 
     requires: ClassVar[frozenset[str]] = frozenset({"reparameterized_sample"})
 
@@ -110,7 +132,8 @@ class Adversarial(Backend):
             raise UnknownName(f"lipschitz={self.lipschitz!r}; use one of {_LIPSCHITZ}.")
         if isinstance(d, divergences.Wasserstein1) and self.lipschitz is None:
             raise BackendError(
-                "divergence='w1' needs a Lipschitz critic; use lipschitz='gradient_penalty' or 'spectral_norm'."
+                "divergence='w1' needs a Lipschitz critic; use lipschitz='one_sided_penalty', 'gradient_penalty' or "
+                "'spectral_norm'."
             )
         cs = self.critic_steps
         if cs is not None and (not isinstance(cs, int) or isinstance(cs, bool) or cs < 1):
@@ -123,6 +146,10 @@ class Adversarial(Backend):
             or self.output_penalty < 0
         ):
             raise BackendError(f"output_penalty={self.output_penalty!r} must be None or a number >= 0.")
+        if self.ema is not None and (
+            not isinstance(self.ema, int | float) or isinstance(self.ema, bool) or not 0 <= self.ema < 1
+        ):
+            raise BackendError(f"ema={self.ema!r} must be None or a decay in [0, 1) (e.g. 0.999).")
         if isinstance(self.critic, str) and self.critic not in ("mlp", "conv"):
             raise UnknownName(f"critic={self.critic!r}; use None, 'mlp', 'conv' or a module.")
 
@@ -140,7 +167,7 @@ class Adversarial(Backend):
     def constraint(self) -> str | None:
         """The Lipschitz constraint in force (``"auto"`` resolved)."""
         if self.lipschitz == "auto":
-            return "gradient_penalty" if self.is_w1 else None
+            return "one_sided_penalty" if self.is_w1 else None
         return self.lipschitz
 
     @property
@@ -166,6 +193,14 @@ class Adversarial(Backend):
         if self.optim is not None:
             return self.optim
         return Adam(lr=1e-4, betas=(0.5, 0.9)) if self.is_w1 else Adam(lr=2e-4, betas=(0.5, 0.999))
+
+    def ema_decay(self, t: Any) -> Any:
+        """The averaging weight at step ``t = 1, 2, ...``: ``min(ema, (1 + t) / (10 + t))``."""
+        if isinstance(t, int):
+            return min(float(self.ema), (1.0 + t) / (10.0 + t))
+        import jax.numpy as jnp
+
+        return jnp.minimum(self.ema, (1.0 + t) / (10.0 + t))
 
     # ------------------------------------------------------------------ the objective, engine-free
     def _maps(self, xp: Any = None) -> tuple[Any, Any]:
@@ -273,6 +308,7 @@ class Adversarial(Backend):
             gen_opt=build_torch(optim, gen) if gen else None,
             critic_opt=build_torch(self.critic_optim if self.critic_optim is not None else optim, crit),
             maps=self._maps(array_api_compat.array_namespace(batch)),
+            ema=[p.detach().clone() for p in gen] if self.ema is not None and gen else None,
         )
 
     def torch_step(self, state: Any, batch: Any) -> tuple[Any, dict]:
@@ -280,7 +316,8 @@ class Adversarial(Backend):
 
         program, critic = state.program, state.critic
         n = batch.shape[0]
-        gp = self.constraint == "gradient_penalty" and self.penalty > 0
+        gp = self.constraint in _PENALTIES and self.penalty > 0
+        one_sided = self.constraint == "one_sided_penalty"
         out_w = self.output_weight
         n_critic = self.n_critic
         for k in range(n_critic):
@@ -296,7 +333,7 @@ class Adversarial(Backend):
                 out_pen = v.square().mean()
                 closs = closs + out_w * out_pen
             if gp:
-                penalty = _torch_gradient_penalty(critic, batch, fake)
+                penalty = _torch_gradient_penalty(critic, batch, fake, one_sided=one_sided)
                 closs = closs + self.penalty * penalty
             state.critic_opt.zero_grad(set_to_none=True)
             closs.backward()
@@ -308,6 +345,10 @@ class Adversarial(Backend):
                 p.grad = g
             gnorm = _torch_norm([g for g in grads if g is not None])
             state.gen_opt.step()
+            if state.ema is not None:
+                state.t += 1
+                with torch.no_grad():  # ema <- d ema + (1 - d) theta
+                    torch._foreach_lerp_(state.ema, state.gen_params, 1.0 - self.ema_decay(state.t))
         else:
             gnorm = torch.zeros((), device=batch.device)
         loss = (real_term.detach() + g_obj if self.generator_loss == "saddle" or self.is_w1 else g_obj).detach()
@@ -322,6 +363,14 @@ class Adversarial(Backend):
         if out_w:
             metrics["output_penalty"] = out_pen.detach()
         return state, metrics
+
+    def torch_finish(self, state: Any) -> None:
+        """Write the averaged generator into the program (its parameters are the fit's)."""
+        if state.ema is not None:
+            import torch
+
+            with torch.no_grad():
+                torch._foreach_copy_(state.gen_params, state.ema)
 
     # ------------------------------------------------------------------ JAX
     def jax_init(self, program: Any, batch: Any, key: Any, optim: Any) -> tuple[dict, Any]:
@@ -341,7 +390,10 @@ class Adversarial(Backend):
             "opt_state": gen_tx.init(gen0),
             "critic_opt_state": crit_tx.init(params[CRITIC]),
         }
-        gp = self.constraint == "gradient_penalty" and self.penalty > 0
+        if self.ema is not None:
+            state["ema"], state["ema_t"] = gen0, jnp.zeros((), jnp.int32)
+        gp = self.constraint in _PENALTIES and self.penalty > 0
+        one_sided = self.constraint == "one_sided_penalty"
         steps, weight, out_w = self.n_critic, float(self.penalty), self.output_weight
 
         maps = self._maps()
@@ -356,7 +408,7 @@ class Adversarial(Backend):
                 aux["output_penalty"] = jnp.mean(v**2)
                 loss = loss + out_w * aux["output_penalty"]
             if gp:
-                pen = _jax_gradient_penalty(lambda x: apply(c, x), real, fake, key)
+                pen = _jax_gradient_penalty(lambda x: apply(c, x), real, fake, key, one_sided=one_sided)
                 aux["gradient_penalty"] = pen
                 loss = loss + weight * pen
             return loss, aux
@@ -393,9 +445,20 @@ class Adversarial(Backend):
             loss = real_term + g_obj if self.generator_loss == "saddle" or self.is_w1 else g_obj
             metrics = {"loss": loss, "critic_loss": closs, "grad_norm": optax.tree.norm(grads), **aux}
             new = {"params": {**gen, CRITIC: c}, "opt_state": gen_tx_state, "critic_opt_state": copt}
+            if "ema" in state:
+                t = state["ema_t"] + 1
+                d = self.ema_decay(t.astype(jnp.float32))
+                new["ema_t"] = t
+                new["ema"] = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), state["ema"], gen)
             return new, jax.tree.map(jnp.asarray, metrics)
 
         return state, step
+
+    def jax_params(self, state: dict) -> Any:
+        """The averaged generator with the last critic (``ema``), or the last iterate."""
+        if "ema" not in state:
+            return state["params"]
+        return {**state["ema"], CRITIC: state["params"][CRITIC]}
 
 
 @dataclass
@@ -409,6 +472,8 @@ class _TorchState:
     gen_opt: Any
     critic_opt: Any
     maps: tuple
+    ema: list | None = None  # the generator's running average (``Adversarial.ema``)
+    t: int = 0
 
 
 def _softsign_half(v: Any) -> Any:
@@ -426,18 +491,20 @@ def _torch_norm(grads: list) -> Any:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).detach()
 
 
-def _torch_gradient_penalty(critic: Any, real: Any, fake: Any) -> Any:
-    """``E[(|grad_x T(x_hat)| - 1)^2]``, ``x_hat = e x + (1 - e) y``, ``e ~ U(0, 1)`` per example."""
+def _torch_gradient_penalty(critic: Any, real: Any, fake: Any, *, one_sided: bool = False) -> Any:
+    """``E[(|grad_x T(x_hat)| - 1)^2]``, ``x_hat = e x + (1 - e) y``, ``e ~ U(0, 1)`` per example;
+    ``one_sided``: ``E[max(0, |grad_x T(x_hat)| - 1)^2]``."""
     import torch
 
     eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
     (g,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     norm = torch.sqrt(g.reshape(g.shape[0], -1).square().sum(1) + 1e-12)
-    return (norm - 1.0).square().mean()
+    excess = (norm - 1.0).clamp(min=0.0) if one_sided else norm - 1.0
+    return excess.square().mean()
 
 
-def _jax_gradient_penalty(critic: Any, real: Any, fake: Any, key: Any) -> Any:
+def _jax_gradient_penalty(critic: Any, real: Any, fake: Any, key: Any, *, one_sided: bool = False) -> Any:
     """The WGAN-GP penalty (see `_torch_gradient_penalty`); per-example gradients of a per-example critic."""
     import jax
     import jax.numpy as jnp
@@ -446,4 +513,5 @@ def _jax_gradient_penalty(critic: Any, real: Any, fake: Any, key: Any) -> Any:
     x_hat = eps * real + (1 - eps) * fake
     g = jax.grad(lambda x: critic(x).sum())(x_hat)
     norm = jnp.sqrt(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) + 1e-12)
-    return jnp.mean((norm - 1.0) ** 2)
+    excess = jnp.maximum(norm - 1.0, 0.0) if one_sided else norm - 1.0
+    return jnp.mean(excess**2)

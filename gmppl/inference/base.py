@@ -82,6 +82,10 @@ class Backend:
         norm = gradient_step(loss, state.optimizer, state.params)
         return state, {"loss": loss.detach(), "grad_norm": norm, **metrics}
 
+    def torch_finish(self, state: Any) -> None:
+        """Called once after the last torch step: a backend whose fitted parameters are not the last
+        iterate (an average of iterates) writes them into the program here."""
+
     # ------------------------------------------------------------------ JAX
     def jax_loss(self, program: Any) -> Any:
         """A pure ``(params, batch, key) -> (loss, metrics)``."""
@@ -94,6 +98,11 @@ class Backend:
         params = program.params
         state = {"params": params, "opt_state": optimizer.init(params)}
         return state, gradient_step(self.jax_loss(program), optimizer)
+
+    def jax_params(self, state: dict) -> Any:
+        """The fitted parameters held in a JAX training state: ``state["params"]``, the last iterate (a
+        backend that averages iterates returns the average)."""
+        return state["params"]
 
     # ------------------------------------------------------------------ evaluation
     def log_prob(self, program: Any, x: Any, **kwargs: Any) -> Any:

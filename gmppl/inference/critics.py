@@ -1,7 +1,7 @@
 """Critics for `Adversarial`: the network ``V_w`` whose output ``T_w = activation(V_w)`` enters the bound.
 
 The default critic is an MLP sized from the data: ``d = prod(x_shape)`` inputs, two hidden
-layers of ``width = clip(2^ceil(log2(2 d)), 128, 512)`` leaky-ReLU units, one output
+layers of ``width = clip(2^ceil(log2(2 d)), 128, 512)`` leaky-ReLU units (slope 0.2 on both engines), one output
 (so 2-D data gets the usual 2x128 GAN critic). ``critic="conv"`` gives a small strided conv
 net for image-shaped data (``(H, W)`` or ``(C, H, W)``). A user critic is accepted as is: a
 ``torch.nn.Module`` on batches, or on JAX an Equinox module (called per example and vmapped,
@@ -88,7 +88,9 @@ def torch_spectral_norm(critic: Any) -> Any:
 def _leaky(x: Any) -> Any:
     import jax
 
-    return jax.nn.leaky_relu(x, 0.2)
+    from gmppl.models.nets import LEAKY_SLOPE
+
+    return jax.nn.leaky_relu(x, LEAKY_SLOPE)
 
 
 def _flat_mlp_cls() -> type:

@@ -322,10 +322,11 @@ class ELBO(Backend):
 
     # ------------------------------------------------------------------ torch
     def torch_init(self, program: Any, batch: Any, optim: Any) -> Any:
+        from gmppl.engines.pyro import make_optimizer
         from gmppl.inference.base import StepState
 
         params = list(program.params().values())
-        state = StepState(program=program, params=params, optimizer=_torch_optimizer(optim, params))
+        state = StepState(program=program, params=params, optimizer=make_optimizer(optim, params))
         plan = program.extras[_STATE]
         plan.cache["loss"] = _pyro_training_loss(self, program, plan, batch)
         return state
@@ -451,24 +452,6 @@ class ELBO(Backend):
 
 
 # ====================================================================== Pyro / torch
-def _torch_optimizer(optim: Any, params: list) -> Any:
-    """``gm.optim.Adam`` as torch's fused Adam (one kernel per parameter instead of about six: a tenth
-    of a small VAE's step on CPU); any other optimiser as the engine builds it."""
-    from gmppl.engines.pyro import make_optimizer
-    from gmppl.optim import Adam
-
-    if (
-        type(optim) is Adam
-        and params
-        and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    ):
-        try:
-            return optim.torch(params, fused=True)
-        except (RuntimeError, ValueError) as e:  # a dtype/device fused Adam does not cover
-            log.info("ELBO: torch's fused Adam is unavailable here (%s); using the default Adam", e)
-    return make_optimizer(optim, params)
-
-
 def _jit_mean_field() -> type:
     from pyro.infer import JitTraceMeanField_ELBO
 

@@ -6,7 +6,12 @@ example (``jax.vmap`` it over a batch). Hidden widths are equal, as in ``eqx.nn.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+#: Negative slope of ``activation="leaky_relu"`` on both engines: 0.2, the GAN critics' value (DCGAN);
+#: torch's and JAX's own defaults (0.01) differ from it.
+LEAKY_SLOPE = 0.2
 
 _TORCH_ACT = {
     "relu": "ReLU",
@@ -24,6 +29,8 @@ def torch_mlp(in_dim: int, out_dim: int, *, width: int = 128, depth: int = 2, ac
     import torch.nn as nn
 
     act = getattr(nn, _TORCH_ACT[activation])
+    if activation == "leaky_relu":
+        act = functools.partial(nn.LeakyReLU, LEAKY_SLOPE)
     layers: list[Any] = []
     d = in_dim
     for _ in range(depth):
@@ -43,7 +50,7 @@ def eqx_mlp(in_dim: int, out_dim: int, *, key: Any, width: int = 128, depth: int
         "silu": jax.nn.silu,
         "softplus": jax.nn.softplus,
         "tanh": jax.numpy.tanh,
-        "leaky_relu": jax.nn.leaky_relu,
+        "leaky_relu": functools.partial(jax.nn.leaky_relu, negative_slope=LEAKY_SLOPE),
         "elu": jax.nn.elu,
         "gelu": jax.nn.gelu,
     }[activation]

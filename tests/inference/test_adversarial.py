@@ -319,6 +319,42 @@ def test_wgan_gp_critic_approaches_w1(x_data: np.ndarray) -> None:
     assert estimate == pytest.approx(w1 * (1 + w1 / 200), rel=0.05), estimate
 
 
+# ---------------------------------------------------------------------- generator averaging
+def _affine_params(fit) -> np.ndarray:
+    """``(a, b)`` of the affine generator, signed."""
+    if fit.engine == "pyro":
+        p = fit.program.params()
+        return np.array([float(p["g$$$weight"].detach().reshape(())), float(p["g$$$bias"].detach().reshape(()))])
+    p = fit.program.params["g$params"]
+    return np.array([float(p.weight[0, 0]), float(p.bias[0])])
+
+
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+def test_ema_is_the_stated_average_of_the_iterates(engine: str, x_data: np.ndarray, monkeypatch) -> None:
+    """``ema=e`` returns ``bar_T`` with ``bar_0 = theta_0``, ``bar_t = d_t bar_{t-1} + (1 - d_t) theta_t``,
+    ``d_t = min(e, (1 + t) / (10 + t))``, where ``theta_t`` is the last iterate after ``t`` steps (the same
+    seed's fit with ``ema=None``: its first ``t`` steps are the same; JAX runs one step per dispatch here
+    so that the keys are too). Exact up to float32 rounding."""
+    from gmppl.engines.numpyro import JaxTrainer
+
+    monkeypatch.setattr(JaxTrainer, "chunk", 1)
+    affine, critic = (torch_affine, torch_quad_critic) if engine == "pyro" else (jax_affine, jax_quad_critic)
+
+    def fit(steps: int, ema: float | None):
+        backend = gm.inference.Adversarial("js", critic=critic(), optim=gm.optim.Adam(0.05), ema=ema)
+        return gm.fit(affine(*START), x_data, backend, steps=steps, batch_size=64, seed=3, progress=False)
+
+    steps, decay = 6, 0.3
+    bar = np.array(START)
+    for t in range(1, steps + 1):
+        d = min(decay, (1 + t) / (10 + t))
+        bar = d * bar + (1 - d) * _affine_params(fit(t, None))
+    got = _affine_params(fit(steps, decay))
+    last = _affine_params(fit(steps, None))
+    assert np.abs(got - last).max() > 0.01  # the average is not the last iterate
+    np.testing.assert_allclose(got, bar, atol=1e-6)
+
+
 # ---------------------------------------------------------------------- the surface
 def test_unknown_divergence_is_refused_at_construction() -> None:
     with pytest.raises(gm.UnknownName, match="kl"):
@@ -331,8 +367,12 @@ def test_unknown_divergence_is_refused_at_construction() -> None:
         gm.inference.Adversarial(divergence="w1", lipschitz=None)
     with pytest.raises(gm.BackendError):
         gm.inference.Adversarial(critic_steps=0)
-    # defaults: f-GAN one critic step, Adam(2e-4, (0.5, 0.999)); w1 the WGAN-GP recipe
+    # defaults: f-GAN one critic step, Adam(2e-4, (0.5, 0.999)); w1 the WGAN-GP recipe, one-sided penalty
     js, w1 = gm.inference.Adversarial("js"), gm.inference.Adversarial("w1")
+    assert (js.constraint, w1.constraint, js.ema, w1.ema) == (None, "one_sided_penalty", 0.999, 0.999)
+    for bad in (1.0, -0.1, True, "0.9"):
+        with pytest.raises(gm.BackendError, match="ema"):
+            gm.inference.Adversarial(ema=bad)
     assert (js.n_critic, js.default_optim.lr, js.default_optim.betas) == (1, 2e-4, (0.5, 0.999))
     assert (w1.n_critic, w1.default_optim.lr, w1.default_optim.betas) == (5, 1e-4, (0.5, 0.9))
     assert gm.inference.Adversarial("w1", critic_steps=2).n_critic == 2
@@ -457,6 +497,22 @@ def test_gradient_penalty_of_a_linear_critic_is_exact() -> None:
         _jax_gradient_penalty(lambda z: z @ jnp.asarray(w), jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(0))
     )
     assert got_t == pytest.approx(16.0, rel=1e-6) and got_j == pytest.approx(16.0, rel=1e-5)
+    # one-sided: max(0, |w| - 1)^2, the same above slope 1 and zero below it
+    for scale, want in ((1.0, 16.0), (0.12, 0.0)):  # |w| = 5 and 0.6
+        lin_s = torch.nn.Linear(2, 1, bias=False).double()
+        with torch.no_grad():
+            lin_s.weight.copy_(torch.as_tensor(scale * w[None]))
+        got_t = float(_torch_gradient_penalty(lin_s, torch.as_tensor(x), torch.as_tensor(y), one_sided=True).detach())
+        got_j = float(
+            _jax_gradient_penalty(
+                lambda z, s=scale: z @ jnp.asarray(s * w),
+                jnp.asarray(x),
+                jnp.asarray(y),
+                jax.random.PRNGKey(0),
+                one_sided=True,
+            )
+        )
+        assert got_t == pytest.approx(want, rel=1e-6, abs=1e-12) and got_j == pytest.approx(want, rel=1e-5, abs=1e-9)
 
 
 def test_spectral_normalisation_gives_unit_top_singular_values_and_a_1_lipschitz_critic(moons) -> None:
