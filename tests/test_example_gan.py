@@ -19,8 +19,8 @@ def _load():  # noqa: ANN202
     return mod
 
 
-@pytest.mark.parametrize(("engine", "divergences"), [("numpyro", "js,w1"), ("pyro", "kl,reverse_kl")])
-def test_gan_ring_example(engine: str, divergences: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("engine", "divergences", "chains"), [("numpyro", "js,w1", 1), ("pyro", "kl,reverse_kl", 2)])
+def test_gan_ring_example(engine: str, divergences: str, chains: int, tmp_path: Path) -> None:
     out = tmp_path / engine
     report = _load().main(
         [
@@ -34,18 +34,23 @@ def test_gan_ring_example(engine: str, divergences: str, tmp_path: Path) -> None
             "200",
             "--divergences",
             divergences,
+            "--chains",
+            str(chains),
             "--out",
             str(out),
         ]
     )
     assert json.loads((out / "report.json").read_text()) == report
     assert (out / "ring.png").stat().st_size > 0 and (out / "grid.png").stat().st_size > 0
-    assert f"| ring | {divergences.split(',')[0]} |" in (out / "report.md").read_text()
+    assert f"| ring | {divergences.split(',')[0]}" in (out / "report.md").read_text()
     assert set(report["results"]) == {f"{t}/{d}" for t in ("ring", "grid") for d in divergences.split(",")}
     for key, r in report["results"].items():
         assert r["num_modes"] == (8 if key.startswith("ring") else 25)
         assert 0 <= r["modes"] <= r["num_modes"] and 0.0 <= r["high_quality"] <= 1.0
-        assert np.isfinite(r["final_divergence_estimate"])
+        estimate = np.asarray(r["divergence_estimate"])
+        assert estimate.shape == (chains,) and np.all(np.isfinite(estimate))
+        assert r["chain"] == int(np.argmin(estimate)) and len(r["every_chain"]) == chains
+        assert [r["modes"], r["high_quality"]] == r["every_chain"][r["chain"]]
 
 
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "gan_digits.py"
