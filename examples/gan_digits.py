@@ -23,6 +23,17 @@ images' mean and covariance, clipped to [0, 1]: the baseline a GAN should beat).
 
 Writes ``samples.png`` (generated digits above held-out ones), ``metrics.json`` and ``report.md``.
 
+Measured (NumPyro, JS, 20000 steps, batch 128, seed 0, 38 s; the classifier's held-out accuracy 0.916):
+
+    | sample | MMD^2 (x 1e3) | stderr (x 1e3) | Fréchet | classes | KL(classes || uniform) |
+    |---|---:|---:|---:|---:|---:|
+    | train (floor) | 6.17 | 1.68 | 1.40 | 10/10 | 0.000 |
+    | gan (js) | 6.95 | 1.71 | 1.47 | 10/10 | 0.003 |
+    | gaussian (baseline) | 15.06 | 1.85 | 3.37 | 10/10 | 0.020 |
+
+Before the backend averaged its generator's iterates (``Adversarial(ema=...)``, default 0.999) the
+same run gave 8.5 and 1.58.
+
     python examples/gan_digits.py --engine numpyro --steps 20000 --out out/gan_digits
 """
 
