@@ -54,6 +54,7 @@ any divergence (None: 1e-4 for TV, 0 otherwise); it is not part of the reported 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -154,9 +155,10 @@ class Adversarial(Backend):
             raise UnknownName(f"critic={self.critic!r}; use None, 'mlp', 'conv' or a module.")
 
     # ------------------------------------------------------------------ settings
-    @property
+    @functools.cached_property
     def div(self) -> Any:
-        """The divergence object."""
+        """The divergence object (looked up once: the torch step reads it, through ``constraint``,
+        ``n_critic`` and ``output_weight``, several times per step)."""
         return divergences.get(self.divergence)
 
     @property

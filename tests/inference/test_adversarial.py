@@ -479,6 +479,30 @@ def test_nan_training_is_reported_with_its_step() -> None:
 
 
 # ---------------------------------------------------------------------- pieces with closed forms
+def test_default_critics_are_the_same_function_on_both_engines() -> None:
+    """The default MLP critic, given the same weights on both engines, gives the same outputs: in
+    particular the same leaky-ReLU slope (0.2; torch's own default is 0.01, which the torch critic had)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from gmppl.inference.critics import jax_critic, torch_critic
+
+    x = np.random.default_rng(0).normal(size=(32, 2)).astype(np.float32)
+    params, apply = jax_critic(None, jnp.asarray(x), key=jax.random.PRNGKey(0))
+    net = torch_critic(None, (2,), seed=0)
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    layers = jax.tree.leaves(params, is_leaf=lambda a: hasattr(a, "weight") and hasattr(a, "bias"))
+    layers = [m for m in layers if hasattr(m, "weight")]
+    assert len(linears) == len(layers) == 3
+    with torch.no_grad():
+        for lin, lay in zip(linears, layers, strict=True):
+            lin.weight.copy_(torch.as_tensor(np.asarray(lay.weight)))
+            lin.bias.copy_(torch.as_tensor(np.asarray(lay.bias)))
+        want = net(torch.as_tensor(x)).reshape(-1).numpy()
+    np.testing.assert_allclose(np.asarray(apply(params, jnp.asarray(x))), want, rtol=1e-5, atol=1e-6)
+
+
 def test_gradient_penalty_of_a_linear_critic_is_exact() -> None:
     """For ``T(x) = w . x`` the gradient is ``w`` everywhere: the penalty is ``(|w| - 1)^2`` exactly."""
     import jax
