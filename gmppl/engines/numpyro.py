@@ -20,7 +20,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
 from gmppl.engines.base import ModelInfo, Trainer
-from gmppl.engines.pyro import _info_from_traces, check_event_shape, invert_pushforward
+from gmppl.engines.sites import check_event_shape, info_from_traces, invert_pushforward
 from gmppl.errors import DataError, DeviceError, ModelError, NotSupported, TrainingError
 from gmppl.optim import build_optax
 
@@ -111,7 +111,7 @@ class NumPyroProgram:
             ) from e
         if self.params is None:
             self.params = params
-        return _info_from_traces(cond, gen, self.observed, self.latent, len(example), "numpyro")
+        return info_from_traces(cond, gen, self.observed, self.latent, len(example), "numpyro")
 
     # ------------------------------------------------------------------ quantities (pure)
     def sample_fn(self, params: dict[str, Any], key: Any, n: int) -> Any:
