@@ -187,7 +187,7 @@ def sampler_table(fit: Any, held: np.ndarray, quick: bool) -> str:
     from gmppl.models.diffusion import find_diffusion, with_options
 
     p = fit.program
-    d = find_diffusion(p.trace(x=p.as_tensor(held[:8])).nodes["x"]["fn"])
+    d = find_diffusion(p.trace(x=p.as_array(held[:8])).nodes["x"]["fn"])
     w1 = gm.divergences.Wasserstein1(num_bootstrap=0)
     n = len(held)
     settings = [("em", {"steps": k}) for k in ((25, 100, 400) if quick else (25, 50, 100, 200, 500, 1000))]

@@ -60,7 +60,7 @@ def diffusion_of(fit: gm.Fit, x: np.ndarray) -> Any:
 
     p = fit.program
     if fit.engine == "pyro":
-        return find_diffusion(p.trace(x=p.as_tensor(x)).nodes["x"]["fn"])
+        return find_diffusion(p.trace(x=p.as_array(x)).nodes["x"]["fn"])
     import jax
 
     return find_diffusion(p.trace(p.params, jax.random.PRNGKey(0), x=p.as_array(x))["x"]["fn"])

@@ -131,7 +131,7 @@ def decoder_mean(fit: Any, z: np.ndarray) -> np.ndarray:
 
         program = fit.program
         with torch.no_grad(), program.scope():
-            zt = program.as_tensor(np.asarray(z, np.float32))
+            zt = program.as_array(np.asarray(z, np.float32))
             tr = poutine.trace(poutine.condition(program.model, data={"z": zt})).get_trace(x=None, n=len(z))
         return tr.nodes["x"]["fn"].mean.cpu().numpy()
     import jax

@@ -15,7 +15,7 @@ Point fits (one parameter value per chain):
 - ``sample_stats``: the training history, one ``draw`` per step.
 - ``observed_data``: ``x`` (``obs, x_dim``), else the training data.
 
-Bayesian fits (``program.draws``: NUTS, or SVI whose guide covers global sites, with
+Bayesian fits (``Fit.draws``: NUTS, or SVI whose guide covers global sites, with
 ``Fit.GUIDE_DRAWS`` draws from the guide; ``draw`` counts posterior draws):
 - ``posterior``: every sampled site (weights with dims ``<site>_dim_k``); per-example latents
   (``obs, z_dim``) when ``x`` is the data the fit was conditioned on (the default).
@@ -61,8 +61,7 @@ def _site_dims(name: str, shape: tuple[int, ...], local: bool, latent: str | Non
 
 def has_draws(fit: Any) -> bool:
     """Whether the fit holds posterior draws of its parameters (a Bayesian fit: NUTS, or SVI over global sites)."""
-    flag = getattr(fit, "is_bayesian", None)
-    return bool(flag) if flag is not None else getattr(fit.program, "draws", None) is not None
+    return getattr(fit, "draws", None) is not None
 
 
 def to_datatree(
@@ -148,7 +147,7 @@ def loo_note(fit: Any, x: Any, ll: np.ndarray | None) -> str:
         return "not applicable: no pointwise likelihood for this fit."
     total = int(ll.shape[0] * ll.shape[1])
     if ll.shape[1] > 1:
-        if has_draws(fit) and getattr(fit.program.draws, "log_q", None) is not None:
+        if has_draws(fit) and fit.draws[0].log_q is not None:
             return (
                 "az.loo(tree); the draws come from a guide q: az.loo_approximate_posterior(tree, "
                 "tree.approximate_posterior.log_p, tree.approximate_posterior.log_q) corrects for its misfit."
@@ -216,23 +215,28 @@ def _bayesian_groups(fit: Any, x: Any, xs: np.ndarray, put: Callable, *, seed: i
 
     x_dims = _x_dims(fit.info.x_event_shape)
     obs = fit.info.observed
-    d0 = fit.program.draws
+    d0 = fit.draws[0]
     on_data = x is None or d0.is_data(xs)
     latent = fit.info.latent
     for name in d0.values:
         if name in d0.local and not on_data:
             continue
-        value = np.stack([p.draws.values[name] for p in fit.programs])
+        value = np.stack([d.values[name] for d in fit.draws])
         var = name.replace("/", ".")  # DataTree variable names cannot hold "/" (NumPyro's module scopes)
         put("posterior", var, value, _site_dims(name, value.shape[2:], name in d0.local, latent))
-    pp = np.stack([sample_draws(p, 1, seed=seed + c)[:, 0] for c, p in enumerate(fit.programs)])
+    pp = np.stack(
+        [
+            sample_draws(p, d, 1, seed=seed + c)[:, 0]
+            for c, (p, d) in enumerate(zip(fit.programs, fit.draws, strict=True))
+        ]
+    )
     put("posterior_predictive", obs, pp, x_dims)
     if log_likelihood:
         try:
-            ll = np.stack([log_likelihood_draws(p, xs) for p in fit.programs])
+            ll = np.stack([log_likelihood_draws(p, d, xs) for p, d in zip(fit.programs, fit.draws, strict=True)])
         except NotSupported:
             return
         put("log_likelihood", obs, ll, ["obs"])
-    if on_data and all(p.draws.log_q is not None for p in fit.programs):  # draws from a guide q
-        put("approximate_posterior", "log_p", np.stack([p.draws.log_p for p in fit.programs]), [])
-        put("approximate_posterior", "log_q", np.stack([p.draws.log_q for p in fit.programs]), [])
+    if on_data and all(d.log_q is not None for d in fit.draws):  # draws from a guide q
+        put("approximate_posterior", "log_p", np.stack([d.log_p for d in fit.draws]), [])
+        put("approximate_posterior", "log_q", np.stack([d.log_q for d in fit.draws]), [])

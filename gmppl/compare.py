@@ -64,7 +64,7 @@ def heldout_log_density(fit: Any, x: np.ndarray) -> np.ndarray:
 
     x = fit._check_x(x)
     if has_draws(fit):
-        ll = np.concatenate([log_likelihood_draws(p, x) for p in fit.programs])
+        ll = np.concatenate([log_likelihood_draws(p, d, x) for p, d in zip(fit.programs, fit.draws, strict=True)])
     else:
         ll = fit.log_prob_chains(x)
     ll = np.asarray(ll, dtype=float)

@@ -1,7 +1,14 @@
-"""``gm.fit``: the one entry point. Checks everything, then runs the engine's training loop."""
+"""``gm.fit``: the one entry point and the one training loop.
+
+Everything is checked before step 1 (the data, the program's sites, the backend's needs). The
+engine's loop runs steps in chunks (a Python loop on torch, a jitted ``lax.scan`` on JAX, vmapped
+over chains); this module owns what happens between chunks, the same on both engines: the NaN
+stop-and-restore, progress, validation and early stopping, callbacks and the history.
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -9,14 +16,17 @@ from typing import Any
 import numpy as np
 
 from gmppl._data import check_data
-from gmppl.engines import ENGINES, detect_engine, make_program, trainer_for
-from gmppl.errors import BackendError, ModelError, UnknownName
-from gmppl.inference.base import Backend
+from gmppl.engines import ENGINES, detect_engine, make_loop, make_program
+from gmppl.errors import BackendError, DataError, ModelError, TrainingError, UnknownName
+from gmppl.inference.base import Backend, SamplerBackend
 from gmppl.optim import as_optim
 from gmppl.progress import Progress
 from gmppl.result import Fit
 
 log = logging.getLogger("gmppl")
+
+#: Steps between two looks at the training (NaN check, progress, callbacks), on both engines.
+LOG_EVERY = 100
 
 
 def fit(
@@ -33,14 +43,27 @@ def fit(
     latent: str = "z",
     engine: str | None = None,
     chains: int = 1,
-    callbacks: Sequence[Callable[[int, dict], None]] = (),
+    validation: Any = None,
+    validate_every: int | None = None,
+    patience: int | None = None,
+    callbacks: Sequence[Callable[..., Any]] = (),
     progress: bool = True,
 ) -> Fit:
     """Fit a Pyro or NumPyro program ``model(x=None, n=None)`` to ``data`` with an inference ``backend``.
 
     ``theta* = argmin_theta D(P_X || P_theta)`` where ``D`` is the backend's divergence (forward
     KL for ``Likelihood``/``ELBO``, an f-divergence or W1 for ``Adversarial``, Fisher for ``Score``).
-    Everything is checked before step 1: the data, the program's sites, the backend's needs.
+
+    - ``optim``: ``gm.optim.Adam(...)``, a float (Adam's learning rate), an optax transformation, a
+      ``pyro.optim``/``numpyro.optim`` optimiser, or a torch factory ``params -> torch.optim.Optimizer``.
+    - ``validation``: held-out data scored every ``validate_every`` steps (default: ``steps // 10``)
+      into ``history["val_loss"]``/``["val_step"]`` (the backend's objective on it, with fixed noise);
+      ``patience=k`` stops after ``k`` validations without improvement and keeps the best validated values.
+    - ``callbacks``: each called as ``cb(step, metrics)`` or ``cb(step, metrics, params)`` every
+      ``LOG_EVERY`` (100) steps, at each validation and at the last step; ``metrics`` holds the last
+      step's values (averaged over chains), ``params`` the fitted values as in ``Fit.params``. A callback
+      that raises stops the fit; the error carries the fit so far as ``error.fit``.
+    - ``chains=C``: C independently seeded fits (seeds ``seed + c``), an ensemble.
 
     Example::
 
@@ -57,88 +80,199 @@ def fit(
             "gm.inference.Likelihood(), ELBO(), Adversarial(divergence='js'), Score()."
         )
     for name, value in (("steps", steps), ("batch_size", batch_size), ("chains", chains)):
-        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-            raise BackendError(f"{name}={value!r} must be a positive integer.")
+        _check_positive(name, value)
+    for name, value in (("validate_every", validate_every), ("patience", patience)):
+        if value is not None:
+            _check_positive(name, value)
+    if (validate_every is not None or patience is not None) and validation is None:
+        raise BackendError("validate_every= and patience= need held-out data: pass validation=x_val.")
     if engine is not None and engine not in ENGINES:
         raise UnknownName(f"engine={engine!r} is unknown; use one of {ENGINES} (or None to detect).")
     if not callable(model):
         raise ModelError(f"model={model!r} is not callable; pass a Pyro or NumPyro program model(x=None, n=None).")
+    x_val = None
+    if validation is not None:
+        x_val = check_data(validation, name="validation").astype(x.dtype, copy=False)
+        if x_val.shape[1:] != x.shape[1:]:
+            raise DataError(
+                f"validation examples have shape {x_val.shape[1:]} but the data's are {x.shape[1:]}; "
+                "pass held-out data shaped like the training data."
+            )
+    callbacks = tuple(callbacks) if not callable(callbacks) else (callbacks,)
+    for cb in callbacks:
+        if not callable(cb):
+            raise BackendError(f"callbacks: {cb!r} is not callable; pass functions cb(step, metrics[, params]).")
 
     example = x[: min(len(x), 8)]
     engine = engine or detect_engine(model, example)
     batch_size = min(int(batch_size), len(x))
-    optim = as_optim(optim, getattr(backend, "default_optim", None))
+    optim = as_optim(optim, backend.default_optim)
+    seeds = [int(seed) + c for c in range(chains)]
 
-    programs, infos = [], []
+    programs, plans, info = [], [], None
+    sampler = isinstance(backend, SamplerBackend)
     for c in range(chains):
         program = make_program(engine, model, observed=observed, latent=latent, device=device)
         info = program.inspect(example)
         backend.check(info)
-        backend.setup(program, info, example, seed=seed + c)
-        if c > 0 and getattr(backend, "run", None) is None:  # a sampler's chains share the target
+        plans.append(backend.prepare(program, info, example, seed=seeds[c]))
+        if c > 0 and not sampler:  # a sampler's chains share the target; an ensemble's start afresh
             from gmppl.ensemble import reinitialise
 
-            reinitialise(program, seed=seed + c)
+            reinitialise(program, seed=seeds[c])
         if chains > 1 and hasattr(program, "freeze"):  # modules shared by chains: each keeps its own values
             program.freeze()
         programs.append(program)
-        infos.append(info)
+    assert info is not None
 
-    histories, seconds = [], []
-    trainer = trainer_for(engine)
-    if chains > 1 and engine == "numpyro":
-        from gmppl.ensemble import can_vmap, run_chains_vmapped
+    desc = f"{type(backend).__name__}[{engine}]" + (f" x{chains} chains" if chains > 1 else "")
+    bar = Progress(steps, enabled=progress, desc=desc)
+    config = {
+        "steps": int(steps),
+        "batch_size": batch_size,
+        "seed": int(seed),
+        "chains": chains,
+        "observed": observed,
+        "latent": latent,
+        "device": str(device) if device is not None else None,
+        "optim": repr(optim),
+    }
 
-        if can_vmap(backend):  # one compiled program trains every chain
-            bar = Progress(steps, enabled=progress, desc=f"{type(backend).__name__}[{engine}] x{chains} chains")
-            histories = run_chains_vmapped(
-                programs,
-                backend,
-                x,
-                steps=int(steps),
-                batch_size=batch_size,
-                seeds=[seed + c for c in range(chains)],
-                optim=optim,
-                callbacks=tuple(callbacks),
-                progress=bar,
+    def make_fit(histories: list[dict], draws: list | None = None) -> Fit:
+        return Fit(
+            model=model,
+            engine=engine,
+            backend=backend,
+            programs=programs,
+            plans=plans,
+            info=info,
+            histories=histories,
+            data=x,
+            config=config,
+            draws=draws,
+        )
+
+    if sampler:
+        num = backend.num_draws(int(steps))
+        results = [
+            backend.draw(p, plan, x, num_samples=num, seed=s) for p, plan, s in zip(programs, plans, seeds, strict=True)
+        ]
+        histories = [h for _, h in results]
+        bar.update(num, float(-np.mean(histories[0]["lp"])) if "lp" in histories[0] else float("nan"))
+        config["train_seconds"] = [bar.close()] * chains
+        result = make_fit(histories, [d for d, _ in results])
+        _call(callbacks, num, {k: float(np.mean([h[k].mean() for h in histories])) for k in histories[0]}, result)
+        return result
+
+    loop = make_loop(engine, programs, backend, plans, x, batch_size=batch_size, steps=int(steps))
+    state = loop.init(seeds, optim)
+    rows: list[dict[str, np.ndarray]] = []
+    val_every = None if x_val is None else int(validate_every or max(1, int(steps) // 10))
+    validators = None
+    if x_val is not None:  # one per chain, by program
+        validators = {id(p): backend.validator(p, plan, x_val) for p, plan in zip(programs, plans, strict=True)}
+    val_loss: list[np.ndarray] = []
+    val_step: list[int] = []
+    best, best_value, since_best = None, np.inf, 0
+    good = loop.snapshot(state)
+    done = 0
+
+    def histories() -> list[dict[str, np.ndarray]]:
+        hist = [{k: np.concatenate([r[k][c] for r in rows]) for k in rows[0]} for c in range(chains)] if rows else []
+        if val_step:
+            for c, h in enumerate(hist):
+                h["val_loss"] = np.array([v[c] for v in val_loss])
+                h["val_step"] = np.array(val_step)
+        return hist
+
+    def stop(error: Exception) -> Exception:
+        loop.finish(state)
+        config["train_seconds"] = [bar.close()] * chains
+        error.fit = make_fit(histories())  # type: ignore[attr-defined]
+        return error
+
+    while done < steps:
+        k = min(LOG_EVERY, loop.chunk, int(steps) - done)
+        if val_every is not None:
+            k = min(k, val_every - done % val_every)
+        state, metrics = loop.run_chunk(state, k)
+        loss = metrics["loss"]
+        bad = ~np.isfinite(loss)
+        if bad.any():
+            chain, i = (int(j[0]) for j in np.nonzero(bad))
+            state = loop.restore(state, good)
+            where = f"chain {chain}: " if chains > 1 else ""
+            raise stop(
+                TrainingError(
+                    f"{where}the loss became {loss[chain, i]} at step {done + i}; the parameters were kept from step "
+                    f"{done}. Lower the learning rate (optim=gm.optim.Adam(lr=...)), clip gradients "
+                    "(gm.optim.Adam(clip_norm=...)) or check the model."
+                )
             )
-            seconds = [bar.close()] * chains
-    for c, program in enumerate(programs if not histories else []):
-        bar = Progress(
-            steps, enabled=progress, desc=f"{type(backend).__name__}[{engine}]" + (f" chain {c}" if chains > 1 else "")
-        )
-        run = getattr(backend, "run", None) or trainer.run  # samplers (NUTS) bring their own loop
-        _, history = run(
-            program,
-            backend,
-            x,
-            steps=int(steps),
-            batch_size=batch_size,
-            seed=seed + c,
-            optim=optim,
-            callbacks=tuple(callbacks),
-            progress=bar,
-        )
-        seconds.append(bar.close())
-        histories.append(history)
+        rows.append(metrics)
+        done += k
+        good = loop.snapshot(state)
+        bar.update(done, float(np.mean(loss[:, -1])))
+        stopping = False
+        if validators is not None and (done % val_every == 0 or done == steps):
+            values = np.array(loop.evaluate(state, lambda p, plan: validators[id(p)]()))
+            val_loss.append(values)
+            val_step.append(done)
+            if np.mean(values) < best_value:
+                best, best_value, since_best = loop.snapshot(state) if patience else None, float(np.mean(values)), 0
+            else:
+                since_best += 1
+                stopping = patience is not None and since_best >= patience
+            metrics = {**metrics, "val_loss": values[:, None]}
+        if callbacks:
+            try:
+                _call(callbacks, done, {k: float(np.mean(v[:, -1])) for k, v in metrics.items()}, loop, state)
+            except Exception as e:
+                raise stop(TrainingError(f"a callback raised at step {done}: {type(e).__name__}: {e}")) from e
+        if stopping:
+            log.info("early stop at step %d: no improvement in %d validations", done, patience)
+            break
+    if best is not None:
+        state = loop.restore(state, best)
+    loop.finish(state)
+    config["train_seconds"] = [bar.close()] * chains
+    config["steps_run"] = done
+    result = make_fit(histories())
+    if hasattr(backend, "fitted_guide"):  # SVI over global sites: draws from the guide make the fit Bayesian
+        result.guide_draws()
+    return result
 
-    return Fit(
-        model=model,
-        engine=engine,
-        backend=backend,
-        programs=programs,
-        info=infos[0],
-        histories=histories,
-        data=x,
-        config={
-            "steps": int(steps),
-            "batch_size": batch_size,
-            "seed": seed,
-            "chains": chains,
-            "observed": observed,
-            "latent": latent,
-            "device": str(device) if device is not None else None,
-            "optim": repr(optim),
-            "train_seconds": seconds,
-        },
-    )
+
+def _check_positive(name: str, value: Any) -> None:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise BackendError(f"{name}={value!r} must be a positive integer.")
+
+
+def _call(callbacks: tuple, step: int, metrics: dict[str, float], *where: Any) -> None:
+    """Call each callback with ``(step, metrics)``, or ``(step, metrics, params)`` when it takes three."""
+    params: dict | None = None
+    for cb in callbacks:
+        if _arity(cb) >= 3:
+            if params is None:
+                params = _params(*where)
+            cb(step, metrics, params)
+        else:
+            cb(step, metrics)
+
+
+def _params(*where: Any) -> dict:
+    if len(where) == 1:  # a finished fit
+        return where[0].params
+    loop, state = where
+    out = loop.evaluate(state, lambda p, plan: Fit.numpy_params(p))
+    return out[0] if len(out) == 1 else {k: np.stack([o[k] for o in out]) for k in out[0]}
+
+
+def _arity(fn: Callable) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 3
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)

@@ -106,8 +106,8 @@ def save(fit: Any, path: Any) -> None:
         shapes.append({k: list(v.shape) for k, v in flat.items()})
         tensors.update({f"chain{c}/{k}": v for k, v in flat.items()})
     save_file(tensors, str(out / "weights.safetensors"))
-    draws = [getattr(p, "draws", None) for p in fit.programs]  # posterior draws (NUTS, Bayesian SVI)
-    if all(d is not None for d in draws):
+    draws = fit.draws  # posterior draws (NUTS, Bayesian SVI)
+    if draws is not None:
         arrays = {}
         for c, d in enumerate(draws):
             arrays.update({f"chain{c}/{k}": np.ascontiguousarray(v) for k, v in d.values.items()})
@@ -127,7 +127,7 @@ def save(fit: Any, path: Any) -> None:
         "x_event_shape": list(fit.info.x_event_shape),
         "chains": fit.chains,
         "params": shapes,
-        "draws_local": sorted(draws[0].local) if all(d is not None for d in draws) else None,
+        "draws_local": sorted(draws[0].local) if draws is not None else None,
         "config": {k: v for k, v in fit.config.items() if isinstance(v, str | int | float | bool | list | None)},
         "versions": _versions(),
     }
@@ -180,13 +180,13 @@ def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
     shape = tuple(meta["x_event_shape"])
     example = data[:8] if data is not None else np.zeros((2, *shape), np.float32)
 
-    programs, info = [], None
+    programs, plans, all_draws, info = [], [], [], None
     for c in range(meta["chains"]):
         program = make_program(meta["engine"], model, observed=meta["observed"], latent=meta["latent"], device=device)
         info = program.inspect(example)
         if tuple(info.x_event_shape) != shape:
             raise CheckpointError(f"{src}: saved for examples of shape {shape}, this model's are {info.x_event_shape}.")
-        backend.setup(program, info, example, seed=c)
+        plans.append(backend.prepare(program, info, example, seed=c))
         prefix = f"chain{c}/"
         mine = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
         template = program.state_dict()
@@ -203,7 +203,7 @@ def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
                 raise CheckpointError(f"{src}: the posterior draws are missing or corrupt ({e}).") from e
             values = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
             weights = {k: values.pop(name, None) for k, name in _DRAW_WEIGHTS.items()}
-            program.draws = Draws(values=values, local=frozenset(meta["draws_local"]), x=data, **weights)
+            all_draws.append(Draws(values=values, local=frozenset(meta["draws_local"]), x=data, **weights))
         programs.append(program)
     with np.load(src / "history.npz", allow_pickle=False) as h:
         histories = [
@@ -214,8 +214,10 @@ def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
         engine=meta["engine"],
         backend=backend,
         programs=programs,
+        plans=plans,
         info=info,
         histories=histories,
         data=data,
         config=meta.get("config", {}),
+        draws=all_draws or None,
     )

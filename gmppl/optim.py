@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from gmppl.errors import BackendError
+
 log = logging.getLogger(__name__)
 
 
@@ -77,15 +79,53 @@ def build_torch(optim: Any, params: Any) -> Any:
         return optim.torch(params)
     if hasattr(optim, "torch"):
         return optim.torch(params)
+    if hasattr(optim, "pt_optim_constructor"):  # a pyro.optim optimiser: its torch class and arguments
+        args = optim.pt_optim_args
+        if callable(args):  # Pyro's per-parameter form: one set of arguments for all here
+            args = args("", "")
+        return optim.pt_optim_constructor(list(params), **dict(args))
+    if hasattr(optim, "init_fn") and hasattr(optim, "update_fn"):
+        raise BackendError(
+            f"optim={optim!r} is a NumPyro optimiser; a Pyro program takes gm.optim.Adam(...) or pyro.optim."
+        )
     if callable(optim):
         return optim(params)
-    raise TypeError(f"optim={optim!r} is not an optimiser spec for torch (use gm.optim.Adam(lr=...)).")
+    raise BackendError(
+        f"optim={optim!r} is not an optimiser for torch; use gm.optim.Adam(lr=...), a pyro.optim optimiser or a "
+        "factory params -> torch.optim.Optimizer."
+    )
 
 
 def build_optax(optim: Any) -> Any:
     """An optax ``GradientTransformation`` from a spec, or the transformation itself."""
     if hasattr(optim, "optax"):
         return optim.optax()
+    if hasattr(optim, "init_fn") and hasattr(optim, "update_fn") and hasattr(optim, "get_params_fn"):
+        return _from_numpyro(optim)
     if hasattr(optim, "init") and hasattr(optim, "update"):
         return optim
-    raise TypeError(f"optim={optim!r} is not an optimiser spec for JAX (use gm.optim.Adam or an optax one).")
+    if hasattr(optim, "pt_optim_constructor"):
+        raise BackendError(
+            f"optim={optim!r} is a pyro.optim optimiser; a NumPyro program takes gm.optim.Adam(...), an "
+            "optax transformation or a numpyro.optim optimiser."
+        )
+    raise BackendError(
+        f"optim={optim!r} is not an optimiser for JAX; use gm.optim.Adam(lr=...), an optax transformation or a "
+        "numpyro.optim optimiser."
+    )
+
+
+def _from_numpyro(optim: Any) -> Any:
+    """A ``numpyro.optim`` optimiser as an optax transformation: the update is its new parameters minus the old."""
+    import jax
+    import optax
+
+    def init(params: Any) -> Any:
+        return optim.init(params)
+
+    def update(grads: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        state = optim.update(grads, state)
+        new = optim.get_params(state)
+        return jax.tree.map(lambda a, b: a - b, new, params), state
+
+    return optax.GradientTransformation(init, update)

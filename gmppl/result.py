@@ -13,16 +13,17 @@ from gmppl.errors import DataError
 
 
 class Fit:
-    """The result of ``gm.fit`` (or ``gm.load``): one program per chain, trained.
+    """The result of ``gm.fit`` (or ``gm.load``): one trained program per chain, with its backend's plan.
 
     ``history`` maps a metric name (``loss``, ``grad_norm``, backend-specific estimates) to its
-    per-step values: shape ``(steps,)`` for one chain, ``(chains, steps)`` for several.
+    per-step values: shape ``(steps,)`` for one chain, ``(chains, steps)`` for several; with
+    ``validation=``, ``val_loss`` at the steps ``val_step``.
 
-    A *Bayesian* fit holds posterior draws of its parameters on every program (``program.draws``):
-    NUTS's samples, or, for SVI whose guide covers global sites (priors on the weights of ``g``
-    with ``AutoNormal``/``AutoDiagonalNormal``), ``GUIDE_DRAWS`` draws ``theta_s ~ q(theta)`` taken
-    on first use (:meth:`guide_draws` redraws them). ``sample``, ``log_prob`` and ``to_arviz`` then
-    use the posterior predictive ``(1/S) sum_s p(x | theta_s)``.
+    A *Bayesian* fit holds posterior draws of its parameters per chain (``draws``): NUTS's samples, or,
+    for SVI whose guide covers global sites (priors on the weights of ``g`` with
+    ``AutoNormal``/``AutoDiagonalNormal``), ``GUIDE_DRAWS`` draws ``theta_s ~ q(theta)`` taken when the
+    fit ends (:meth:`guide_draws` redraws them). ``sample``, ``log_prob`` and ``to_arviz`` then use the
+    posterior predictive ``(1/S) sum_s p(x | theta_s)``.
     """
 
     GUIDE_DRAWS = 1000
@@ -34,18 +35,22 @@ class Fit:
         engine: str,
         backend: Any,
         programs: list,
+        plans: list,
         info: ModelInfo,
         histories: list[dict[str, np.ndarray]],
         data: np.ndarray | None,
         config: dict,
+        draws: list | None = None,
     ):
         self.model = model
         self.engine = engine
         self.backend = backend
         self.programs = programs
+        self.plans = plans
         self.info = info
         self.data = data
         self.config = config
+        self.draws = draws
         self._histories = histories
 
     # ------------------------------------------------------------------ basics
@@ -58,13 +63,30 @@ class Fit:
         return self.programs[0]
 
     @property
+    def plan(self) -> Any:
+        return self.plans[0]
+
+    @property
     def is_bayesian(self) -> bool:
         """Whether every chain holds posterior draws of its parameters (NUTS, or SVI over global sites)."""
-        if not getattr(self, "_guide_checked", False):
-            self._guide_checked = True
-            if getattr(self.backend, "fitted_guide", None) is not None and self.data is not None:
-                self.guide_draws(self.GUIDE_DRAWS)
-        return all(getattr(p, "draws", None) is not None for p in self.programs)
+        return self.draws is not None
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The fitted values as numpy arrays, constrained (what ``pyro.param``/``numpyro.param`` return inside
+        the program), module weights included (pytrees flattened by key path); with several chains each
+        array has a leading chain axis."""
+        per = [self.numpy_params(p) for p in self.programs]
+        if len(per) == 1:
+            return per[0]
+        return {k: np.stack([d[k] for d in per]) for k in per[0]}
+
+    @staticmethod
+    def numpy_params(program: Any) -> dict[str, np.ndarray]:
+        """One program's constrained values as a flat ``{name: numpy array}``."""
+        from gmppl.io import flatten_params
+
+        return flatten_params(program.constrained_params())
 
     def guide_draws(self, num_draws: int = GUIDE_DRAWS, seed: int | None = None) -> bool:
         """(Re)draw ``num_draws`` parameter draws per chain from the fitted guide (SVI fits).
@@ -77,16 +99,14 @@ class Fit:
         fitted_guide = getattr(self.backend, "fitted_guide", None)
         if fitted_guide is None or self.data is None:
             return False
-        self._guide_checked = True
         seed = int(self.config.get("seed", 0) if seed is None else seed)
         got = [
-            guide_draws(p, fitted_guide(p), self.data, int(num_draws), seed=seed + c)
-            for c, p in enumerate(self.programs)
+            guide_draws(p, fitted_guide(plan), self.data, int(num_draws), seed=seed + c)
+            for c, (p, plan) in enumerate(zip(self.programs, self.plans, strict=True))
         ]
         if any(d is None for d in got):
             return False
-        for p, d in zip(self.programs, got, strict=True):
-            p.draws = d
+        self.draws = got
         return True
 
     @property
@@ -104,11 +124,6 @@ class Fit:
             f"steps={self.config.get('steps')}, x_shape={self.info.x_event_shape})"
         )
 
-    def _key(self, seed: int | None) -> Any:
-        import jax
-
-        return jax.random.PRNGKey(np.random.SeedSequence(seed).generate_state(1)[0] if seed is None else seed)
-
     def _check_x(self, x: Any) -> np.ndarray:
         arr = check_data(x, name="x")
         if tuple(arr.shape[1:]) != tuple(self.info.x_event_shape):
@@ -120,29 +135,22 @@ class Fit:
     # ------------------------------------------------------------------ generation
     def sample(self, n: int, seed: int | None = None, *, chain: int | None = None) -> Any:
         """``n`` generated examples, shape ``(n, *x_shape)``: from one chain, or spread over the ensemble."""
+        n = _count(n, "n")
         if chain is not None or self.chains == 1:
-            return self._sample_chain(self.programs[chain or 0], n, seed)
+            return self._sample_chain(chain or 0, n, seed)
         counts = np.random.default_rng(seed).multinomial(n, np.full(self.chains, 1 / self.chains))
         parts = [
-            self._sample_chain(p, int(k), None if seed is None else seed + i)
-            for i, (p, k) in enumerate(zip(self.programs, counts, strict=True))
-            if k > 0
+            self._sample_chain(c, int(k), None if seed is None else seed + c) for c, k in enumerate(counts) if k > 0
         ]
-        if self.engine == "pyro":
-            import torch
+        return _concatenate(parts)
 
-            return torch.cat(parts)
-        import jax.numpy as jnp
-
-        return jnp.concatenate(parts)
-
-    def _sample_chain(self, program: Any, n: int, seed: int | None) -> Any:
-        if self.is_bayesian:
+    def _sample_chain(self, c: int, n: int, seed: int | None) -> Any:
+        program = self.programs[c]
+        if self.draws is not None:
             from gmppl.inference.draws import sample_predictive
 
-            x = sample_predictive(program, int(n), seed=seed)
-            return program.as_tensor(x) if self.engine == "pyro" else program.as_array(x)
-        return self.backend.sample(program, int(n), seed=seed, key=self._key(seed) if self.engine != "pyro" else None)
+            return program.as_array(sample_predictive(program, self.draws[c], n, seed=seed))
+        return self.backend.sample(program, self.plans[c], n, seed=seed)
 
     # ------------------------------------------------------------------ densities
     def log_prob(self, x: Any, **kwargs: Any) -> Any:
@@ -154,7 +162,7 @@ class Fit:
         Raises ``gm.NotSupported`` for implicit models.
         """
         arr = self._check_x(x)
-        values = [self._log_prob_chain(p, arr, **kwargs) for p in self.programs]
+        values = [self._log_prob_chain(c, arr, **kwargs) for c in range(self.chains)]
         if len(values) == 1:
             return values[0]
         stacked = np.stack([to_numpy(getattr(v, "value", v)) for v in values])
@@ -164,24 +172,30 @@ class Fit:
         """``log p_c(x_i)`` for every chain ``c``: shape ``(chains, len(x))``."""
         arr = self._check_x(x)
         return np.stack(
-            [to_numpy(getattr(v, "value", v)) for v in (self._log_prob_chain(p, arr, **kwargs) for p in self.programs)]
+            [
+                to_numpy(getattr(v, "value", v))
+                for v in (self._log_prob_chain(c, arr, **kwargs) for c in range(self.chains))
+            ]
         )
 
-    def _log_prob_chain(self, program: Any, arr: np.ndarray, **kwargs: Any) -> Any:
-        if self.is_bayesian and getattr(self.backend, "run", None) is None:  # SVI draws: the guide's predictive
+    def _log_prob_chain(self, c: int, arr: np.ndarray, **kwargs: Any) -> Any:
+        program = self.programs[c]
+        if self.draws is not None:
             from gmppl.inference.draws import log_predictive
 
-            return log_predictive(program, arr)
-        return self.backend.log_prob(program, program.as_tensor(arr) if self.engine == "pyro" else arr, **kwargs)
+            return log_predictive(program, self.draws[c], arr)
+        return self.backend.log_prob(program, self.plans[c], program.as_array(arr), **kwargs)
 
     def posterior(self, x: Any, num_samples: int = 100, seed: int | None = None, *, chain: int = 0) -> Any:
         """Draws of the latent ``z`` given ``x``: shape ``(num_samples, len(x), *z_shape)``."""
         arr = self._check_x(x)
+        num_samples = _count(num_samples, "num_samples")
         program = self.programs[chain]
-        xx = program.as_tensor(arr) if self.engine == "pyro" else arr
-        return self.backend.posterior(
-            program, xx, int(num_samples), seed=seed, key=self._key(seed) if self.engine != "pyro" else None
-        )
+        if self.draws is not None and not hasattr(self.backend, "fitted_guide"):  # a sampler's latent draws
+            from gmppl.inference.draws import latent_draws
+
+            return program.as_array(latent_draws(program, self.draws[chain], arr, num_samples, seed=seed))
+        return self.backend.posterior(program, self.plans[chain], program.as_array(arr), num_samples, seed=seed)
 
     # ------------------------------------------------------------------ outputs
     def to_arviz(self, x: Any = None, *, num_samples: int = 200, seed: int = 0, **kwargs: Any) -> Any:
@@ -195,3 +209,19 @@ class Fit:
         from gmppl.io import save
 
         save(self, path)
+
+
+def _count(n: Any, name: str) -> int:
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 0:
+        raise DataError(f"{name}={n!r} must be a non-negative integer.")
+    return int(n)
+
+
+def _concatenate(parts: list) -> Any:
+    if hasattr(parts[0], "detach"):
+        import torch
+
+        return torch.cat(parts)
+    import jax.numpy as jnp
+
+    return jnp.concatenate(parts)

@@ -72,7 +72,7 @@ def functional(
     per_chain = []
     for c, program in enumerate(fit.programs):
         if has_draws(fit):
-            xs = sample_draws(program, m, seed=seed + c)
+            xs = sample_draws(program, fit.draws[c], m, seed=seed + c)
             if num_draws is not None:
                 xs = xs[np.linspace(0, len(xs) - 1, int(num_draws)).round().astype(int)]
         else:
@@ -246,33 +246,9 @@ class _LatentSpace:
 
     def _run(self, z: np.ndarray | None, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(z, log prior(z), x) from one run of the program generating ``n`` examples, ``z`` given or drawn."""
-        p = self.program
-        if p.engine == "pyro":
-            import pyro.poutine as poutine
-            import torch
-
-            with torch.random.fork_rng(), torch.no_grad(), p.scope():
-                torch.manual_seed(seed)
-                model = p.model
-                if z is not None:
-                    zt = torch.as_tensor(z.reshape(n, *self.shape), dtype=torch.get_default_dtype(), device=p.device)
-                    model = poutine.condition(model, data={self.latent: zt})
-                tr = poutine.trace(model).get_trace(x=None, n=n).nodes
-                site = tr[self.latent]
-                lp = site["fn"].log_prob(site["value"])
-                x, zv = tr[p.observed]["value"], site["value"]
-            lp, x, zv = lp.cpu().numpy(), x.cpu().numpy(), zv.cpu().numpy()
-        else:
-            import jax
-            import jax.numpy as jnp
-
-            params = dict(p.params or {})
-            if z is not None:
-                params[self.latent] = jnp.asarray(z.reshape(n, *self.shape), dtype=jnp.float32)
-            tr = p.trace(params, jax.random.PRNGKey(seed), x=None, n=n)
-            site = tr[self.latent]
-            lp = np.asarray(site["fn"].log_prob(site["value"]))
-            x, zv = np.asarray(tr[p.observed]["value"]), np.asarray(site["value"])
+        given = None if z is None else {self.latent: z.reshape(n, *self.shape).astype(np.float32)}
+        sites = self.program.run(n, seed=seed, given=given)
+        lp, x, zv = sites[self.latent]["log_prob"], sites[self.program.observed]["value"], sites[self.latent]["value"]
         lp = lp.reshape(n, -1).sum(-1).astype(float)
         return zv.reshape(n, -1).astype(float), lp, x
 

@@ -224,7 +224,7 @@ def test_guide_draws_redraw_and_point_fits_stay_point_fits():
     Bayesian fit (its ``posterior`` holds ``z | x``, no ``(chain, draw)`` weights)."""
     fit = _fit("numpyro")
     assert fit.guide_draws(50, seed=3)
-    assert fit.program.draws.num_draws == 50 and fit.to_arviz().posterior["g.weight"].shape == (2, 50, 2, 1)
+    assert fit.draws[0].num_draws == 50 and fit.to_arviz().posterior["g.weight"].shape == (2, 50, 2, 1)
     fit.guide_draws(fit.GUIDE_DRAWS)  # back to the module's default for the other tests
 
     import pyro
@@ -251,11 +251,11 @@ def test_save_and_load_give_the_same_draws(tmp_path):
     again = gm.load(tmp_path, model, backend=elbo)
     for c in range(fit.chains):  # read back from disk, log p(x, theta_s) and log q(theta_s) included
         for k in ("log_p", "log_q"):
-            np.testing.assert_allclose(getattr(again.programs[c].draws, k), getattr(fit.programs[c].draws, k))
+            np.testing.assert_allclose(getattr(again.draws[c], k), getattr(fit.draws[c], k))
     assert again.is_bayesian
     for c in range(fit.chains):  # redrawn from the loaded guide with the fit's seed: the same draws
         np.testing.assert_allclose(
-            again.programs[c].draws.values["g/weight"], fit.programs[c].draws.values["g/weight"], rtol=1e-6
+            again.draws[c].values["g/weight"], fit.draws[c].values["g/weight"], rtol=1e-6
         )
     assert "approximate_posterior" in again.to_arviz(X).children
 

@@ -113,6 +113,6 @@ def test_bayesian_and_point_fits_together(fits):
 
     nuts = gm.fit(model, X[:50], gm.inference.NUTS(num_warmup=50, num_samples=50), progress=False)
     table = gm.compare({"nuts": nuts, "good": fits["good"]}, X_TEST)
-    mu = nuts.program.draws.values["mu"]
+    mu = nuts.draws[0].values["mu"]
     lp = np.logaddexp.reduce(stats.norm.logpdf(X_TEST[None, :, 0], mu[:, None], 1.2), axis=0) - np.log(len(mu))
     assert table.loc["nuts", "elpd"] == pytest.approx(lp.sum(), abs=1e-2)

@@ -55,11 +55,12 @@ def make_program(engine: str, model: Callable, *, observed: str, latent: str, de
     raise UnknownName(f"engine={engine!r} is unknown; use one of {ENGINES}.")
 
 
-def trainer_for(engine: str) -> Any:
+def make_loop(engine: str, programs: list, backend: Any, plans: list, data: Any, *, batch_size: int, steps: int) -> Any:
+    """The engine's training loop (``gmppl.engines.base.Loop``) over ``programs``, one per chain."""
     if engine == "pyro":
-        from gmppl.engines.pyro import TorchTrainer
+        from gmppl.engines.pyro import TorchLoop
 
-        return TorchTrainer()
-    from gmppl.engines.numpyro import JaxTrainer
+        return TorchLoop(programs, backend, plans, data, batch_size=batch_size, steps=steps)
+    from gmppl.engines.numpyro import JaxLoop
 
-    return JaxTrainer()
+    return JaxLoop(programs, backend, plans, data, batch_size=batch_size, steps=steps)

@@ -1,4 +1,11 @@
-"""What both engines share: the description of a program's sites, and the trainer protocol."""
+"""What both engines share: the description of a program's sites, the ``Program`` protocol, and the
+``Loop`` protocol that ``gm.fit`` drives.
+
+A *program* is a user's Pyro or NumPyro model bound to its own parameters and device; both engines
+implement :class:`Program` with the same names. A *loop* runs training steps in chunks on one engine
+(a Python loop on torch, a jitted ``lax.scan`` on JAX, vmapped over chains); ``gm.fit`` owns
+everything around it (progress, NaN handling, validation, callbacks, history).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ class SiteInfo:
 class ModelInfo:
     """The roles of a program's sites, found by running it with the PPL's own handlers.
 
-    ``capabilities`` is what backends check before step 1 (STYLE.md practice 3).
+    ``capabilities`` is what backends check before step 1.
     """
 
     engine: str
@@ -59,21 +66,49 @@ class ModelInfo:
         return frozenset(caps)
 
 
-class Progress(Protocol):
-    def update(self, step: int, loss: float) -> None: ...
+class Program(Protocol):
+    """A user's program bound to its parameters and a device; the same names on both engines.
+
+    Arrays in and out are the engine's own (torch tensors, JAX arrays); ``as_array`` converts.
+    """
+
+    engine: str
+    model: Any
+    observed: str
+    latent: str
+    device: Any
+
+    def inspect(self, example: Any) -> ModelInfo: ...
+
+    def as_array(self, x: Any) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, values: dict[str, Any]) -> None: ...
+
+    def constrained_params(self) -> dict[str, Any]: ...
+
+    def sample(self, n: int, *, seed: int | None = None) -> Any: ...
+
+    def log_prob(self, x: Any) -> Any: ...
+
+    def invert(self, x: Any) -> Any: ...
 
 
-class Trainer(Protocol):
-    def run(
-        self,
-        program: Any,
-        backend: Any,
-        data: Any,
-        *,
-        steps: int,
-        batch_size: int,
-        seed: int,
-        optim: Any,
-        callbacks: tuple,
-        progress: Any,
-    ) -> tuple[Any, dict]: ...
+class Loop(Protocol):
+    """Training steps of one engine for every chain of a fit, in chunks.
+
+    ``metrics`` from ``run_chunk`` map a name to an array shaped ``(chains, k)``. ``snapshot`` holds
+    the values to go back to (the last good or the best validated ones); ``finish`` writes the fitted
+    values (the backend's: an average of iterates where it keeps one) into the programs.
+    """
+
+    chains: int
+
+    def run_chunk(self, state: Any, k: int) -> tuple[Any, dict[str, Any]]: ...
+
+    def snapshot(self, state: Any) -> Any: ...
+
+    def restore(self, state: Any, snap: Any) -> Any: ...
+
+    def finish(self, state: Any) -> None: ...

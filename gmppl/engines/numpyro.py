@@ -19,9 +19,9 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
-from gmppl.engines.base import ModelInfo, Trainer
+from gmppl.engines.base import ModelInfo
 from gmppl.engines.sites import check_event_shape, info_from_traces, invert_pushforward
-from gmppl.errors import DataError, DeviceError, ModelError, NotSupported, TrainingError
+from gmppl.errors import DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_optax
 
 
@@ -57,7 +57,6 @@ class NumPyroProgram:
         self.device = resolve_device(device)
         self.constraints: dict[str, Any] = {}
         self.params: dict[str, Any] | None = None
-        self.extras: dict[str, Any] = {}  # what a backend adds (critic, settings), by name
 
     # ------------------------------------------------------------------ parameters
     def init_params(self, key: Any, x: Any) -> dict[str, Any]:
@@ -81,6 +80,10 @@ class NumPyroProgram:
 
     def state_dict(self) -> dict[str, Any]:
         return self.params or {}
+
+    def constrained_params(self) -> dict[str, Any]:
+        """Every parameter as ``numpyro.param(name)`` returns it inside the program (constrained)."""
+        return self.constrain(self.params or {})
 
     def load_state_dict(self, values: dict[str, Any]) -> None:
         self.params = jax.device_put(values, self.device)
@@ -126,8 +129,30 @@ class NumPyroProgram:
         return lp.reshape(lp.shape[0], -1).sum(-1) if lp.ndim > 1 else lp
 
     # ------------------------------------------------------------------ quantities (bound)
-    def sample(self, n: int, *, key: Any) -> Any:
-        return _jit_sample(self, n)(self.params, key)
+    def sample(self, n: int, *, seed: int | None = None) -> Any:
+        """``n`` generated values of the observed site (``seed`` None: fresh draws)."""
+        return _jit_sample(self, n)(self.params, self.key(seed))
+
+    def run(self, n: int, *, seed: int | None = None, given: dict[str, Any] | None = None) -> dict[str, dict]:
+        """One run generating ``n`` examples with the sites in ``given`` fixed: each sample site's ``value`` and
+        ``log_prob`` (summed over its event), as numpy."""
+        params = dict(self.params or {})
+        m = handlers.condition(self.model, data={k: jnp.asarray(v) for k, v in (given or {}).items()})
+        m = handlers.seed(handlers.substitute(m, data=self.constrain(params)), self.key(seed))
+        tr = handlers.trace(m).get_trace(x=None, n=n)
+        out = {}
+        for name, site in tr.items():
+            if site["type"] == "deterministic":
+                out[name] = {"value": np.asarray(site["value"]), "log_prob": np.zeros(np.shape(site["value"])[:1])}
+            elif site["type"] == "sample":
+                lp = site["fn"].log_prob(site["value"])
+                out[name] = {"value": np.asarray(site["value"]), "log_prob": np.asarray(lp)}
+        return out
+
+    @staticmethod
+    def key(seed: int | None) -> Any:
+        """A PRNG key from ``seed`` (None: fresh entropy)."""
+        return jax.random.PRNGKey(np.random.SeedSequence(seed).generate_state(1)[0] if seed is None else seed)
 
     def log_prob(self, x: Any) -> Any:
         return _jit_log_prob(self)(self.params, self.as_array(x))
@@ -176,73 +201,94 @@ def make_optimizer(optim: Any) -> Any:
     return build_optax(optim)
 
 
-class JaxTrainer(Trainer):
-    """Runs ``chunk`` steps per dispatch in one jitted ``lax.scan``; minibatches drawn on device."""
+class JaxLoop:
+    """Training steps on JAX: ``chunk`` steps per dispatch in one jitted ``lax.scan`` with minibatches
+    drawn on the device; the chains of an ensemble in one program, ``jax.vmap`` over the scan.
+
+    Each chain draws the random stream it would draw alone (its own seed), so an ensemble equals its
+    chains fit one by one up to float reassociation, compiled once instead of once per chain.
+    """
 
     chunk = 100
 
-    def run(
-        self,
-        program: NumPyroProgram,
-        backend: Any,
-        data: np.ndarray,
-        *,
-        steps: int,
-        batch_size: int,
-        seed: int,
-        optim: Any,
-        callbacks: tuple,
-        progress: Any,
-    ) -> tuple[Any, dict[str, np.ndarray]]:
-        key = jax.random.PRNGKey(seed)
-        x = program.as_array(data)
-        n = x.shape[0]
-        key, k0 = jax.random.split(key)
-        state, step = backend.jax_init(program, x[: min(n, batch_size)], k0, optim)
-        chunk = min(self.chunk, steps)
-        run_chunk = _chunk_runner(step, batch_size, chunk)
-        rows: list[dict[str, np.ndarray]] = []
-        done = 0
-        perm, offset = jnp.arange(n), jnp.int32(n)  # the first step draws a fresh permutation
+    def __init__(self, programs: list, backend: Any, plans: list, data: Any, *, batch_size: int, steps: int):
+        self.programs, self.backend, self.plans = programs, backend, plans
+        self.chains = len(programs)
+        self.batch_size = batch_size
+        self.length = min(self.chunk, steps)
+        self.x = programs[0].as_array(data)
+        self.device = programs[0].device
+
+    def init(self, seeds: list[int], optim: Any) -> tuple:
+        n, b = self.x.shape[0], self.batch_size
+        states, keys, step = [], [], None
+        for program, plan, seed in zip(self.programs, self.plans, seeds, strict=True):
+            key, k0 = jax.random.split(jax.random.PRNGKey(seed))
+            state, step_c = self.backend.jax_init(program, plan, self.x[: min(n, b)], k0, optim)
+            step = step or step_c  # the same pure function for every chain: chain 0's closure
+            states.append(state)
+            keys.append(key)
+        runner = _chunk_runner(step, b, self.length)
+        c = self.chains
+        if c == 1:
+            self._run = jax.jit(runner)
+            carry = (states[0], jnp.arange(n), jnp.int32(n), keys[0])
+        else:
+            self._run = jax.jit(jax.vmap(runner, in_axes=((0, 0, 0), None, 0, None)))
+            stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
+            carry = (stacked, jnp.tile(jnp.arange(n), (c, 1)), jnp.full((c,), n, jnp.int32), jnp.stack(keys))
         # Commit every array of the carry to the device: the chunk's outputs are committed, and a carry
         # that was not (optax's step count, perm) would make the second chunk compile all over again.
-        state, perm, offset = jax.tree.map(
-            lambda a: jax.device_put(a, program.device) if isinstance(a, jax.Array) else a, (state, perm, offset)
-        )
-        while done < steps:
-            key, k = jax.random.split(key)
-            active = min(chunk, steps - done)
-            (new_state, perm, offset), metrics = run_chunk((state, perm, offset), x, k, jnp.int32(active))
-            metrics = {k: np.asarray(v)[:active] for k, v in metrics.items()}
-            bad = ~np.isfinite(metrics["loss"])
-            if bad.any():
-                first = done + int(np.argmax(bad))
-                program.params = state["params"]
-                raise TrainingError(
-                    f"the loss became {metrics['loss'][first - done]} at step {first}; parameters were kept "
-                    f"from step {done}. Lower the learning rate (optim=gm.optim.Adam(lr=...)), clip gradients "
-                    "(Adam(clip_norm=...)) or check the model."
-                )
-            state = new_state
-            rows.append(metrics)
-            done += active
-            progress.update(done, float(metrics["loss"][-1]))
-            for cb in callbacks:
-                cb(done, {k: float(v[-1]) for k, v in metrics.items()})
-        program.params = backend.jax_params(state)
-        history = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
-        return state, history
+        return jax.tree.map(lambda a: jax.device_put(a, self.device) if isinstance(a, jax.Array) else a, carry)
+
+    def run_chunk(self, state: tuple, k: int) -> tuple[tuple, dict[str, np.ndarray]]:
+        train, perm, offset, key = state
+        if self.chains == 1:
+            key, kc = jax.random.split(key)
+        else:
+            pair = jax.vmap(jax.random.split)(key)
+            key, kc = pair[:, 0], pair[:, 1]
+        (train, perm, offset), metrics = self._run((train, perm, offset), self.x, kc, jnp.int32(k))
+        out = {name: np.asarray(v, dtype=np.float64).reshape(self.chains, -1)[:, :k] for name, v in metrics.items()}
+        return (train, perm, offset, key), out
+
+    def snapshot(self, state: tuple) -> tuple:
+        return state  # immutable arrays: keeping the reference keeps the values
+
+    def restore(self, state: tuple, snap: tuple) -> tuple:
+        return snap
+
+    def fitted(self, state: tuple) -> list:
+        """The fitted parameters of every chain (the backend's: an average of iterates where it keeps one)."""
+        params = self.backend.jax_params(state[0])
+        if self.chains == 1:
+            return [params]
+        return [jax.tree.map(lambda a, i=i: a[i], params) for i in range(self.chains)]
+
+    def evaluate(self, state: tuple, fn: Callable[[Any, Any], Any]) -> list:
+        """``fn(program, plan)`` per chain at the fitted values."""
+        out = []
+        for program, plan, params in zip(self.programs, self.plans, self.fitted(state), strict=True):
+            kept, program.params = program.params, params
+            try:
+                out.append(fn(program, plan))
+            finally:
+                program.params = kept
+        return out
+
+    def finish(self, state: tuple) -> None:
+        for program, params in zip(self.programs, self.fitted(state), strict=True):
+            program.params = params
 
 
 def _chunk_runner(step: Callable, batch_size: int, length: int) -> Callable:
-    """Jitted ``length`` steps; steps past ``active`` leave the state unchanged (one compile for all).
+    """``length`` steps of ``step``; steps past ``active`` leave the state unchanged (one compile for all).
 
     Minibatches are drawn without replacement: each epoch walks a fresh permutation of the data
     (the tail that does not fill a batch is skipped that epoch), so ``batch_size == len(data)`` is
     full-batch gradient descent.
     """
 
-    @jax.jit
     def run(carry: Any, x: Any, key: Any, active: Any) -> tuple[Any, Any]:
         n = x.shape[0]
 

@@ -18,9 +18,9 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from gmppl.engines.base import ModelInfo, Trainer
+from gmppl.engines.base import ModelInfo
 from gmppl.engines.sites import check_event_shape, info_from_traces, invert_pushforward
-from gmppl.errors import DataError, DeviceError, ModelError, NotSupported, TrainingError
+from gmppl.errors import DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_torch
 
 # Which Fit last loaded its values into a shared leaf tensor (a module fitted twice).
@@ -77,7 +77,6 @@ class PyroProgram:
         self.store: dict = {"params": {}, "constraints": {}}
         self._token = id(self)
         self._frozen: dict[str, torch.Tensor] | None = None
-        self.extras: dict[str, Any] = {}  # what a backend adds (guide, critic modules), by name
         self.threads = torch_threads(self.device)
 
     # ------------------------------------------------------------------ running
@@ -124,11 +123,18 @@ class PyroProgram:
             _OWNER[id(v)] = self._token
 
     def trace(self, x: torch.Tensor | None = None, n: int | None = None) -> poutine.Trace:
-        """Pyro trace of one run: conditioned on ``x``, or generating ``n`` draws."""
+        """Pyro trace of one run: conditioned on ``x``, or generating ``n`` draws.
+
+        ``x`` goes in as a fresh view: a transform's one-entry cache (``x = g(z)`` and back) matches
+        tensors by identity, so the same tensor twice would return the inverse computed under the old
+        parameters (and its old graph: "backward through the graph a second time" at full batch).
+        """
+        if x is not None:
+            x = x.view_as(x)
         with self.scope():
             return poutine.trace(self.model).get_trace(x=x, n=n)
 
-    def as_tensor(self, x: Any) -> torch.Tensor:
+    def as_array(self, x: Any) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
             return x.to(self.device)
         return torch.as_tensor(np.asarray(x), device=self.device)
@@ -147,6 +153,16 @@ class PyroProgram:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach() for k, v in self.store["params"].items()}
 
+    def constrained_params(self) -> dict[str, torch.Tensor]:
+        """Every parameter as ``pyro.param(name)`` returns it inside the program (constrained)."""
+        from torch.distributions import constraints, transform_to
+
+        out = {}
+        for name, value in self.store["params"].items():
+            c = self.store["constraints"].get(name, constraints.real)
+            out[name] = (value if c is constraints.real else transform_to(c)(value)).detach()
+        return out
+
     def load_state_dict(self, values: dict[str, Any]) -> None:
         params = self.store["params"]
         with torch.no_grad():
@@ -157,7 +173,7 @@ class PyroProgram:
     # ------------------------------------------------------------------ introspection
     def inspect(self, example: np.ndarray) -> ModelInfo:
         """Find the roles of the program's sites by running it (conditioned and generating)."""
-        x = self.as_tensor(example)
+        x = self.as_array(example)
         try:
             gen = self.trace(x=None, n=2)
             check_event_shape(gen.nodes, self.observed, example)
@@ -173,12 +189,44 @@ class PyroProgram:
         return info_from_traces(cond, gen, self.observed, self.latent, len(example), "pyro")
 
     # ------------------------------------------------------------------ quantities
-    def sample(self, n: int, *, grad: bool = False) -> torch.Tensor:
-        """``n`` generated values of the observed site (differentiable when ``grad``)."""
+    def generate(self, n: int, *, grad: bool = False) -> torch.Tensor:
+        """``n`` generated values of the observed site from torch's current random state (differentiable
+        when ``grad``): what training steps draw."""
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
             tr = self.trace(x=None, n=n)
         return tr.nodes[self.observed]["value"]
+
+    def sample(self, n: int, *, seed: int | None = None) -> torch.Tensor:
+        """``n`` generated values of the observed site; ``seed`` fixes them without touching torch's global
+        random state (None: fresh draws)."""
+        with self.seeded(seed):
+            return self.generate(n)
+
+    def run(self, n: int, *, seed: int | None = None, given: dict[str, Any] | None = None) -> dict[str, dict]:
+        """One run generating ``n`` examples with the sites in ``given`` fixed: each sample site's ``value`` and
+        ``log_prob`` (summed over its event), as numpy."""
+        model = self.model
+        if given:
+            data = {k: torch.as_tensor(np.asarray(v), device=self.device) for k, v in given.items()}
+            model = poutine.condition(model, data=data)
+        with self.seeded(seed), torch.no_grad(), self.scope():
+            nodes = poutine.trace(model).get_trace(x=None, n=n).nodes
+            out = {}
+            for name, site in nodes.items():
+                if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
+                    continue
+                lp = site["fn"].log_prob(site["value"])
+                out[name] = {"value": site["value"].cpu().numpy(), "log_prob": lp.cpu().numpy()}
+        return out
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int | None) -> Iterator[None]:
+        """Run with torch's random state seeded by ``seed`` and restored afterwards (None: fresh entropy)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else int(seed))
+            yield
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Per-example ``log p(x_i)`` of the observed site (models with a density, no latents)."""
@@ -195,71 +243,138 @@ class PyroProgram:
 
 
 # ---------------------------------------------------------------------- the loop
-class TorchTrainer(Trainer):
-    """The torch training loop: shuffled minibatches on device (epochs without replacement), NaN checks
-    every ``check_every`` steps (one host sync), and a snapshot of the last good parameters."""
+class TorchLoop:
+    """Training steps on torch: a Python loop over shuffled on-device minibatches, chain after chain.
 
-    check_every = 25
+    Each chain keeps its own torch random state (restored before and saved after its steps), so the
+    chains of an ensemble draw the streams they would draw alone. Minibatches walk a fresh permutation
+    of the data each epoch (the tail that does not fill a batch is skipped that epoch).
+    """
 
-    def run(
+    chunk = 100
+
+    def __init__(
         self,
-        program: PyroProgram,
+        programs: list[PyroProgram],
         backend: Any,
-        data: np.ndarray,
+        plans: list,
+        data: Any,
         *,
-        steps: int,
         batch_size: int,
-        seed: int,
-        optim: Any,
-        callbacks: tuple,
-        progress: Any,
-    ) -> tuple[Any, dict[str, np.ndarray]]:
-        torch.manual_seed(seed)
-        pyro.set_rng_seed(seed)
-        gen = torch.Generator(device=program.device).manual_seed(seed)
-        x = program.as_tensor(data)
+        steps: int,
+    ):
+        self.programs, self.backend, self.plans = programs, backend, plans
+        self.chains = len(programs)
+        self.batch_size = batch_size
+        self.x = programs[0].as_array(data)
+        self.devices = [programs[0].device] if programs[0].device.type == "cuda" else []
+
+    def init(self, seeds: list[int], optim: Any) -> list[dict[str, Any]]:
+        n, b = self.x.shape[0], self.batch_size
+        state = []
+        for program, plan, seed in zip(self.programs, self.plans, seeds, strict=True):
+            with torch.random.fork_rng(devices=self.devices):
+                torch.manual_seed(seed)
+                pyro.set_rng_seed(seed)
+                with program.scope():
+                    step_state = self.backend.torch_init(program, plan, self.x[: min(n, b)], optim)
+                rng = _rng_state(self.devices)
+            state.append(
+                {
+                    "step": step_state,
+                    "rng": rng,
+                    "gen": torch.Generator(device=program.device).manual_seed(seed),
+                    "perm": torch.arange(n, device=program.device),
+                    "offset": n,  # the first step draws a fresh permutation
+                }
+            )
+        return state
+
+    def run_chunk(self, state: list[dict[str, Any]], k: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+        x, b = self.x, self.batch_size
         n = x.shape[0]
-        with program.scope():
-            state = backend.torch_init(program, x[: min(n, batch_size)], optim)
+        out: list[dict[str, np.ndarray]] = []
+        for program, chain in zip(self.programs, state, strict=True):
             rows: list[dict[str, torch.Tensor]] = []
-            good = _snapshot(program, state)
-            perm, offset = torch.arange(n, device=program.device), n
-            for t in range(steps):
-                if offset + batch_size > n:  # a new epoch: a fresh permutation (tail skipped)
-                    perm, offset = torch.randperm(n, device=program.device, generator=gen), 0
-                batch = x if batch_size == n else x[perm[offset : offset + batch_size]]
-                offset += batch_size
-                state, metrics = backend.torch_step(state, batch)
-                rows.append(metrics)
-                if (t + 1) % self.check_every == 0 or t + 1 == steps:
-                    losses = torch.stack([r["loss"] for r in rows[-self.check_every :]]).detach()
-                    if not torch.isfinite(losses).all():
-                        bad = len(rows) - len(losses) + int((~torch.isfinite(losses)).nonzero()[0])
-                        _restore(program, state, good)
-                        program.freeze()
-                        raise TrainingError(
-                            f"the loss became {float(losses[bad - len(rows) + len(losses)])} at step {bad}; "
-                            f"parameters were restored to step {t + 1 - len(losses)}. Lower the learning rate "
-                            "(optim=gm.optim.Adam(lr=...)), clip gradients (Adam(clip_norm=...)) or check the model."
-                        )
-                    good = _snapshot(program, state)
-                    progress.update(t + 1, float(losses[-1]))
-                    for cb in callbacks:
-                        cb(t + 1, {k: float(v) for k, v in metrics.items()})
-            backend.torch_finish(state)
-        program.freeze()
-        history = {k: torch.stack([torch.as_tensor(r[k]) for r in rows]).detach().cpu().numpy() for k in rows[0]}
-        return state, history
+            with torch.random.fork_rng(devices=self.devices):
+                _set_rng_state(chain["rng"], self.devices)
+                with program.scope():
+                    for _ in range(k):
+                        if chain["offset"] + b > n:  # a new epoch
+                            chain["perm"] = torch.randperm(n, device=program.device, generator=chain["gen"])
+                            chain["offset"] = 0
+                        o = chain["offset"]
+                        batch = x if b == n else x[chain["perm"][o : o + b]]
+                        chain["offset"] = o + b
+                        try:
+                            chain["step"], metrics = self.backend.torch_step(chain["step"], batch)
+                        except ValueError as e:  # a distribution's argument check on NaN parameters
+                            if "Expected parameter" not in str(e):
+                                raise
+                            rows.append({"loss": torch.tensor(float("nan"))})
+                            break
+                        rows.append(metrics)
+                chain["rng"] = _rng_state(self.devices)
+            if self.chains > 1:  # modules shared by chains: this chain's values, kept apart
+                program.freeze()
+            out.append(_stack(rows, k))
+        return state, {name: np.stack([o.get(name, np.full(k, np.nan)) for o in out]) for name in out[0]}
+
+    def snapshot(self, state: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "params": {k: v.detach().clone() for k, v in program.store["params"].items()},
+                "extra": [t.detach().clone() for t in self.backend.torch_tensors(chain["step"])],
+            }
+            for program, chain in zip(self.programs, state, strict=True)
+        ]
+
+    def restore(self, state: list[dict[str, Any]], snap: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for program, chain, saved in zip(self.programs, state, snap, strict=True):
+            with torch.no_grad(), program.scope():
+                for k, v in program.store["params"].items():
+                    v.copy_(saved["params"][k])
+                tensors = self.backend.torch_tensors(chain["step"])
+                if tensors:
+                    torch._foreach_copy_(tensors, saved["extra"])
+            if self.chains > 1:
+                program.freeze()
+        return state
+
+    def evaluate(self, state: list[dict[str, Any]], fn: Callable[[Any, Any], Any]) -> list[Any]:
+        """``fn(program, plan)`` per chain at the fitted values (e.g. a generator's average), then back."""
+        out = []
+        for program, plan, chain in zip(self.programs, self.plans, state, strict=True):
+            with program.scope(), self.backend.torch_fitted(chain["step"]):
+                out.append(fn(program, plan))
+        return out
+
+    def finish(self, state: list[dict[str, Any]]) -> None:
+        for program, chain in zip(self.programs, state, strict=True):
+            with program.scope():
+                self.backend.torch_finish(chain["step"])
+            program.freeze()
 
 
-def _snapshot(program: PyroProgram, state: Any) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in program.store["params"].items()}
+def _stack(rows: list[dict[str, torch.Tensor]], k: int) -> dict[str, np.ndarray]:
+    """Per-step metric tensors to numpy (one device sync per metric), padded with NaN to ``k`` steps."""
+    names = {name for r in rows for name in r}
+    out = {}
+    for name in names:
+        vals = torch.stack([torch.as_tensor(r.get(name, float("nan"))).detach().float().cpu() for r in rows])
+        arr = vals.numpy().astype(np.float64)
+        out[name] = np.concatenate([arr, np.full(k - len(arr), np.nan)]) if len(arr) < k else arr
+    return out
 
 
-def _restore(program: PyroProgram, state: Any, snap: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for k, v in program.store["params"].items():
-            v.copy_(snap[k])
+def _rng_state(devices: list) -> list[torch.Tensor]:
+    return [torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in devices)]
+
+
+def _set_rng_state(states: list[torch.Tensor], devices: list) -> None:
+    torch.set_rng_state(states[0])
+    for d, s in zip(devices, states[1:], strict=True):
+        torch.cuda.set_rng_state(s, d)
 
 
 def gradient_step(loss: torch.Tensor, optimizer: Any, params: list[torch.Tensor]) -> torch.Tensor:

@@ -54,7 +54,9 @@ any divergence (None: 1e-4 for TV, 0 otherwise); it is not part of the reported 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -73,15 +75,16 @@ from gmppl.optim import Adam
 _GENERATOR_LOSSES = ("saddle", "nonsaturating")
 _LIPSCHITZ = ("auto", "gradient_penalty", "one_sided_penalty", "spectral_norm", None)
 _PENALTIES = ("gradient_penalty", "one_sided_penalty")
-_DENSITY = "_gmppl_adversarial_density"
-_APPLY = "_gmppl_critic_apply"
 
 
-def _extras(program: Any) -> dict:
-    extras = getattr(program, "extras", None)
-    if extras is None:
-        extras = program.__dict__.setdefault("extras", {})
-    return extras
+@dataclass(frozen=True)
+class AdversarialPlan:
+    """What an adversarial fit adds to its program: the critic (a torch module, or a JAX ``apply(params, x)``
+    whose parameters sit under ``CRITIC`` in the program's), and whether the model has a density."""
+
+    density: bool
+    critic: Any = None
+    apply: Any = None
 
 
 @dataclass(frozen=True)
@@ -231,28 +234,26 @@ class Adversarial(Backend):
         return -act(v_fake).mean()
 
     # ------------------------------------------------------------------ setup
-    def setup(self, program: Any, info: Any, example: Any, *, seed: int) -> None:
+    def prepare(self, program: Any, info: Any, example: Any, *, seed: int) -> AdversarialPlan:
         """Build the critic and register it with the program's parameters (saved with the fit)."""
-        extras = _extras(program)
-        extras[_DENSITY] = "density" in info.capabilities
+        density = "density" in info.capabilities
         if program.engine == "pyro":
-            self._setup_torch(program, example, seed)
-        else:
-            self._setup_jax(program, example, seed)
+            return AdversarialPlan(density=density, critic=self._setup_torch(program, example, seed))
+        return AdversarialPlan(density=density, apply=self._setup_jax(program, example, seed))
 
-    def _setup_torch(self, program: Any, example: Any, seed: int) -> None:
+    def _setup_torch(self, program: Any, example: Any, seed: int) -> Any:
         import pyro
 
         critic = torch_critic(self.critic, tuple(example.shape[1:]), seed=seed)
         if self.constraint == "spectral_norm":
             critic = torch_spectral_norm(critic)
-        x = program.as_tensor(example)
+        x = program.as_array(example)
         critic = critic.to(device=program.device, dtype=x.dtype if x.is_floating_point() else None)
         with program.scope():
             pyro.module(CRITIC, critic)
-        _extras(program)[CRITIC] = critic
+        return critic
 
-    def _setup_jax(self, program: Any, example: Any, seed: int) -> None:
+    def _setup_jax(self, program: Any, example: Any, seed: int) -> Any:
         import jax
         import jax.numpy as jnp
 
@@ -264,36 +265,52 @@ class Adversarial(Backend):
                 return raw(spectral_normalise(p), x)
 
         program.params = {**program.params, CRITIC: jax.device_put(params, program.device)}
-        _extras(program)[_APPLY] = apply
+        return apply
 
     # ------------------------------------------------------------------ evaluation
-    def log_prob(self, program: Any, x: Any, **kwargs: Any) -> Any:
+    def log_prob(self, program: Any, plan: AdversarialPlan, x: Any, **kwargs: Any) -> Any:
         """The model's density where it has one (a Flow-GAN); implicit models have none."""
-        if not _extras(program).get(_DENSITY, False):
+        if not plan.density:
             raise NotSupported(
                 "this model is implicit (its observed site is deterministic or has no density), so log_prob "
                 "is not defined; compare fits by samples (gm.divergences.MMD, Wasserstein1) instead."
             )
-        return super().log_prob(program, x, **kwargs)
+        return super().log_prob(program, plan, x, **kwargs)
 
-    def posterior(self, program: Any, x: Any, num_samples: int, *, seed: int | None = None, key: Any = None) -> Any:
+    def posterior(
+        self, program: Any, plan: AdversarialPlan, x: Any, num_samples: int, *, seed: int | None = None
+    ) -> Any:
         """``z = g^{-1}(x)`` for an invertible generator (a flow); implicit models have no posterior here."""
-        if not _extras(program).get(_DENSITY, False):
+        if not plan.density:
             raise NotSupported(
                 "an adversarially fitted implicit model has no encoder or inverse, so z | x is not available; "
                 "use an invertible generator (a flow) or fit with ELBO."
             )
-        return super().posterior(program, x, num_samples, seed=seed, key=key)
+        return super().posterior(program, plan, x, num_samples, seed=seed)
 
-    def critic_fn(self, program: Any) -> Any:
+    def critic_fn(self, program: Any, plan: AdversarialPlan) -> Any:
         """The fitted critic's raw output ``V_w`` on a batch: a torch module, or ``x -> apply(params, x)``."""
-        if program.engine == "pyro":
-            return _extras(program)[CRITIC]
-        apply, params = _extras(program)[_APPLY], program.params[CRITIC]
-        return lambda x: apply(params, x)
+        if plan.critic is not None:
+            return plan.critic
+        params = program.params[CRITIC]
+        return lambda x: plan.apply(params, x)
+
+    def validator(self, program: Any, plan: AdversarialPlan, x: Any) -> Any:
+        """The critic's lower bound on the divergence between held-out ``x`` and as many generated examples
+        (the same draws at every validation)."""
+        maps = self._maps()
+        xv = program.as_array(x)
+
+        def value() -> float:
+            fake = program.sample(xv.shape[0], seed=0)
+            critic = self.critic_fn(program, plan)
+            bound, _ = self._critic_objective(critic(xv).reshape(-1), critic(fake).reshape(-1), maps)
+            return float(bound)
+
+        return value
 
     # ------------------------------------------------------------------ torch
-    def torch_init(self, program: Any, batch: Any, optim: Any) -> Any:
+    def torch_init(self, program: Any, plan: AdversarialPlan, batch: Any, optim: Any) -> Any:
         import array_api_compat
 
         from gmppl.optim import build_torch
@@ -304,7 +321,7 @@ class Adversarial(Backend):
         crit = [v for k, v in params.items() if k.startswith(prefix)]
         return _TorchState(
             program=program,
-            critic=_extras(program)[CRITIC],
+            critic=plan.critic,
             gen_params=gen,
             critic_params=crit,
             gen_opt=build_torch(optim, gen) if gen else None,
@@ -324,9 +341,9 @@ class Adversarial(Backend):
         n_critic = self.n_critic
         for k in range(n_critic):
             if k + 1 < n_critic:
-                fake = program.sample(n)
+                fake = program.generate(n)
             else:  # the last critic step shares the generator's forward pass
-                fake_g = program.sample(n, grad=bool(state.gen_params))
+                fake_g = program.generate(n, grad=bool(state.gen_params))
                 fake = fake_g.detach()
             v = critic(torch.cat([batch, fake])).reshape(2 * n)  # one pass over real and fake
             bound, real_term = self._critic_objective(v[:n], v[n:], state.maps)
@@ -366,6 +383,26 @@ class Adversarial(Backend):
             metrics["output_penalty"] = out_pen.detach()
         return state, metrics
 
+    def torch_tensors(self, state: Any) -> list:
+        return list(state.ema) if state.ema is not None else []
+
+    @contextlib.contextmanager
+    def torch_fitted(self, state: Any) -> Iterator[None]:
+        """The averaged generator in the program for the duration (validation mid-training), then the iterate."""
+        if state.ema is None:
+            yield
+            return
+        import torch
+
+        with torch.no_grad():
+            current = [p.detach().clone() for p in state.gen_params]
+            torch._foreach_copy_(state.gen_params, state.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(state.gen_params, current)
+
     def torch_finish(self, state: Any) -> None:
         """Write the averaged generator into the program (its parameters are the fit's)."""
         if state.ema is not None:
@@ -375,7 +412,7 @@ class Adversarial(Backend):
                 torch._foreach_copy_(state.gen_params, state.ema)
 
     # ------------------------------------------------------------------ JAX
-    def jax_init(self, program: Any, batch: Any, key: Any, optim: Any) -> tuple[dict, Any]:
+    def jax_init(self, program: Any, plan: AdversarialPlan, batch: Any, key: Any, optim: Any) -> tuple[dict, Any]:
         import jax
         import jax.numpy as jnp
         import optax
@@ -384,7 +421,7 @@ class Adversarial(Backend):
 
         gen_tx = build_optax(optim)
         crit_tx = build_optax(self.critic_optim if self.critic_optim is not None else optim)
-        apply = _extras(program)[_APPLY]
+        apply = plan.apply
         params = program.params
         gen0 = {k: v for k, v in params.items() if k != CRITIC}
         state = {

@@ -1,17 +1,20 @@
-"""The backend protocol: capabilities checked before step 1, and ``init``/``step`` on each engine.
+"""The backend protocol: capabilities checked before step 1, a per-fit plan, and ``init``/``step`` on
+each engine.
 
-A backend is a small object (STYLE.md practice 2). Most minimise one objective; they only
-write ``torch_loss`` and ``jax_loss`` and inherit the rest. Backends with several players
-(adversarial) override ``torch_init``/``torch_step``/``jax_init``.
+A backend is a small final class. Most minimise one objective; they only write ``torch_loss`` and
+``jax_loss`` and inherit the rest. Backends with several players (adversarial) override
+``torch_init``/``torch_step``/``jax_init``; samplers (NUTS) derive from ``SamplerBackend``.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gmppl.engines.base import ModelInfo
-from gmppl.errors import NotSupported
+from gmppl.errors import BackendError, NotSupported
 
 REGISTRY: dict[str, type[Backend]] = {}
 
@@ -31,19 +34,30 @@ class StepState:
     """Torch-side training state of a single-objective backend."""
 
     program: Any
+    plan: Any
     params: list
     optimizer: Any
 
 
 class Backend:
-    """Base of every inference backend."""
+    """Base of every inference backend.
+
+    Per fit, ``prepare`` returns the backend's *plan* (its guide, critic, caches: whatever it adds to
+    a program); ``gm.fit`` keeps one per chain beside the program and passes it back to every method.
+    Nothing is written onto the program but parameters (a guide's or critic's, saved with the fit).
+    """
 
     requires: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
+        if not cls.__name__.startswith("_") and cls.__module__ != __name__:
             REGISTRY[cls.__name__] = cls
+
+    @property
+    def default_optim(self) -> Any:
+        """The optimiser when ``gm.fit`` is given none (None: ``gm.optim.Adam()``)."""
+        return None
 
     # ------------------------------------------------------------------ capabilities
     def required(self) -> frozenset[str]:
@@ -62,73 +76,115 @@ class Backend:
             f"{' (it is an implicit model: samples only)' if info.implicit else ''}.{hint}"
         )
 
-    def setup(self, program: Any, info: ModelInfo, example: Any, *, seed: int) -> None:
-        """Create what the backend adds to the program (a guide, a critic) before training or loading."""
+    def prepare(self, program: Any, info: ModelInfo, example: Any, *, seed: int) -> Any:
+        """Build what the backend adds to the program (a guide, a critic) and return it as the fit's plan."""
+        return None
 
     # ------------------------------------------------------------------ torch
-    def torch_loss(self, program: Any, batch: Any) -> tuple[Any, dict]:
+    def torch_loss(self, program: Any, plan: Any, batch: Any) -> tuple[Any, dict]:
         raise NotImplementedError
 
-    def torch_init(self, program: Any, batch: Any, optim: Any) -> Any:
+    def torch_init(self, program: Any, plan: Any, batch: Any, optim: Any) -> Any:
         from gmppl.engines.pyro import make_optimizer
 
         params = list(program.params().values())
-        return StepState(program=program, params=params, optimizer=make_optimizer(optim, params))
+        return StepState(program=program, plan=plan, params=params, optimizer=make_optimizer(optim, params))
 
-    def torch_step(self, state: StepState, batch: Any) -> tuple[Any, dict]:
+    def torch_step(self, state: Any, batch: Any) -> tuple[Any, dict]:
         from gmppl.engines.pyro import gradient_step
 
-        loss, metrics = self.torch_loss(state.program, batch)
+        loss, metrics = self.torch_loss(state.program, state.plan, batch)
         norm = gradient_step(loss, state.optimizer, state.params)
         return state, {"loss": loss.detach(), "grad_norm": norm, **metrics}
+
+    def torch_tensors(self, state: Any) -> list:
+        """Tensors of the training state besides the program's parameters that a snapshot must keep
+        (an average of iterates)."""
+        return []
+
+    def torch_fitted(self, state: Any) -> Any:
+        """A context in which the program holds the fitted values (an average of iterates) mid-training."""
+        return contextlib.nullcontext()
 
     def torch_finish(self, state: Any) -> None:
         """Called once after the last torch step: a backend whose fitted parameters are not the last
         iterate (an average of iterates) writes them into the program here."""
 
     # ------------------------------------------------------------------ JAX
-    def jax_loss(self, program: Any) -> Any:
+    def jax_loss(self, program: Any, plan: Any) -> Any:
         """A pure ``(params, batch, key) -> (loss, metrics)``."""
         raise NotImplementedError
 
-    def jax_init(self, program: Any, batch: Any, key: Any, optim: Any) -> tuple[dict, Any]:
+    def jax_init(self, program: Any, plan: Any, batch: Any, key: Any, optim: Any) -> tuple[dict, Any]:
         from gmppl.engines.numpyro import gradient_step, make_optimizer
 
         optimizer = make_optimizer(optim)
         params = program.params
         state = {"params": params, "opt_state": optimizer.init(params)}
-        return state, gradient_step(self.jax_loss(program), optimizer)
+        return state, gradient_step(self.jax_loss(program, plan), optimizer)
 
     def jax_params(self, state: dict) -> Any:
         """The fitted parameters held in a JAX training state: ``state["params"]``, the last iterate (a
         backend that averages iterates returns the average)."""
         return state["params"]
 
-    # ------------------------------------------------------------------ evaluation
-    def log_prob(self, program: Any, x: Any, **kwargs: Any) -> Any:
-        """Per-example log-density under the fitted model (exact where the model has one)."""
-        lp = program.log_prob(x)
-        return lp.detach() if program.engine == "pyro" else lp
-
-    def sample(self, program: Any, n: int, *, seed: int | None = None, key: Any = None) -> Any:
-        """``n`` draws of the observed site from the fitted program."""
+    # ------------------------------------------------------------------ validation
+    def validator(self, program: Any, plan: Any, x: Any) -> Callable[[], float]:
+        """``() -> float``: the training objective on held-out ``x`` at the program's current values, with
+        fixed noise (the same draws at every validation, so values are comparable across steps)."""
+        xv = program.as_array(x)
         if program.engine == "pyro":
-            import torch
 
-            with torch.random.fork_rng(devices=[program.device] if program.device.type == "cuda" else []):
-                if seed is not None:
-                    torch.manual_seed(seed)
-                return program.sample(n)
-        return program.sample(n, key=key)
+            def torch_value() -> float:
+                with program.seeded(0):
+                    return float(self.torch_loss(program, plan, xv)[0].detach())
 
-    def posterior(self, program: Any, x: Any, num_samples: int, *, seed: int | None = None, key: Any = None) -> Any:
+            return torch_value
+        import jax
+
+        loss = jax.jit(self.jax_loss(program, plan))
+        key = jax.random.PRNGKey(0)
+        return lambda: float(loss(program.params, xv, key)[0])
+
+    # ------------------------------------------------------------------ evaluation
+    def log_prob(self, program: Any, plan: Any, x: Any, **kwargs: Any) -> Any:
+        """Per-example log-density under the fitted model (exact where the model has one)."""
+        if kwargs:
+            raise BackendError(f"{type(self).__name__} log_prob takes no keywords, got {sorted(kwargs)}.")
+        return _detach(program.log_prob(x))
+
+    def sample(self, program: Any, plan: Any, n: int, *, seed: int | None = None) -> Any:
+        """``n`` draws of the observed site from the fitted program."""
+        return program.sample(n, seed=seed)
+
+    def posterior(self, program: Any, plan: Any, x: Any, num_samples: int, *, seed: int | None = None) -> Any:
         """Draws of ``z | x``; for an invertible pushforward ``z = g^{-1}(x)`` exactly (repeated)."""
         z = program.invert(x)
-        if program.engine == "pyro":
-            return z[None].expand(num_samples, *z.shape)
-        import jax.numpy as jnp
+        return _broadcast(z[None], (num_samples, *z.shape))
 
-        return jnp.broadcast_to(z[None], (num_samples, *z.shape))
+
+class SamplerBackend(Backend):
+    """A backend that draws from the posterior instead of optimising (NUTS): ``gm.fit`` calls ``draw``
+    once per chain; the fit then holds the draws and evaluates through them."""
+
+    def num_draws(self, steps: int) -> int:
+        return int(steps)
+
+    def draw(self, program: Any, plan: Any, data: Any, *, num_samples: int, seed: int) -> tuple[Any, dict]:
+        """``(Draws, history)``: posterior draws of the program's unobserved sites given ``data``."""
+        raise NotImplementedError
+
+
+def _detach(a: Any) -> Any:
+    return a.detach() if hasattr(a, "detach") else a
+
+
+def _broadcast(a: Any, shape: tuple) -> Any:
+    if hasattr(a, "expand"):
+        return a.expand(*shape)
+    import jax.numpy as jnp
+
+    return jnp.broadcast_to(a, shape)
 
 
 def _default_requires(cls: type[Backend]) -> frozenset[str]:

@@ -1,6 +1,6 @@
 """Evaluating a program under posterior draws of its latent sites (NUTS, or any Bayesian fit).
 
-A Bayesian fit holds ``program.draws``: a :class:`Draws` with, for every unobserved sample site,
+A Bayesian fit holds, per chain, a :class:`Draws` (``Fit.draws``) with, for every unobserved sample site,
 ``S`` values (axis 0). *Global* sites (network weights, variances) are shared by all examples;
 *local* sites (a per-example ``z_i``, inside the data plate) belong to the data conditioned on.
 
@@ -38,6 +38,7 @@ class Draws:
     # draws from a guide q: log p(x, theta_s) (the unnormalised target) and log q(theta_s) per draw
     log_p: np.ndarray | None = None
     log_q: np.ndarray | None = None
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # compiled evaluations, by shape
 
     @property
     def num_draws(self) -> int:
@@ -67,21 +68,19 @@ def local_sites(sites: dict[str, Any], n: int, observed: str | None = None) -> f
     return frozenset(out)
 
 
-def _cached(program: Any, key: tuple, build: Any) -> Any:
-    """A jitted function kept on the program (``extras``), so repeated evaluations compile once per shape."""
-    cache = program.extras.setdefault("gmppl_draws_jit", {})
-    if key not in cache:
-        cache[key] = build()
-    return cache[key]
+def _cached(d: Draws, key: tuple, build: Any) -> Any:
+    """A jitted function kept with the draws, so repeated evaluations compile once per shape."""
+    if key not in d.cache:
+        d.cache[key] = build()
+    return d.cache[key]
 
 
 def _pick(draws: dict[str, np.ndarray], s: int) -> dict[str, np.ndarray]:
     return {k: v[s] for k, v in draws.items()}
 
 
-def sample_draws(program: Any, m: int, *, seed: int = 0) -> np.ndarray:
+def sample_draws(program: Any, d: Draws, m: int, *, seed: int = 0) -> np.ndarray:
     """``m`` generated examples per posterior draw: shape ``(S, m, *x_shape)`` (numpy)."""
-    d: Draws = program.draws
     glob = d.globals()
     if program.engine == "pyro":
         import pyro.poutine as poutine
@@ -100,19 +99,18 @@ def sample_draws(program: Any, m: int, *, seed: int = 0) -> np.ndarray:
     params = program.params or {}
     keys = jax.random.split(jax.random.PRNGKey(seed), d.num_draws)
     fn = _cached(
-        program,
+        d,
         ("sample", m),
         lambda: jax.jit(jax.vmap(lambda p, g, k: program.sample_fn({**p, **g}, k, m), in_axes=(None, 0, 0))),
     )
     return np.asarray(fn(params, glob, keys))
 
 
-def sample_predictive(program: Any, n: int, *, seed: int | None = None) -> np.ndarray:
+def sample_predictive(program: Any, d: Draws, n: int, *, seed: int | None = None) -> np.ndarray:
     """``n`` draws of the posterior predictive: ``ceil(n / S)`` per parameter draw, shuffled (numpy)."""
-    d: Draws = program.draws
     per = -(-int(n) // d.num_draws)
     seed = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else int(seed)
-    x = sample_draws(program, per, seed=seed)
+    x = sample_draws(program, d, per, seed=seed)
     x = x.reshape(-1, *x.shape[2:])
     return x[np.random.default_rng(seed).permutation(len(x))[: int(n)]]
 
@@ -141,12 +139,12 @@ def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed
         import torch
 
         head = x[: min(n, 16)]  # site roles from a few examples: a VAE on big data is not run on all of it
-        model_tr = program.trace(x=program.as_tensor(head)).nodes
+        model_tr = program.trace(x=program.as_array(head)).nodes
         names = _latent_names(model_tr)
         local = local_sites(model_tr, len(head), program.observed)
         if not set(names) - local:
             return None
-        xt = program.as_tensor(x)
+        xt = program.as_array(x)
         rows: dict[str, list] = {}
         log_p, log_q = np.empty(s_num), np.empty(s_num)
         devices = [program.device] if program.device.type == "cuda" else []
@@ -187,7 +185,7 @@ def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed
             return drawn, lp, lq
 
         keys = jax.random.split(jax.random.PRNGKey(seed), s_num)
-        fn = _cached(program, ("guide", id(guide)), lambda: jax.jit(jax.vmap(one, in_axes=(None, 0, None))))
+        fn = jax.jit(jax.vmap(one, in_axes=(None, 0, None)))
         drawn, lp, lq = fn(program.params, keys, xa)
         values = {k: np.asarray(v) for k, v in drawn.items()}
         log_p, log_q = np.asarray(lp, dtype=float), np.asarray(lq, dtype=float)
@@ -196,9 +194,8 @@ def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed
     return Draws(values=values, local=frozenset(local & set(values)), x=x, log_p=log_p, log_q=log_q)
 
 
-def log_likelihood_draws(program: Any, x: Any) -> np.ndarray:
+def log_likelihood_draws(program: Any, d: Draws, x: Any) -> np.ndarray:
     """``log p(x_i | draw_s)`` for every draw ``s`` and example ``i``: shape ``(S, len(x))``."""
-    d: Draws = program.draws
     on_data = d.is_data(x)
     if d.local and not on_data:
         raise NotSupported(
@@ -210,7 +207,7 @@ def log_likelihood_draws(program: Any, x: Any) -> np.ndarray:
         import pyro.poutine as poutine
         import torch
 
-        xt = program.as_tensor(np.asarray(x))
+        xt = program.as_array(np.asarray(x))
         out = []
         with torch.no_grad(), program.scope():
             for s in range(d.num_draws):
@@ -225,14 +222,28 @@ def log_likelihood_draws(program: Any, x: Any) -> np.ndarray:
     params = program.params or {}
     xa = program.as_array(np.asarray(x))
     fn = _cached(
-        program,
+        d,
         ("log_likelihood", tuple(sorted(vals))),
         lambda: jax.jit(jax.vmap(lambda p, g, x: program.log_prob_fn({**p, **g}, x), in_axes=(None, 0, None))),
     )
     return np.asarray(fn(params, vals, xa))
 
 
-def log_predictive(program: Any, x: Any) -> np.ndarray:
+def log_predictive(program: Any, d: Draws, x: Any) -> np.ndarray:
     """Posterior predictive log-density ``log (1/S) sum_s p(x_i | theta_s)``: shape ``(len(x),)``."""
-    ll = log_likelihood_draws(program, x)
+    ll = log_likelihood_draws(program, d, x)
     return np.logaddexp.reduce(ll, axis=0) - np.log(ll.shape[0])
+
+
+def latent_draws(program: Any, d: Draws, x: Any, num_samples: int, *, seed: int | None = None) -> np.ndarray:
+    """Draws of the per-example latent given the data the fit was conditioned on: ``(num_samples, n, *z)``."""
+    latent = program.latent if program.latent in d.local else (sorted(d.local)[0] if d.local else None)
+    if latent is None or not d.is_data(np.asarray(x)):
+        raise NotSupported(
+            "the posterior draws hold latents only for the data the fit was conditioned on"
+            + ("" if latent else " (and this model has no per-example latent)")
+            + "; pass that data, or fit the new points."
+        )
+    z = d.values[latent]
+    idx = np.random.default_rng(seed).choice(len(z), size=int(num_samples), replace=len(z) < num_samples)
+    return z[idx]

@@ -53,7 +53,6 @@ from gmppl.models.guides import MODULE_NAME, AmortizedNormal, LatentSite
 log = logging.getLogger("gmppl")
 
 OBJECTIVES = ("trace", "meanfield", "renyi", "iwae")
-_STATE = "elbo"
 _PARTICLES = "_gmppl_particles"
 
 
@@ -301,8 +300,9 @@ class ELBO(Backend):
             )
         super().check(info)
 
-    def setup(self, program: Any, info: ModelInfo, example: Any, *, seed: int) -> None:
-        """Build (or take) the guide, register its parameters in the program, and check it matches the model."""
+    def prepare(self, program: Any, info: ModelInfo, example: Any, *, seed: int) -> _Plan:
+        """Build (or take) the guide, register its parameters in the program, check it matches the model, and
+        return the plan (the guide, the latents' roles, the objective)."""
         if program.engine == "pyro":
             plan = _pyro_setup(self, program, info, np.asarray(example), seed)
         else:
@@ -318,27 +318,19 @@ class ELBO(Backend):
                     f"objective={self.objective!r} on the Pyro engine needs a reparameterised guide (every guide site "
                     "with rsample); use objective='trace' for guides with discrete sites."
                 )
-        program.extras[_STATE] = plan
+        return plan
 
     # ------------------------------------------------------------------ torch
-    def torch_init(self, program: Any, batch: Any, optim: Any) -> Any:
-        from gmppl.engines.pyro import make_optimizer
-        from gmppl.inference.base import StepState
-
-        params = list(program.params().values())
-        state = StepState(program=program, params=params, optimizer=make_optimizer(optim, params))
-        plan = program.extras[_STATE]
+    def torch_init(self, program: Any, plan: _Plan, batch: Any, optim: Any) -> Any:
         plan.cache["loss"] = _pyro_training_loss(self, program, plan, batch)
-        return state
+        return super().torch_init(program, plan, batch, optim)
 
-    def torch_loss(self, program: Any, batch: Any) -> tuple[Any, dict]:
-        plan = program.extras[_STATE]
+    def torch_loss(self, program: Any, plan: _Plan, batch: Any) -> tuple[Any, dict]:
         loss = plan.cache.get("loss") or _pyro_loss(self, program, plan, jit=False)
         return loss(batch) / batch.shape[0], {}
 
     # ------------------------------------------------------------------ JAX
-    def jax_loss(self, program: Any) -> Any:
-        plan = program.extras[_STATE]
+    def jax_loss(self, program: Any, plan: _Plan) -> Any:
         elbo, model, guide = plan.objective, program.model, plan.guide
 
         def loss(params: Any, batch: Any, key: Any) -> tuple[Any, dict]:
@@ -347,13 +339,24 @@ class ELBO(Backend):
         return loss
 
     # ------------------------------------------------------------------ evaluation
+    def validator(self, program: Any, plan: _Plan, x: Any) -> Callable[[], float]:
+        """The negative ELBO per example on held-out ``x`` (the uncompiled loss on torch: any batch size)."""
+        if program.engine != "pyro":
+            return super().validator(program, plan, x)
+        xv, loss = program.as_array(x), _pyro_loss(self, program, plan, jit=False)
+
+        def value() -> float:
+            with program.seeded(0):
+                return float(loss(xv).detach()) / xv.shape[0]
+
+        return value
+
     def log_prob(
-        self, program: Any, x: Any, *, num_particles: int | None = None, seed: int = 0, **kwargs: Any
+        self, program: Any, plan: _Plan, x: Any, *, num_particles: int | None = None, seed: int = 0, **kwargs: Any
     ) -> LogProbEstimate:
         """Importance-weighted estimates of ``log p(x_i)`` from ``num_particles`` guide draws each (seeded)."""
         if kwargs:
             raise BackendError(f"ELBO log_prob takes num_particles= and seed=, not {sorted(kwargs)}.")
-        plan = program.extras[_STATE]
         if not plan.local:
             raise NotSupported(
                 "log p(x_i) per example needs every latent inside the data plate; this model has global latents."
@@ -366,12 +369,11 @@ class ELBO(Backend):
         )
         return log_mean_exp(lw)
 
-    def posterior(self, program: Any, x: Any, num_samples: int, *, seed: int | None = None, key: Any = None) -> Any:
+    def posterior(self, program: Any, plan: _Plan, x: Any, num_samples: int, *, seed: int | None = None) -> Any:
         """Draws of the latent from the guide ``q(z | x)``: shape ``(num_samples, len(x), *z_shape)``."""
-        plan = program.extras[_STATE]
         if program.engine == "pyro":
             return _pyro_posterior(program, plan, x, num_samples, seed)
-        return _jax_posterior(program, plan, x, num_samples, key)
+        return _jax_posterior(program, plan, x, num_samples, program.key(seed))
 
     # ------------------------------------------------------------------ ArviZ
     def arviz_groups(
@@ -408,7 +410,7 @@ class ELBO(Backend):
 
         if x is None or not log_likelihood or has_draws(fit):
             return {}, {}
-        plans = [p.extras[_STATE] for p in fit.programs]
+        plans = fit.plans
         if not all(plan.local for plan in plans):
             return {}, {}
         num = int(posterior_samples)
@@ -416,11 +418,11 @@ class ELBO(Backend):
         terms = []
         for program, plan in zip(fit.programs, plans, strict=True):
             if program.engine == "pyro":
-                terms.append(_pyro_draw_terms(program, plan, program.as_tensor(x), num, seed, latent))
+                terms.append(_pyro_draw_terms(program, plan, program.as_array(x), num, seed, latent))
             else:
                 terms.append(_jax_draw_terms(program, plan, x, num, seed, latent))
         t = {k: np.stack([d[k] for d in terms]) for k in terms[0]}
-        est = [self.log_prob(p, p.as_tensor(x) if p.engine == "pyro" else x) for p in fit.programs]
+        est = [self.log_prob(p, plan, p.as_array(x)) for p, plan in zip(fit.programs, plans, strict=True)]
         obs = fit.info.observed
         var = latent.replace("/", ".")
         lw = t["ll"] + t["lp"] - t["lq"]
@@ -445,10 +447,10 @@ class ELBO(Backend):
         }
         return groups, dims
 
-    def fitted_guide(self, program: Any) -> Callable:
-        """The fitted guide program ``guide(x)`` (its parameters live in ``program``): ``Fit`` draws
+    def fitted_guide(self, plan: _Plan) -> Callable:
+        """The fitted guide program ``guide(x)`` (its parameters live in the program): ``gm.fit`` draws
         global sites from it (Bayesian SVI, see ``gmppl.inference.draws.guide_draws``)."""
-        return program.extras[_STATE].guide
+        return plan.guide
 
 
 # ====================================================================== Pyro / torch
@@ -491,7 +493,7 @@ def _pyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.ndarra
     import pyro.poutine as poutine
     import torch
 
-    x = program.as_tensor(example)
+    x = program.as_array(example)
     with torch.no_grad():
         model_tr = program.trace(x=x)
         guide = backend.guide or AmortizedNormal()

@@ -19,11 +19,11 @@ class Likelihood(Backend):
 
     requires: ClassVar[frozenset[str]] = frozenset({"density"})
 
-    def torch_loss(self, program: Any, batch: Any) -> tuple[Any, dict]:
+    def torch_loss(self, program: Any, plan: Any, batch: Any) -> tuple[Any, dict]:
         nll = -program.log_prob(batch).mean()
         return nll, {}
 
-    def jax_loss(self, program: Any) -> Any:
+    def jax_loss(self, program: Any, plan: Any) -> Any:
         def loss(params: Any, batch: Any, key: Any) -> tuple[Any, dict]:
             return -program.log_prob_fn(params, batch).mean(), {}
 

@@ -8,8 +8,8 @@ sample site: priors on network weights (Pyro ``PyroModule``/``PyroSample``, NumP
 NumPyro programs run NumPyro's NUTS (jitted); Pyro programs run Pyro's.
 
 ``gm.fit(model, x, NUTS(num_warmup=500), steps=1000)``: ``num_samples`` defaults to ``steps``;
-``chains=C`` runs C independently seeded chains (seeds ``seed + c``). The draws sit on the
-program (:class:`gmppl.inference.draws.Draws`); ``Fit.sample`` draws from the posterior
+``chains=C`` runs C independently seeded chains (seeds ``seed + c``). The fit holds the
+draws (:class:`gmppl.inference.draws.Draws`); ``Fit.sample`` draws from the posterior
 predictive, ``Fit.log_prob`` is its log-density ``log (1/S) sum_s p(x | theta_s)``, and
 ``to_arviz`` puts the draws in ``posterior`` with ``(chain, draw)`` dims, per-draw pointwise
 log-likelihoods in ``log_likelihood`` and one generated ``x`` per draw in ``posterior_predictive``.
@@ -24,11 +24,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gmppl.errors import BackendError, NotSupported
-from gmppl.inference.base import Backend
-from gmppl.inference.draws import Draws, local_sites, log_likelihood_draws, log_predictive, sample_predictive
+from gmppl.inference.base import SamplerBackend
+from gmppl.inference.draws import Draws, local_sites
 
 
-class NUTS(Backend):
+class NUTS(SamplerBackend):
     """No-U-Turn sampling of every unobserved sample site given the data (see module docstring).
 
     Example::
@@ -62,31 +62,18 @@ class NUTS(Backend):
     def __repr__(self) -> str:
         return f"NUTS(num_warmup={self.num_warmup}, num_samples={self.num_samples})"
 
-    # ------------------------------------------------------------------ the sampler (gm.fit calls run)
-    def run(
-        self,
-        program: Any,
-        backend: Any,
-        data: np.ndarray,
-        *,
-        steps: int,
-        batch_size: int,
-        seed: int,
-        optim: Any,
-        callbacks: tuple,
-        progress: Any,
-    ) -> tuple[Any, dict[str, np.ndarray]]:
-        """Sample ``num_samples`` (default ``steps``) draws after ``num_warmup`` adaptation steps."""
-        num_samples = self.num_samples or int(steps)
+    # ------------------------------------------------------------------ the sampler (gm.fit calls draw)
+    def num_draws(self, steps: int) -> int:
+        """``num_samples``, or by default ``steps``."""
+        return self.num_samples or int(steps)
+
+    def draw(self, program: Any, plan: Any, data: Any, *, num_samples: int, seed: int) -> tuple[Draws, dict]:
+        """``num_samples`` draws after ``num_warmup`` adaptation steps, and NUTS's per-draw statistics."""
         run = self._run_pyro if program.engine == "pyro" else self._run_numpyro
         values, local, history = run(program, np.asarray(data), num_samples, seed)
         if not values:
             raise NotSupported("NUTS found no unobserved sample site to sample; give the model a prior.")
-        program.draws = Draws(values=values, local=local, x=np.asarray(data))
-        progress.update(num_samples, float(-np.mean(history["lp"])))
-        for cb in callbacks:
-            cb(num_samples, {k: float(np.mean(v)) for k, v in history.items()})
-        return program.draws, history
+        return Draws(values=values, local=local, x=np.asarray(data)), history
 
     def _kernel_kwargs(self) -> dict[str, Any]:
         return {"target_accept_prob": self.target_accept_prob, "max_tree_depth": self.max_tree_depth}
@@ -131,7 +118,7 @@ class NUTS(Backend):
         from pyro.infer import MCMC
         from pyro.infer import NUTS as PyroNUTS
 
-        xt = program.as_tensor(x)
+        xt = program.as_array(x)
         with torch.random.fork_rng(), program.scope():
             torch.manual_seed(seed)
             pyro.set_rng_seed(seed)
@@ -162,38 +149,3 @@ class NUTS(Backend):
         accept = t * np.asarray(means) - (t - 1) * np.concatenate([[0.0], means[:-1]])
         history = {"lp": lp, "diverging": diverging, "acceptance_rate": np.clip(accept, 0.0, 1.0)}
         return values, local_sites(dict(tr.nodes), len(x)), history
-
-    # ------------------------------------------------------------------ evaluation (Fit uses these)
-    def sample(self, program: Any, n: int, *, seed: int | None = None, key: Any = None) -> Any:
-        """``n`` draws of the posterior predictive: ``ceil(n / S)`` per parameter draw, shuffled."""
-        x = sample_predictive(program, n, seed=seed)
-        return program.as_tensor(x) if program.engine == "pyro" else program.as_array(x)
-
-    def log_prob(self, program: Any, x: Any, **kwargs: Any) -> Any:
-        """Posterior predictive ``log (1/S) sum_s p(x_i | theta_s)`` (models without per-example latents)."""
-        return log_predictive(program, _numpy(x))
-
-    def log_likelihood(self, program: Any, x: Any) -> np.ndarray:
-        """Pointwise ``log p(x_i | draw_s)``: shape ``(S, len(x))``."""
-        return log_likelihood_draws(program, _numpy(x))
-
-    def posterior(self, program: Any, x: Any, num_samples: int, *, seed: int | None = None, key: Any = None) -> Any:
-        """Draws of the per-example latent given the data the fit was conditioned on."""
-        d: Draws = program.draws
-        latent = program.latent if program.latent in d.local else (sorted(d.local)[0] if d.local else None)
-        if latent is None or not d.is_data(_numpy(x)):
-            raise NotSupported(
-                "a NUTS fit has latent draws only for the data it was conditioned on"
-                + ("" if latent else " (and this model has no per-example latent)")
-                + "; pass that data, or fit the new points."
-            )
-        z = d.values[latent]
-        idx = np.random.default_rng(seed).choice(len(z), size=int(num_samples), replace=len(z) < num_samples)
-        z = z[idx]
-        return program.as_tensor(z) if program.engine == "pyro" else program.as_array(z)
-
-
-def _numpy(x: Any) -> np.ndarray:
-    from gmppl._data import to_numpy
-
-    return np.asarray(to_numpy(x))

@@ -26,7 +26,7 @@ Caveats for ``"sliced"``, both from the Fisher divergence ``E_{P_X} ||grad log p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from gmppl.engines.base import ModelInfo
@@ -36,6 +36,14 @@ from gmppl.models.diffusion import find_diffusion
 
 METHODS = ("auto", "dsm", "sliced")
 WEIGHTINGS = ("sigma2", "likelihood")
+
+
+@dataclass(frozen=True)
+class ScorePlan:
+    """What a score fit knows of its program: the method, and (torch) the diffusion found at the first step."""
+
+    method: str
+    cache: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,27 +89,24 @@ class Score(Backend):
             return self.method
         return "dsm" if "score_network" in info.capabilities else "sliced"
 
-    def setup(self, program: Any, info: ModelInfo, example: Any, *, seed: int) -> None:
-        program.extras["score_method"] = self.resolve(info)
-
-    def _method(self, program: Any) -> str:
-        return program.extras.get("score_method", "dsm" if self.method == "auto" else self.method)
+    def prepare(self, program: Any, info: ModelInfo, example: Any, *, seed: int) -> ScorePlan:
+        return ScorePlan(method=self.resolve(info))
 
     # ------------------------------------------------------------------ torch
-    def torch_init(self, program: Any, batch: Any, optim: Any) -> Any:
-        if self._method(program) == "dsm":
+    def torch_init(self, program: Any, plan: ScorePlan, batch: Any, optim: Any) -> Any:
+        if plan.method == "dsm":
             # The torch network is a stateful module whose leaves are the param store's: find it once.
-            d = program.extras["diffusion"] = _torch_diffusion(program, batch)
-            program.extras["diffusion_dtype"] = d._like(batch)["dtype"]
-        return super().torch_init(program, batch, optim)
+            d = plan.cache["diffusion"] = _torch_diffusion(program, batch)
+            plan.cache["dtype"] = d._like(batch)["dtype"]
+        return super().torch_init(program, plan, batch, optim)
 
-    def torch_loss(self, program: Any, batch: Any) -> tuple[Any, dict]:
+    def torch_loss(self, program: Any, plan: ScorePlan, batch: Any) -> tuple[Any, dict]:
         import torch
 
-        if self._method(program) == "sliced":
+        if plan.method == "sliced":
             return self._torch_sliced(program, batch)
-        d = program.extras.get("diffusion") or _torch_diffusion(program, batch)
-        dtype = program.extras.get("diffusion_dtype") or d._like(batch)["dtype"]
+        d = plan.cache.get("diffusion") or _torch_diffusion(program, batch)
+        dtype = plan.cache.get("dtype") or d._like(batch)["dtype"]
         x0 = batch if batch.dtype == dtype else batch.to(dtype)
         eps = d.sde.t_eps
         t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device).mul_(1.0 - eps).add_(eps)
@@ -133,11 +138,11 @@ class Score(Backend):
         return loss, {"score_norm": g.detach().square().sum(dims).mean()}
 
     # ------------------------------------------------------------------ JAX
-    def jax_loss(self, program: Any) -> Any:
+    def jax_loss(self, program: Any, plan: ScorePlan) -> Any:
         import jax
         import jax.numpy as jnp
 
-        if self._method(program) == "sliced":
+        if plan.method == "sliced":
             return self._jax_sliced(program)
         weighting = self.weighting
 
@@ -180,14 +185,14 @@ class Score(Backend):
         return loss
 
     # ------------------------------------------------------------------ evaluation
-    def log_prob(self, program: Any, x: Any, **kwargs: Any) -> Any:
+    def log_prob(self, program: Any, plan: ScorePlan, x: Any, **kwargs: Any) -> Any:
         """Per-example ``log p(x_i)``; for a diffusion, the probability-flow ODE likelihood.
 
         Keywords for a diffusion: ``trace="auto"|"exact"|"hutchinson"``, ``probes`` (Hutchinson
         probes per example), ``return_stderr=True`` to get ``(log p, standard error)``.
         """
-        if self._method(program) != "dsm":
-            return super().log_prob(program, x, **kwargs)
+        if plan.method != "dsm":
+            return super().log_prob(program, plan, x, **kwargs)
         return_stderr = kwargs.pop("return_stderr", False)
         unknown = set(kwargs) - {"trace", "probes"}
         if unknown:
@@ -197,13 +202,13 @@ class Score(Backend):
             lp, se, _ = d.log_prob_estimate(x, **kwargs)
             lp = lp.detach()
         else:
-            lp, se = _jax_log_prob(program, kwargs.get("trace"), kwargs.get("probes"))(program.params, x)
+            lp, se = _jax_log_prob(program, plan, kwargs.get("trace"), kwargs.get("probes"))(program.params, x)
         return (lp, se) if return_stderr else lp
 
-    def posterior(self, program: Any, x: Any, num_samples: int, *, seed: int | None = None, key: Any = None) -> Any:
-        if self._method(program) == "dsm":
+    def posterior(self, program: Any, plan: ScorePlan, x: Any, num_samples: int, *, seed: int | None = None) -> Any:
+        if plan.method == "dsm":
             raise NotSupported("a diffusion model has no latent site; Score fits give samples and log_prob only.")
-        return super().posterior(program, x, num_samples, seed=seed, key=key)
+        return super().posterior(program, plan, x, num_samples, seed=seed)
 
 
 def _torch_diffusion(program: Any, batch: Any) -> Any:
@@ -220,11 +225,11 @@ def _jax_diffusion(program: Any, params: Any, key: Any, batch: Any) -> Any:
     return d
 
 
-def _jax_log_prob(program: Any, trace: str | None, probes: int | None) -> Any:
+def _jax_log_prob(program: Any, plan: ScorePlan, trace: str | None, probes: int | None) -> Any:
     import jax
 
-    cache = program.__dict__.setdefault("_jit_cache", {})
-    key = ("score_log_prob", trace, probes)
+    cache = plan.cache
+    key = ("log_prob", trace, probes)
     if key not in cache:
 
         def fn(params: Any, x: Any) -> Any:

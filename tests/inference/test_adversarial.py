@@ -335,9 +335,9 @@ def test_ema_is_the_stated_average_of_the_iterates(engine: str, x_data: np.ndarr
     ``d_t = min(e, (1 + t) / (10 + t))``, where ``theta_t`` is the last iterate after ``t`` steps (the same
     seed's fit with ``ema=None``: its first ``t`` steps are the same; JAX runs one step per dispatch here
     so that the keys are too). Exact up to float32 rounding."""
-    from gmppl.engines.numpyro import JaxTrainer
+    from gmppl.engines.numpyro import JaxLoop
 
-    monkeypatch.setattr(JaxTrainer, "chunk", 1)
+    monkeypatch.setattr(JaxLoop, "chunk", 1)
     affine, critic = (torch_affine, torch_quad_critic) if engine == "pyro" else (jax_affine, jax_quad_critic)
 
     def fit(steps: int, ema: float | None):
@@ -453,7 +453,7 @@ def test_history_save_load_and_no_density_for_implicit_models(tmp_path, moons) -
         again = gm.load(tmp_path / f"{fit.engine}{name}", model)
         assert again.backend.output_penalty == out_pen
         xs = moons[:16]
-        c1, c2 = backend.critic_fn(fit.program), again.backend.critic_fn(again.program)
+        c1, c2 = backend.critic_fn(fit.program, fit.plan), again.backend.critic_fn(again.program, again.plan)
         if fit.engine == "pyro":
             with torch.no_grad():
                 v1, v2 = c1(torch.as_tensor(xs)).numpy(), c2(torch.as_tensor(xs)).numpy()
@@ -567,7 +567,7 @@ def test_spectral_normalisation_gives_unit_top_singular_values_and_a_1_lipschitz
         batch_size=64,
         progress=False,
     )
-    critic = fit.backend.critic_fn(fit.program).eval()
+    critic = fit.backend.critic_fn(fit.program, fit.plan).eval()
     with torch.no_grad():
         d = (critic(torch.as_tensor(moons[:200])) - critic(torch.as_tensor(moons[200:400]))).abs().reshape(-1)
     assert float((d / torch.as_tensor(moons[:200] - moons[200:400]).norm(dim=1)).max()) <= 1.0 + 1e-3

@@ -429,13 +429,13 @@ def test_torch_loss_is_compiled_and_matches_the_uncompiled_loss():
 
     x = ppca_data(64, seed=0)
     fit = gm.fit(pyro_ppca(), x, gm.inference.ELBO(), steps=2, batch_size=64, progress=False)
-    plan = fit.program.extras["elbo"]
+    plan = fit.plan
     compiled = plan.cache["loss"]
     assert plan.cache["compiled"]
     from gmppl.inference.elbo import _pyro_loss
 
     eager = _pyro_loss(fit.backend, fit.program, plan, jit=False)
-    xt = fit.program.as_tensor(x)
+    xt = fit.program.as_array(x)
     with fit.program.scope():
         torch.manual_seed(1)
         a = eager(xt)

@@ -100,14 +100,14 @@ def test_dsm_loss_of_the_exact_score_is_the_closed_form(engine: str, weighting: 
     program = make_program(engine, model, observed="x", latent="z", device="cpu")
     info = program.inspect(x[:8].astype(np.float32))
     backend.check(info)
-    backend.setup(program, info, x[:8], seed=0)
+    plan = backend.prepare(program, info, x[:8], seed=0)
     k = 200
     if engine == "pyro":
         torch.manual_seed(0)
         xt = torch.tensor(x)
-        losses = np.array([float(backend.torch_loss(program, xt)[0]) for _ in range(k)])
+        losses = np.array([float(backend.torch_loss(program, plan, xt)[0]) for _ in range(k)])
     else:
-        loss = jax.jit(backend.jax_loss(program))
+        loss = jax.jit(backend.jax_loss(program, plan))
         keys = jax.random.split(jax.random.PRNGKey(0), k)
         losses = np.array([float(loss(program.params, jnp.asarray(x, jnp.float32), kk)[0]) for kk in keys])
     truth = expected_dsm_loss(sde, weighting)

@@ -62,7 +62,7 @@ def test_ppca_marginal_and_latent_forms_agree(engine):
             engine, zoo.ppca(2, 1, engine=engine, marginal=marginal), observed="x", latent="z", device="cpu"
         )
         program.inspect(x[:4])
-        draws = program.sample(n) if engine == "pyro" else program.sample(n, key=jax.random.PRNGKey(1))
+        draws = program.sample(n, seed=1)
         draws = np.asarray(draws, dtype=float)
         # covariance entries: standard error <= sqrt((s_ii s_jj + s_ij^2) / n) ~ 0.011; 5 standard errors
         np.testing.assert_allclose(np.cov(draws.T), exact, atol=5 * np.sqrt(2.05 / n))
