@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_fit import numpyro_gauss, pyro_gauss
 
 import gmppl as gm
-from test_fit import numpyro_gauss, pyro_gauss
 
 MAKE = {"pyro": pyro_gauss, "numpyro": numpyro_gauss}
 ENGINES = ["pyro", "numpyro"]

@@ -49,7 +49,6 @@ def test_unknown_options_are_refused():
 @pytest.mark.parametrize("engine", ENGINES)
 def test_ppca_marginal_and_latent_forms_agree(engine):
     """Both PPCA forms at their initial parameters generate N(mu, W W^T + s^2 I), computed exactly."""
-    import jax
 
     from gmppl.engines import make_program
 
