@@ -344,3 +344,120 @@ def test_loo_note_for_a_single_point_fit(fits):
 
 
 # SVI with AutoNormal over global sites (Bayesian pushforwards): tests/test_bayesian_svi.py
+
+
+# ---------------------------------------------------------------------- an observed site named "obs"
+def ppca_model(engine: str, observed: str):
+    """PPCA with one latent (``x = z W^T + mu + N(0, 0.5^2)``), its data site named ``observed``."""
+    if engine == "pyro":
+        import pyro
+        import pyro.distributions as dist
+        import torch
+
+        def model(x=None, n=None):
+            w = pyro.param("W", 0.3 * torch.ones(2, 1))
+            mu = pyro.param("mu", torch.zeros(2))
+            n = x.shape[0] if x is not None else n
+            with pyro.plate("data", n):
+                z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+                pyro.sample(observed, dist.Normal(z @ w.T + mu, 0.5).to_event(1), obs=x)
+
+        return model
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model(x=None, n=None):
+        w = numpyro.param("W", 0.3 * jnp.ones((2, 1)))
+        mu = numpyro.param("mu", jnp.zeros(2))
+        n = x.shape[0] if x is not None else n
+        with numpyro.plate("data", n):
+            z = numpyro.sample("z", dist.Normal(jnp.zeros(1), 1.0).to_event(1))
+            numpyro.sample(observed, dist.Normal(z @ w.T + mu, 0.5).to_event(1), obs=x)
+
+    return model
+
+
+X_PPCA = (
+    np.random.default_rng(5).normal(size=(60, 1)) @ W_PPCA.T
+    + MU_PPCA
+    + S_PPCA * np.random.default_rng(6).normal(size=(60, 2))
+).astype(np.float32)
+
+
+def ppca_tree(engine: str, observed: str):
+    fit = gm.fit(
+        ppca_model(engine, observed),
+        X_PPCA,
+        gm.inference.ELBO(guide=gm.models.AmortizedNormal(hidden=())),
+        observed=observed,
+        steps=30,
+        optim=gm.optim.Adam(lr=0.05),
+        progress=False,
+    )
+    return fit.to_arviz(X_PPCA, num_samples=10, posterior_samples=30)
+
+
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+def test_observed_site_named_obs_keeps_its_log_likelihood(engine):
+    """``sample("obs", ..., obs=x)`` (Pyro's VAE example): xarray would turn a variable named like the
+    example dimension into a coordinate (an empty ``log_likelihood``; ``az.loo`` raised IndexError).
+    The example dimension becomes ``obs_id`` in every group, and the tree is otherwise the tree of the
+    same fit with its site named ``x``: same groups, dims, shapes and (same seed) the same values."""
+    tree = ppca_tree(engine, "obs")
+    assert list(tree.log_likelihood.data_vars) == ["obs"]
+    ll = tree.log_likelihood["obs"]
+    assert tree.attrs["example_dim"] == "obs_id"
+    assert ll.dims == ("chain", "draw", "obs_id") and ll.shape == (1, 30, len(X_PPCA))
+    assert tree.observed_data["obs"].dims == ("obs_id", "x_dim")
+    np.testing.assert_array_equal(tree.observed_data["obs"].values, X_PPCA)
+    assert tree.posterior["z"].dims == ("chain", "draw", "obs_id", "z_dim")
+    for group in tree.children:
+        assert "obs" not in tree[group].dims, group
+        if "obs_id" in tree[group].dims:
+            assert tree[group].sizes["obs_id"] == len(X_PPCA), group
+
+    ref = ppca_tree(engine, "x")
+    assert ref.attrs["example_dim"] == "obs"
+    rename = {"obs": "x", "obs_id": "obs", "obs_stderr": "x_stderr"}
+    renamed = {
+        g: {rename.get(v, v): (tuple(rename.get(d, d) for d in s[0]), s[1]) for v, s in gs.items()}
+        for g, gs in structure(tree).items()
+    }
+    assert renamed == structure(ref)
+    np.testing.assert_allclose(ll.values, ref.log_likelihood["x"].values, rtol=1e-5)
+
+    assert tree.attrs["loo"].startswith("az.loo(tree)")
+    loo = az.loo(tree)
+    assert np.isfinite(loo.elpd)
+    assert loo.elpd == pytest.approx(az.loo(ref).elpd, rel=1e-5)
+
+
+def test_observed_site_named_obs_in_a_point_fit_ensemble():
+    """A 25-chain point-fit ensemble of a model whose data site is ``obs``: ``az.loo(tree, reff=1.0)``."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model(x=None, n=None):
+        mu = numpyro.param("mu", 0.0)
+        n = x.shape[0] if x is not None else n
+        with numpyro.plate("data", n):
+            numpyro.sample("obs", dist.Normal(mu, 1.2).expand([1]).to_event(1), obs=x)
+
+    fit = gm.fit(
+        model, X, gm.inference.Likelihood(), observed="obs", steps=20, batch_size=100, chains=25, progress=False
+    )
+    tree = fit.to_arviz(X_TEST, num_samples=10)
+    assert tree.log_likelihood["obs"].dims == ("chain", "draw", "obs_id")
+    assert tree.log_likelihood["obs"].shape == (25, 1, len(X_TEST))
+    assert tree.attrs["loo"].startswith("az.loo(tree, reff=1.0)")
+    assert np.isfinite(az.loo(tree, reff=1.0).elpd)
+
+
+def test_dim_renames_avoid_every_name():
+    """``dim_renames``: only dims that are variable names move, to ``<dim>_id`` or the next free name."""
+    from gmppl.arviz import dim_renames
+
+    groups = {"log_likelihood": {"obs": 0}, "posterior": {"obs_id": 0, "z_dim": 0, "chain": 0}}
+    dims = {"log_likelihood": {"obs": ["obs"]}, "posterior": {"obs_id": ["obs", "z_dim"], "z_dim": [], "chain": []}}
+    assert dim_renames(groups, dims) == {"obs": "obs_id1", "z_dim": "z_dim_id"}
