@@ -26,6 +26,15 @@ Bayesian fits (``Fit.draws``: NUTS, or SVI whose guide covers global sites, with
 - ``approximate_posterior`` (draws from a guide ``q``): ``log_p = log p(x, theta_s)`` and
   ``log_q = log q(theta_s)`` per draw, for ``az.loo_approximate_posterior``.
 
+Dimension names: ``obs`` indexes the examples, ``x_dim``/``x_dim_k`` the data's event axes, and
+``z_dim``/``<site>_dim_k`` a site's event axes. A DataTree cannot hold a variable with the name of
+one of its dimensions (xarray turns it into a coordinate: ``model(x) -> sample("obs", ..., obs=x)``,
+Pyro's own VAE example, would lose its ``log_likelihood`` variable). So a dimension whose name is
+also a variable's (an observed or latent site, a functional) is renamed in every group, to
+``<dim>_id`` (``obs`` -> ``obs_id``; then ``<dim>_id1``, ``<dim>_id2``, ... while that is taken
+too). ``tree.attrs["example_dim"]`` names the dimension that indexes the examples (``"obs"``
+unless renamed). ``chain`` and ``draw`` are never renamed (ArviZ reads them by name).
+
 ``tree.attrs["loo"]`` says whether and how ``az.loo`` applies (see :func:`loo_note`): Bayesian and
 ELBO fits, ``az.loo(tree)``; point-fit ensembles of at least 25 chains, ``az.loo(tree, reff=1.0)``
 (independent members, a crude posterior); single point fits and implicit models, not at all.
@@ -116,12 +125,39 @@ def to_datatree(
     if xs is not None:
         put("observed_data", fit.info.observed, np.asarray(xs), ["obs", *x_dims])
 
+    renames = dim_renames(groups, dims)
+    dims = {g: {v: [renames.get(d, d) for d in ds] for v, ds in gd.items()} for g, gd in dims.items()}
     attrs = {"backend": type(fit.backend).__name__, "engine": fit.engine, "inference_library": "gmppl"}
+    attrs["example_dim"] = renames.get("obs", "obs")
     attrs["loo"] = loo_note(fit, x, groups.get("log_likelihood", {}).get(fit.info.observed))
     tree = xr.DataTree(dataset=xr.Dataset(attrs=attrs))
     for group, variables in groups.items():
         tree[group] = _group(group, variables, dims[group])
     return tree
+
+
+SAMPLE_DIMS = ("chain", "draw")
+
+
+def dim_renames(groups: dict[str, dict[str, Any]], dims: dict[str, dict[str, list[str]]]) -> dict[str, str]:
+    """New names for the dimensions that share a name with a variable of any group (see the module docstring).
+
+    A dimension ``d`` that is also a variable's name becomes ``d_id`` (then ``d_id1``, ``d_id2``, ...),
+    avoiding every variable and dimension name in the tree; the same mapping applies to every group,
+    so ``obs`` stays one dimension across ``log_likelihood``, ``posterior`` and ``observed_data``.
+    """
+    names = {v for variables in groups.values() for v in variables}
+    used = {d for group_dims in dims.values() for ds in group_dims.values() for d in ds}
+    renames: dict[str, str] = {}
+    for d in sorted(used & names):
+        if d in SAMPLE_DIMS:
+            continue
+        new, k = f"{d}_id", 0
+        while new in names or new in used or new in renames.values():
+            k += 1
+            new = f"{d}_id{k}"
+        renames[d] = new
+    return renames
 
 
 MIN_LOO_DRAWS = 25  # ArviZ's PSIS fits a Pareto tail to min(S/5, 3 sqrt(S)) >= 5 draws

@@ -185,3 +185,90 @@ def test_nan_during_training_numpyro():
     with pytest.raises(gm.TrainingError) as info:
         gm.fit(model, data, gm.inference.Likelihood(), steps=100, batch_size=32, progress=False)
     assert "step 0" in str(info.value)
+
+
+# ---------------------------------------------------------------------- the program's signature
+def not_to_be_run(*args, **kwargs):
+    raise AssertionError("the program ran before its signature was checked")
+
+
+def test_program_with_another_signature_is_told_what_gmppl_calls():
+    """``def model(data)``: the error names the parameter and the signature, not the engine."""
+
+    def model(data):
+        not_to_be_run()
+
+    msg = refuse(model, X)
+    assert "'data'" in msg and "model(x=None, n=None)" in msg and "no parameter 'x' or 'n'" in msg
+    assert "engine=" not in msg
+
+
+def test_program_with_a_required_extra_parameter():
+    def model(x, y):
+        not_to_be_run()
+
+    msg = refuse(model, X)
+    assert "requires 'y'" in msg and "no parameter 'n'" in msg and "model(x=None, n=None)" in msg
+
+
+def test_program_without_n_or_with_positional_only_x():
+    def no_n(x=None):
+        not_to_be_run()
+
+    def positional(x=None, /, n=None):
+        not_to_be_run()
+
+    assert "no parameter 'n'" in refuse(no_n, X)
+    assert "'x' is positional-only" in refuse(positional, X)
+
+
+def test_signature_check_reads_partial_kwargs_and_unreadable_signatures():
+    """``functools.partial`` is judged by the parameters it leaves, ``**kwargs`` takes x and n, and a
+    callable whose signature cannot be read is run as before (detection decides)."""
+    import functools
+    import inspect
+
+    import pyro
+    import pyro.distributions as dist
+
+    from gmppl.engines import check_signature, detect_engine
+
+    def with_scale(scale, x=None, n=None):
+        n = x.shape[0] if x is not None else n
+        with pyro.plate("data", n):
+            pyro.sample("x", dist.Normal(0.0, scale).expand([2]).to_event(1), obs=x)
+
+    assert detect_engine(functools.partial(with_scale, 2.0), X[:4]) == "pyro"
+    with pytest.raises(gm.errors.ModelError, match="requires 'scale'"):
+        detect_engine(functools.partial(with_scale, n=3), X[:4])
+
+    def kwargs_only(**kw):
+        with_scale(1.0, **kw)
+
+    assert detect_engine(kwargs_only, X[:4]) == "pyro"
+
+    class Unreadable:
+        __signature__ = "not a signature"  # inspect.signature cannot read it
+
+        def __call__(self, x=None, n=None):
+            with_scale(1.0, x=x, n=n)
+
+    with pytest.raises((TypeError, ValueError)):
+        inspect.signature(Unreadable())
+    check_signature(Unreadable())
+    assert detect_engine(Unreadable(), X[:4]) == "pyro"
+
+
+def test_signature_error_explains_observed_is_a_site_name():
+    """``observed="obs"`` names the sample site; a program written ``model(obs=None, n=None)`` is told
+    that the data still arrive as ``x``."""
+    from gmppl.engines import detect_engine
+
+    def model(obs=None, n=None):
+        not_to_be_run()
+
+    with pytest.raises(gm.errors.ModelError) as info:
+        detect_engine(model, X[:4], observed="obs")
+    msg = str(info.value)
+    assert "no parameter 'x'" in msg and "observed='obs'" in msg and "argument x" in msg
+    assert "no parameter 'x'" in refuse(model, X, observed="obs")  # through gm.fit too

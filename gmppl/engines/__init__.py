@@ -10,13 +10,75 @@ import numpy as np
 from gmppl.errors import ModelError, UnknownName
 
 ENGINES = ("pyro", "numpyro")
+CALL_ARGS = ("x", "n")  # gmppl calls a program as model(x=data, n=None) and model(x=None, n=k), by keyword
 
 
-def detect_engine(model: Callable, example: np.ndarray) -> str:
+def check_signature(model: Callable, observed: str = "x") -> None:
+    """Refuse a program whose signature cannot take ``model(x=..., n=...)``, before it is run.
+
+    Names the parameter at fault and the signature gmppl expects. Callables whose signature cannot be
+    read (some builtins and extension types) are let through: running them says the rest. ``**kwargs``
+    takes any keyword, and ``functools.partial`` shows its remaining parameters. ``observed`` is the
+    observed site's name; it only shapes the advice (the data arrive as ``x`` whatever the site is
+    called).
+    """
+    import inspect
+
+    try:
+        sig = inspect.signature(model)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(**dict.fromkeys(CALL_ARGS))
+    except TypeError as e:
+        why = str(e)
+    else:
+        return
+    params = sig.parameters
+    kinds = inspect.Parameter
+    takes_any = any(p.kind is kinds.VAR_KEYWORD for p in params.values())
+    problems = []
+    absent = [a for a in CALL_ARGS if a not in params and not takes_any]
+    if absent:
+        problems.append(f"it has no parameter {' or '.join(map(repr, absent))}")
+    positional = [a for a in CALL_ARGS if a in params and params[a].kind is kinds.POSITIONAL_ONLY]
+    if positional:
+        verb = "is" if len(positional) == 1 else "are"
+        problems.append(f"{' and '.join(map(repr, positional))} {verb} positional-only (gmppl passes it by keyword)")
+    required = [
+        name
+        for name, p in params.items()
+        if name not in CALL_ARGS
+        and p.default is kinds.empty
+        and p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+    ]
+    if required:
+        problems.append(
+            f"it requires {', '.join(map(repr, required))}, which gmppl does not pass (give it a default or remove it)"
+        )
+    detail = "; ".join(problems) or why
+    hint = ""
+    if observed != "x":
+        hint = (
+            f" observed={observed!r} names the program's sample site; the data still arrive as the argument x "
+            f"(sample({observed!r}, ..., obs=x))."
+        )
+    name = getattr(model, "__name__", None) or getattr(getattr(model, "func", None), "__name__", None) or "model"
+    raise ModelError(
+        f"the program {name}{sig} cannot be called the way gmppl calls it, model(x=data, n=None) to condition "
+        f"and model(x=None, n=k) to generate: {detail}. gmppl expects the signature model(x=None, n=None) "
+        f"(x: the data or None; n: how many examples to generate when x is None).{hint}"
+    )
+
+
+def detect_engine(model: Callable, example: np.ndarray, *, observed: str = "x") -> str:
     """Run the program once under both PPLs' trace handlers; the one that records sites owns it.
 
-    Pyro's side runs in a throw-away parameter store, so detection leaves no trace behind.
+    The program's signature is checked first (:func:`check_signature`), so a program that cannot take
+    ``model(x=..., n=...)`` is told so rather than that its engine is unknown. Pyro's side runs in a
+    throw-away parameter store, so detection leaves no trace behind.
     """
+    check_signature(model, observed=observed)
     import pyro
     import pyro.poutine as poutine
     import torch

@@ -48,6 +48,101 @@ def check_event_shape(sites: Any, observed: str, example: np.ndarray) -> None:
         )
 
 
+_SHAPE_WRAPPERS = ("Independent", "ExpandedDistribution", "MaskedDistribution")  # same support, elementwise
+
+
+def _support(fn: Any) -> Any:
+    """The observed distribution's support, through wrappers that only reshape or mask (``to_event``,
+    ``expand``, ``mask``); ``None`` where none is declared. Not through a ``TransformedDistribution``:
+    its base's support is that of the base values, not of the data."""
+    d = fn
+    while d is not None:
+        try:
+            support = d.support
+        except Exception:  # torch's Distribution.support raises NotImplementedError where undeclared
+            support = None
+        if support is not None:
+            return support
+        if type(d).__name__ not in _SHAPE_WRAPPERS:
+            return None
+        d = getattr(d, "base_dist", None)
+    return None
+
+
+def _dist_name(fn: Any) -> str:
+    names, d = [], fn
+    while type(d).__name__ in _SHAPE_WRAPPERS and hasattr(d, "base_dist"):
+        names.append(type(d).__name__)
+        d = d.base_dist
+    return "(".join([*names, type(d).__name__]) + ")" * len(names)
+
+
+def _support_fix(support: Any) -> str:
+    c = support
+    while hasattr(c, "base_constraint"):  # independent(...) around the elementwise constraint
+        c = c.base_constraint
+    kind = type(c).__name__.lower()
+    if "boolean" in kind:
+        return (
+            "A Bernoulli likelihood takes 0/1 data: binarise the data (e.g. x > 0.5), or, for values in [0, 1] "
+            "such as grey pixels, use ContinuousBernoulli (Pyro) or another distribution on the unit interval."
+        )
+    if "integer" in kind:
+        return "A count likelihood takes whole numbers: round the data, or use a continuous distribution."
+    if "interval" in kind:
+        return "Rescale the data into the support, or use a distribution whose support holds them."
+    if "greater" in kind or "positive" in kind:
+        return "Shift or transform the data into the support, or use a distribution on the real line."
+    return "Transform the data into the support, or use a distribution whose support holds them."
+
+
+def check_support(sites: Any, observed: str, example: np.ndarray) -> None:
+    """Refuse data outside the observed site's support (grey pixels under a Bernoulli), before any fitting.
+
+    ``sites`` is a trace's site mapping (a Pyro trace's ``nodes`` or a NumPyro trace) from a run
+    conditioned on ``example``; the observed site's ``fn.support`` is evaluated on ``example``, as a
+    torch tensor (on the site value's device) when the site holds one or the distribution is torch's,
+    else as a JAX array. Sites without a distribution or a declared support, supports that cannot be
+    checked (dependent ones), and checks that raise are let through: training reports the rest.
+    """
+    site = sites.get(observed)
+    fn = None if site is None else site.get("fn")
+    support = None if fn is None else _support(fn)
+    if support is None:
+        return
+    value = site.get("value")
+    check = getattr(support, "check", None) or support
+    libraries = {type(value).__module__.split(".")[0], type(fn).__module__.split(".")[0]}
+    torch_side = bool(libraries & {"torch", "pyro"})  # else NumPyro's (its values may be numpy arrays)
+    try:
+        if torch_side:
+            import torch
+
+            device = getattr(value, "device", None) if isinstance(value, torch.Tensor) else None
+            ok = check(torch.as_tensor(np.asarray(example), device=device)).detach().cpu().numpy()
+        else:
+            import jax.numpy as jnp
+
+            ok = np.asarray(check(jnp.asarray(example)))
+    except Exception:  # a dependent support, shapes that do not broadcast, ...: not checkable here
+        return
+    n = len(example)
+    ok = np.broadcast_to(ok, (n,)) if ok.ndim == 0 else ok
+    if ok.shape[0] != n:
+        return
+    ok = ok.reshape(n, -1).all(axis=1)
+    if ok.all():
+        return
+    bad = np.flatnonzero(~ok)
+    row = np.asarray(example[bad[0]]).ravel()
+    shown = np.array2string(row[:4], precision=3, separator=", ") + (" ..." if row.size > 4 else "")
+    raise DataError(
+        f"{len(bad)} of the {n} examples checked lie outside the support of the observed site {observed!r}: its "
+        f"distribution {_dist_name(fn)} has support {support} (example {bad[0]} holds {shown}); the log-likelihood "
+        f"would be nan or -inf and training would stop on a nan loss. {_support_fix(support)}"
+    )
+
+
 def info_from_traces(cond: Any, gen: Any, observed: str, latent: str, n: int, engine: str) -> ModelInfo:
     """Shared by both engines: site roles from a conditioned and a generating run."""
     cond_sites, gen_sites = _sites(cond, engine), _sites(gen, engine)
