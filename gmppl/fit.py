@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from gmppl._data import check_data
-from gmppl.engines import ENGINES, detect_engine, make_loop, make_program
+from gmppl.engines import ENGINES, check_signature, detect_engine, make_loop, make_program
 from gmppl.errors import BackendError, DataError, ModelError, TrainingError, UnknownName
 from gmppl.inference.base import Backend, SamplerBackend
 from gmppl.optim import as_optim
@@ -104,7 +104,10 @@ def fit(
             raise BackendError(f"callbacks: {cb!r} is not callable; pass functions cb(step, metrics[, params]).")
 
     example = x[: min(len(x), 8)]
-    engine = engine or detect_engine(model, example)
+    if engine is None:
+        engine = detect_engine(model, example, observed=observed)
+    else:
+        check_signature(model, observed)
     batch_size = min(int(batch_size), len(x))
     optim = as_optim(optim, backend.default_optim)
     seeds = [int(seed) + c for c in range(chains)]

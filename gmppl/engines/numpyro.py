@@ -20,7 +20,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
 from gmppl.engines.base import ModelInfo
-from gmppl.engines.sites import check_event_shape, info_from_traces, invert_pushforward
+from gmppl.engines.sites import check_event_shape, check_support, info_from_traces, invert_pushforward
 from gmppl.errors import DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_optax
 
@@ -104,6 +104,7 @@ class NumPyroProgram:
             check_event_shape(gen, self.observed, example)
             params = self.init_params(key, x)
             cond = self.trace(params, key, x=x)
+            check_support(cond, self.observed, example)
             gen = self.trace(params, key, x=None, n=2)
         except (NotSupported, DataError):
             raise

@@ -19,7 +19,7 @@ import pyro.poutine as poutine
 import torch
 
 from gmppl.engines.base import ModelInfo
-from gmppl.engines.sites import check_event_shape, info_from_traces, invert_pushforward
+from gmppl.engines.sites import check_event_shape, check_support, info_from_traces, invert_pushforward
 from gmppl.errors import DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_torch
 
@@ -178,6 +178,7 @@ class PyroProgram:
             gen = self.trace(x=None, n=2)
             check_event_shape(gen.nodes, self.observed, example)
             cond = self.trace(x=x, n=None)
+            check_support(cond.nodes, self.observed, example)
         except (NotSupported, DataError):
             raise
         except Exception as e:
