@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -45,3 +46,53 @@ def check_data(data: Any, *, name: str = "data") -> np.ndarray:
             "remove or impute them before fitting."
         )
     return arr
+
+
+def check_inputs(inputs: Any, n: int | None, *, name: str = "inputs") -> dict[str, np.ndarray]:
+    """Inputs (covariates, labels, context) as checked numpy arrays with ``n`` rows each (any ``n`` when None).
+
+    Integer and boolean inputs keep their dtype (labels index embeddings); other numbers become floats.
+    """
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, Mapping):
+        raise DataError(f"{name} must be a mapping of named arrays, e.g. {{'y': labels}}; got {type(inputs).__name__}.")
+    out = {}
+    for key, value in inputs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise DataError(f"{name}: {key!r} is not a valid keyword name for the program.")
+        arr = to_numpy(value)
+        if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+            if arr.ndim == 0 or arr.shape[0] == 0:
+                raise DataError(f"{name}[{key!r}] has shape {arr.shape}; pass one row per example on axis 0.")
+        else:
+            arr = check_data(arr, name=f"{name}[{key!r}]")
+        out[key] = arr
+    rows = {k: v.shape[0] for k, v in out.items()}
+    expected = n if n is not None else (next(iter(rows.values())) if rows else None)
+    bad = {k: r for k, r in rows.items() if r != expected}
+    if bad:
+        raise DataError(
+            f"{name} must have one row per example ({expected}), but {', '.join(f'{k!r} has {r}' for k, r in bad.items())}."
+        )
+    return out
+
+
+def split_data(data: Any, observed: str, *, name: str = "data") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``data`` as ``(x, inputs)``: an array is the observed data alone; a mapping holds the observed data under
+    ``observed`` and the inputs under their own names, one row per example each."""
+    if isinstance(data, Mapping):
+        if observed not in data:
+            raise DataError(
+                f"{name} is a mapping without the observed data {observed!r} (its keys: {sorted(data)}); put the data "
+                f"under {observed!r} or pass observed=<its key>."
+            )
+        x = check_data(data[observed], name=f"{name}[{observed!r}]")
+        inputs = check_inputs({k: v for k, v in data.items() if k != observed}, len(x), name=name)
+        return x, inputs
+    return check_data(data, name=name), {}
+
+
+def take(inputs: dict[str, Any], index: Any) -> dict[str, Any]:
+    """The rows ``index`` of every input."""
+    return {k: v[index] for k, v in inputs.items()}

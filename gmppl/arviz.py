@@ -12,7 +12,10 @@ Point fits (one parameter value per chain):
 - ``posterior_predictive``: ``num_samples`` generated ``x`` per chain (``chain, draw, x_dim``).
 - ``log_likelihood``: pointwise ``log p(x_i)`` for the given ``x`` where a likelihood exists, a
   single draw per chain (``chain, draw=1, obs``).
-- ``sample_stats``: the training history, one ``draw`` per step.
+- ``sample_stats``: the training history, one ``draw`` per step; ``validation_stats``: ``val_loss`` and
+  ``val_step`` of a fit with ``validation=``, one ``draw`` per validation.
+- ``constant_data``: the inputs given with ``x`` (or the training inputs), ``(obs, ...)``; with inputs,
+  ``posterior_predictive`` is per row, ``(chain, draw, obs, x_dim)``.
 - ``observed_data``: ``x`` (``obs, x_dim``), else the training data.
 
 Bayesian fits (``Fit.draws``: NUTS, or SVI whose guide covers global sites, with
@@ -61,6 +64,15 @@ def _x_dims(shape: tuple[int, ...]) -> list[str]:
     return [f"x_dim_{i}" for i in range(len(shape))] if len(shape) != 1 else ["x_dim"]
 
 
+#: Predictive draws per input row for point fits (``num_samples`` caps it): one generated example per row each.
+PER_ROW_DRAWS = 100
+
+
+def _input_dims(name: str, shape: tuple[int, ...]) -> list[str]:
+    stem = name.replace("/", "_").replace(".", "_")
+    return [f"{stem}_dim_{i}" for i in range(len(shape))] if len(shape) != 1 else [f"{stem}_dim"]
+
+
 def _site_dims(name: str, shape: tuple[int, ...], local: bool, latent: str | None) -> list[str]:
     rest = shape[1:] if local else shape
     stem = "z" if name == latent and local else name.replace("/", "_").replace(".", "_")
@@ -88,7 +100,7 @@ def to_datatree(
     import xarray as xr
 
     x_dims = _x_dims(fit.info.x_event_shape)
-    xs = fit.data if x is None else fit._check_x(x)
+    xs, rows = (fit.data, fit.inputs) if x is None else fit._split(x)
     groups: dict[str, dict[str, np.ndarray]] = {}
     dims: dict[str, dict[str, list[str]]] = {}
 
@@ -97,9 +109,9 @@ def to_datatree(
         dims.setdefault(group, {})[name] = d
 
     if has_draws(fit):
-        _bayesian_groups(fit, x, xs, put, seed=seed, log_likelihood=log_likelihood)
+        _bayesian_groups(fit, x, xs, rows, put, seed=seed, log_likelihood=log_likelihood)
     else:
-        _point_groups(fit, x, xs, put, num_samples, seed, posterior_samples, log_likelihood)
+        _point_groups(fit, x, xs, rows, put, num_samples, seed, posterior_samples, log_likelihood)
 
     if functionals:
         from gmppl.uq import functional
@@ -112,7 +124,8 @@ def to_datatree(
     extra = getattr(fit.backend, "arviz_groups", None)
     if extra is not None:
         given = None if x is None else xs  # the hook sees x=None when to_arviz had no x
-        got = extra(fit, given, seed=seed, posterior_samples=posterior_samples, log_likelihood=log_likelihood)
+        kw = {"inputs": rows} if rows else {}
+        got = extra(fit, given, seed=seed, posterior_samples=posterior_samples, log_likelihood=log_likelihood, **kw)
         more, more_dims = got if isinstance(got, tuple) else (got, {})
         for group, variables in more.items():
             for name, value in variables.items():
@@ -120,10 +133,13 @@ def to_datatree(
 
     hist = fit._histories
     if hist and hist[0]:
-        for k in hist[0]:
-            put("sample_stats", k, np.stack([np.asarray(h[k], dtype=float) for h in hist]), [])
+        for k in hist[0]:  # validation scores have their own steps: a group of their own
+            group = "validation_stats" if k.startswith("val_") else "sample_stats"
+            put(group, k, np.stack([np.asarray(h[k], dtype=float) for h in hist]), [])
     if xs is not None:
         put("observed_data", fit.info.observed, np.asarray(xs), ["obs", *x_dims])
+    for name, value in rows.items():  # the inputs given with the data
+        put("constant_data", name, np.asarray(value), ["obs", *_input_dims(name, value.shape[1:])])
 
     renames = dim_renames(groups, dims)
     dims = {g: {v: [renames.get(d, d) for d in ds] for v, ds in gd.items()} for g, gd in dims.items()}
@@ -218,6 +234,7 @@ def _point_groups(
     fit: Any,
     x: Any,
     xs: np.ndarray | None,
+    rows: dict[str, np.ndarray],
     put: Callable,
     num_samples: int,
     seed: int,
@@ -226,19 +243,32 @@ def _point_groups(
 ) -> None:
     x_dims = _x_dims(fit.info.x_event_shape)
     obs = fit.info.observed
-    draws = [to_numpy(fit.sample(num_samples, seed=seed + c, chain=c)) for c in range(fit.chains)]
-    put("posterior_predictive", obs, np.stack(draws), x_dims)
+    if rows:  # the predictive at each input row: (chain, draw, obs, ...)
+        m = len(next(iter(rows.values())))
+        k = max(1, min(int(num_samples), PER_ROW_DRAWS))
+        tiled = {name: np.concatenate([v] * k) for name, v in rows.items()}
+        draws = [
+            to_numpy(fit.sample(inputs=tiled, seed=seed + c, chain=c)).reshape(k, m, *fit.info.x_event_shape)
+            for c in range(fit.chains)
+        ]
+        put("posterior_predictive", obs, np.stack(draws), ["obs", *x_dims])
+    else:
+        draws = [to_numpy(fit.sample(num_samples, seed=seed + c, chain=c)) for c in range(fit.chains)]
+        put("posterior_predictive", obs, np.stack(draws), x_dims)
     if x is None:
         return
+    given = {obs: xs, **rows} if rows else xs
     if log_likelihood:
         try:
-            ll = fit.log_prob_chains(xs)
+            ll = fit.log_prob_chains(given)
         except NotSupported:
             ll = None
         if ll is not None:
             put("log_likelihood", obs, ll[:, None, :], ["obs"])
     try:
-        zs = np.stack([to_numpy(fit.posterior(xs, posterior_samples, seed=seed, chain=c)) for c in range(fit.chains)])
+        zs = np.stack(
+            [to_numpy(fit.posterior(given, posterior_samples, seed=seed, chain=c)) for c in range(fit.chains)]
+        )
     except NotSupported:
         return
     latent = fit.info.latent or "z"
@@ -246,7 +276,9 @@ def _point_groups(
     put("posterior", latent.replace("/", "."), zs, _site_dims(latent, zs.shape[2:], local, latent))
 
 
-def _bayesian_groups(fit: Any, x: Any, xs: np.ndarray, put: Callable, *, seed: int, log_likelihood: bool) -> None:
+def _bayesian_groups(
+    fit: Any, x: Any, xs: np.ndarray, rows: dict[str, np.ndarray], put: Callable, *, seed: int, log_likelihood: bool
+) -> None:
     from gmppl.inference.draws import log_likelihood_draws, sample_draws
 
     x_dims = _x_dims(fit.info.x_event_shape)
@@ -260,16 +292,16 @@ def _bayesian_groups(fit: Any, x: Any, xs: np.ndarray, put: Callable, *, seed: i
         value = np.stack([d.values[name] for d in fit.draws])
         var = name.replace("/", ".")  # DataTree variable names cannot hold "/" (NumPyro's module scopes)
         put("posterior", var, value, _site_dims(name, value.shape[2:], name in d0.local, latent))
-    pp = np.stack(
-        [
-            sample_draws(p, d, 1, seed=seed + c)[:, 0]
-            for c, (p, d) in enumerate(zip(fit.programs, fit.draws, strict=True))
-        ]
-    )
-    put("posterior_predictive", obs, pp, x_dims)
+    pairs = list(zip(fit.programs, fit.draws, strict=True))
+    if rows:  # one prediction per posterior draw at each input row
+        pp = np.stack([sample_draws(p, d, None, seed=seed + c, inputs=rows) for c, (p, d) in enumerate(pairs)])
+        put("posterior_predictive", obs, pp, ["obs", *x_dims])
+    else:
+        pp = np.stack([sample_draws(p, d, 1, seed=seed + c)[:, 0] for c, (p, d) in enumerate(pairs)])
+        put("posterior_predictive", obs, pp, x_dims)
     if log_likelihood:
         try:
-            ll = np.stack([log_likelihood_draws(p, d, xs) for p, d in zip(fit.programs, fit.draws, strict=True)])
+            ll = np.stack([log_likelihood_draws(p, d, xs, rows) for p, d in pairs])
         except NotSupported:
             return
         put("log_likelihood", obs, ll, ["obs"])

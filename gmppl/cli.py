@@ -61,6 +61,11 @@ def make_backend(name: str, divergence: str | None = None, method: str | None = 
     raise UnknownName(f"--backend {name!r} is unknown; use one of {', '.join(BACKENDS)}.")
 
 
+def _rows(x: Any, index: slice) -> Any:
+    """Rows of an array, or of every array of a mapping (data and inputs together)."""
+    return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+
+
 def _fail(e: Exception) -> None:
     typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -69,7 +74,14 @@ def _fail(e: Exception) -> None:
 @app.command()
 def fit(
     model: Annotated[str, typer.Argument(help="PATH.py:FUNCTION, the Pyro or NumPyro program")],
-    data: Annotated[str, typer.Option(help="FILE.npy|.npz|.csv, or moons|digits|ring|grid")] = "moons",
+    data: Annotated[
+        str,
+        typer.Option(
+            help="FILE.npy|.npz|.csv, or moons|digits|ring|grid; a .npz with several arrays holds the "
+            "observed data (--observed) and the inputs of a conditional model"
+        ),
+    ] = "moons",
+    observed: Annotated[str, typer.Option(help="the observed site (and, in a .npz, the data's array)")] = "x",
     backend: Annotated[str, typer.Option(help="|".join(BACKENDS))] = "likelihood",
     divergence: Annotated[str | None, typer.Option(help="for adversarial: js, kl, reverse_kl, w1, ...")] = None,
     method: Annotated[str | None, typer.Option(help="for score: dsm or sliced")] = None,
@@ -85,18 +97,22 @@ def fit(
 ) -> None:
     """Fit MODEL to DATA with BACKEND and save the fit (weights, metadata, DataTree) to OUT."""
     import gmppl as gm
-    from gmppl.datasets import load
+    from gmppl.datasets import load_arrays
 
     try:
         fn = load_model(model)
-        x = load(data)
-        n_test = int(len(x) * test_fraction)
-        x_train, x_test = (x[:-n_test], x[-n_test:]) if n_test > 0 else (x, None)
+        x = load_arrays(data)
+        n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        n_test = int(n * test_fraction)
+        x_train, x_test = (
+            (_rows(x, slice(None, n - n_test)), _rows(x, slice(n - n_test, None))) if n_test else (x, None)
+        )
         b = make_backend(backend, divergence, method)
         result = gm.fit(
             fn,
             x_train,
             b,
+            observed=observed,
             steps=steps,
             batch_size=batch_size,
             seed=seed,
@@ -109,9 +125,11 @@ def fit(
         _fail(e)
     result.config["model_spec"] = model
     result.save(out)
-    if x_test is not None:
+    if isinstance(x_test, dict):
+        np.savez(out / "test_data.npz", **x_test)
+    elif x_test is not None:
         np.save(out / "test_data.npy", x_test, allow_pickle=False)
-    tree = result.to_arviz(x_test[:200] if x_test is not None else None)
+    tree = result.to_arviz(_rows(x_test, slice(None, 200)) if x_test is not None else None)
     tree.to_netcdf(out / "datatree.nc")
     typer.echo(f"saved {result!r} to {out}")
 
@@ -122,18 +140,27 @@ def sample(
     n: Annotated[int, typer.Option("-n", help="number of samples")] = 1000,
     seed: int = 0,
     model: Annotated[str | None, typer.Option(help="PATH:FUNCTION (default: the one the fit recorded)")] = None,
+    inputs: Annotated[
+        Path | None, typer.Option(help="FILE.npz of inputs for a conditional model: one sample per row")
+    ] = None,
     out: Annotated[Path, typer.Option(help=".npy file")] = Path("samples.npy"),
 ) -> None:
-    """Draw N samples from a saved fit into an .npy file."""
+    """Draw N samples (or one per row of --inputs) from a saved fit into an .npy file."""
     import gmppl as gm
     from gmppl._data import to_numpy
+    from gmppl.datasets import load_arrays
 
     try:
         fit_ = gm.load(run_dir, load_model(model or _recorded_model(run_dir)))
+        rows = None
+        if inputs is not None:
+            given = load_arrays(str(inputs))
+            rows = given if isinstance(given, dict) else {fit_.input_names[0]: given} if fit_.input_names else None
+        x = to_numpy(fit_.sample(None if rows else n, seed=seed, inputs=rows))
     except GmpplError as e:
         _fail(e)
-    np.save(out, to_numpy(fit_.sample(n, seed=seed)), allow_pickle=False)
-    typer.echo(f"wrote {n} samples to {out}")
+    np.save(out, x, allow_pickle=False)
+    typer.echo(f"wrote {len(x)} samples to {out}")
 
 
 def _recorded_model(run_dir: Path) -> str:
@@ -159,9 +186,14 @@ def report(
         fit_ = gm.load(run_dir, load_model(model or _recorded_model(run_dir)))
     except GmpplError as e:
         _fail(e)
-    test = run_dir / "test_data.npy"
-    x_test = np.load(test, allow_pickle=False) if test.is_file() else None
-    paths = write_report(fit_, run_dir, x=x_test[:200] if x_test is not None else None)
+    test, test_npz = run_dir / "test_data.npy", run_dir / "test_data.npz"
+    x_test: Any = None
+    if test.is_file():
+        x_test = np.load(test, allow_pickle=False)
+    elif test_npz.is_file():
+        with np.load(test_npz, allow_pickle=False) as z:
+            x_test = {k: z[k] for k in z.files}
+    paths = write_report(fit_, run_dir, x=_rows(x_test, slice(None, 200)) if x_test is not None else None)
     for name, path in paths.items():
         typer.echo(f"wrote {name}: {path}")
 

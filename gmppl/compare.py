@@ -12,6 +12,7 @@ the table holds two-sample statistics between ``num_samples`` generated examples
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,7 @@ def compare(
         raise BackendError("fits must be a non-empty dict {name: Fit}.")
     if method not in ("auto", "elpd", "two_sample"):
         raise BackendError(f"method={method!r}: use 'auto', 'elpd' or 'two_sample'.")
-    x = np.asarray(to_numpy(x_test))
+    x = x_test if isinstance(x_test, Mapping) else np.asarray(to_numpy(x_test))  # a mapping: data and inputs
     if method in ("auto", "elpd"):
         pointwise = {}
         for name, fit in fits.items():
@@ -54,17 +55,23 @@ def compare(
                 break
         else:
             return _elpd_table(pointwise)
+    if isinstance(x, Mapping):
+        raise NotSupported(
+            "a two-sample comparison of conditional fits needs samples given each test row; compare them by "
+            "method='elpd' (held-out log-likelihood), which takes inputs."
+        )
     return _two_sample_table(fits, x, num_samples or min(len(x), 2000), seed)
 
 
-def heldout_log_density(fit: Any, x: np.ndarray) -> np.ndarray:
+def heldout_log_density(fit: Any, x: Any) -> np.ndarray:
     """``log p(x_i | fit)``: the mixture over chains and parameter draws, shape ``(len(x),)``."""
     from gmppl.arviz import has_draws
     from gmppl.inference.draws import log_likelihood_draws
 
-    x = fit._check_x(x)
+    xs, rows = fit._split(x)
     if has_draws(fit):
-        ll = np.concatenate([log_likelihood_draws(p, d, x) for p, d in zip(fit.programs, fit.draws, strict=True)])
+        pairs = zip(fit.programs, fit.draws, strict=True)
+        ll = np.concatenate([log_likelihood_draws(p, d, xs, rows) for p, d in pairs])
     else:
         ll = fit.log_prob_chains(x)
     ll = np.asarray(ll, dtype=float)

@@ -24,6 +24,13 @@ def digits() -> np.ndarray:
     return (load_digits().data / 16.0).astype(np.float32)
 
 
+def digit_labels() -> np.ndarray:
+    """The class (0-9) of each of scikit-learn's 1797 digits, in the order of :func:`digits`."""
+    from sklearn.datasets import load_digits
+
+    return load_digits().target.astype(np.int64)
+
+
 def ring_centers(modes: int = 8, radius: float = 2.0) -> np.ndarray:
     """Centres of the ``modes``-Gaussian ring."""
     a = 2 * np.pi * np.arange(modes) / modes
@@ -54,6 +61,17 @@ def grid(n: int = 2000, *, side: int = 5, spacing: float = 2.0, std: float = 0.0
 
 
 BUNDLED: dict[str, Callable[[], np.ndarray]] = {"moons": moons, "digits": digits, "ring": ring, "grid": grid}
+
+
+def load_arrays(spec: str) -> np.ndarray | dict[str, np.ndarray]:
+    """Like :func:`load`, but a .npz holding several arrays comes back as a mapping of them (the observed data
+    and the inputs of a conditional model, by name)."""
+    path = Path(spec)
+    if spec not in BUNDLED and path.suffix.lower() == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if len(z.files) > 1:
+                return {k: z[k] for k in z.files}
+    return load(spec)
 
 
 def load(spec: str, *, key: str | None = None) -> np.ndarray:

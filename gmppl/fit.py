@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gmppl._data import check_data
+from gmppl._data import split_data
 from gmppl.engines import ENGINES, check_signature, detect_engine, make_loop, make_program
 from gmppl.errors import BackendError, DataError, ModelError, TrainingError, UnknownName
 from gmppl.inference.base import Backend, SamplerBackend
@@ -54,6 +54,11 @@ def fit(
     ``theta* = argmin_theta D(P_X || P_theta)`` where ``D`` is the backend's divergence (forward
     KL for ``Likelihood``/``ELBO``, an f-divergence or W1 for ``Adversarial``, Fisher for ``Score``).
 
+    - ``data``: an array (examples on axis 0), or a mapping of named arrays with one row per example:
+      the one named ``observed`` is the data, the others are *inputs* (covariates, labels, context),
+      minibatched with their rows and passed to the program by keyword (``model(x=..., y=...)``); a
+      conditional program ``model(x=None, y=None)`` then models ``p(x | y)``.
+
     - ``optim``: ``gm.optim.Adam(...)``, a float (Adam's learning rate), an optax transformation, a
       ``pyro.optim``/``numpyro.optim`` optimiser, or a torch factory ``params -> torch.optim.Optimizer``.
     - ``validation``: held-out data scored every ``validate_every`` steps (default: ``steps // 10``)
@@ -72,7 +77,7 @@ def fit(
     """
     from gmppl.inference import Likelihood
 
-    x = check_data(data)
+    x, inputs = split_data(data, observed)
     backend = Likelihood() if backend is None else backend
     if not isinstance(backend, Backend):
         raise BackendError(
@@ -90,13 +95,18 @@ def fit(
         raise UnknownName(f"engine={engine!r} is unknown; use one of {ENGINES} (or None to detect).")
     if not callable(model):
         raise ModelError(f"model={model!r} is not callable; pass a Pyro or NumPyro program model(x=None, n=None).")
-    x_val = None
+    x_val, val_inputs = None, {}
     if validation is not None:
-        x_val = check_data(validation, name="validation").astype(x.dtype, copy=False)
+        x_val, val_inputs = split_data(validation, observed, name="validation")
+        x_val = x_val.astype(x.dtype, copy=False)
         if x_val.shape[1:] != x.shape[1:]:
             raise DataError(
                 f"validation examples have shape {x_val.shape[1:]} but the data's are {x.shape[1:]}; "
                 "pass held-out data shaped like the training data."
+            )
+        if sorted(val_inputs) != sorted(inputs):
+            raise DataError(
+                f"validation has inputs {sorted(val_inputs)} but the data have {sorted(inputs)}; give both the same."
             )
     callbacks = tuple(callbacks) if not callable(callbacks) else (callbacks,)
     for cb in callbacks:
@@ -104,10 +114,10 @@ def fit(
             raise BackendError(f"callbacks: {cb!r} is not callable; pass functions cb(step, metrics[, params]).")
 
     example = x[: min(len(x), 8)]
+    example_inputs = {k: v[: len(example)] for k, v in inputs.items()}
+    call = check_signature(model, observed, tuple(inputs))
     if engine is None:
-        engine = detect_engine(model, example, observed=observed)
-    else:
-        check_signature(model, observed)
+        engine = detect_engine(model, example, observed=observed, inputs=example_inputs)
     batch_size = min(int(batch_size), len(x))
     optim = as_optim(optim, backend.default_optim)
     seeds = [int(seed) + c for c in range(chains)]
@@ -115,10 +125,10 @@ def fit(
     programs, plans, info = [], [], None
     sampler = isinstance(backend, SamplerBackend)
     for c in range(chains):
-        program = make_program(engine, model, observed=observed, latent=latent, device=device)
-        info = program.inspect(example)
+        program = make_program(engine, model, observed=observed, latent=latent, device=device, call=call)
+        info = program.inspect(example, example_inputs)
         backend.check(info)
-        plans.append(backend.prepare(program, info, example, seed=seeds[c]))
+        plans.append(backend.prepare(program, info, example, seed=seeds[c], inputs=example_inputs))
         if c > 0 and not sampler:  # a sampler's chains share the target; an ensemble's start afresh
             from gmppl.ensemble import reinitialise
 
@@ -137,6 +147,7 @@ def fit(
         "chains": chains,
         "observed": observed,
         "latent": latent,
+        "inputs": sorted(inputs),
         "device": str(device) if device is not None else None,
         "optim": repr(optim),
     }
@@ -151,6 +162,7 @@ def fit(
             info=info,
             histories=histories,
             data=x,
+            inputs=inputs,
             config=config,
             draws=draws,
         )
@@ -158,7 +170,8 @@ def fit(
     if sampler:
         num = backend.num_draws(int(steps))
         results = [
-            backend.draw(p, plan, x, num_samples=num, seed=s) for p, plan, s in zip(programs, plans, seeds, strict=True)
+            backend.draw(p, plan, x, num_samples=num, seed=s, inputs=inputs)
+            for p, plan, s in zip(programs, plans, seeds, strict=True)
         ]
         histories = [h for _, h in results]
         bar.update(num, float(-np.mean(histories[0]["lp"])) if "lp" in histories[0] else float("nan"))
@@ -167,13 +180,15 @@ def fit(
         _call(callbacks, num, {k: float(np.mean([h[k].mean() for h in histories])) for k in histories[0]}, result)
         return result
 
-    loop = make_loop(engine, programs, backend, plans, x, batch_size=batch_size, steps=int(steps))
+    loop = make_loop(engine, programs, backend, plans, x, batch_size=batch_size, steps=int(steps), inputs=inputs)
     state = loop.init(seeds, optim)
     rows: list[dict[str, np.ndarray]] = []
     val_every = None if x_val is None else int(validate_every or max(1, int(steps) // 10))
     validators = None
     if x_val is not None:  # one per chain, by program
-        validators = {id(p): backend.validator(p, plan, x_val) for p, plan in zip(programs, plans, strict=True)}
+        validators = {
+            id(p): backend.validator(p, plan, x_val, val_inputs) for p, plan in zip(programs, plans, strict=True)
+        }
     val_loss: list[np.ndarray] = []
     val_step: list[int] = []
     best, best_value, since_best = None, np.inf, 0

@@ -6,6 +6,7 @@ A saved fit is a directory::
     weights.safetensors  every parameter, keyed ``chain{c}/{name}`` (pytrees flattened by key path)
     history.npz          per-step training metrics (``np.load(allow_pickle=False)``)
     observed_data.npy    the training data (``allow_pickle=False``)
+    constant_data.npz    the training data's inputs, if any (``allow_pickle=False``)
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ def save(fit: Any, path: Any) -> None:
     np.savez(out / "history.npz", **hist)
     if fit.data is not None:
         np.save(out / "observed_data.npy", fit.data, allow_pickle=False)
+    if fit.inputs:
+        np.savez(out / "constant_data.npz", **{k: np.asarray(v) for k, v in fit.inputs.items()})
     meta = {
         "format": FORMAT,
         "engine": fit.engine,
@@ -177,16 +180,26 @@ def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
         except TypeError as e:
             raise CheckpointError(f"{src}: cannot rebuild the backend; pass backend= to gm.load ({e}).") from e
     data = np.load(src / "observed_data.npy", allow_pickle=False) if (src / "observed_data.npy").exists() else None
+    inputs: dict[str, np.ndarray] = {}
+    if (src / "constant_data.npz").exists():
+        with np.load(src / "constant_data.npz", allow_pickle=False) as saved_inputs:
+            inputs = {k: saved_inputs[k] for k in saved_inputs.files}
     shape = tuple(meta["x_event_shape"])
     example = data[:8] if data is not None else np.zeros((2, *shape), np.float32)
+    example_inputs = {k: v[: len(example)] for k, v in inputs.items()}
 
+    from gmppl.engines import check_signature
+
+    call = check_signature(model, meta["observed"], tuple(inputs))
     programs, plans, all_draws, info = [], [], [], None
     for c in range(meta["chains"]):
-        program = make_program(meta["engine"], model, observed=meta["observed"], latent=meta["latent"], device=device)
-        info = program.inspect(example)
+        program = make_program(
+            meta["engine"], model, observed=meta["observed"], latent=meta["latent"], device=device, call=call
+        )
+        info = program.inspect(example, example_inputs)
         if tuple(info.x_event_shape) != shape:
             raise CheckpointError(f"{src}: saved for examples of shape {shape}, this model's are {info.x_event_shape}.")
-        plans.append(backend.prepare(program, info, example, seed=c))
+        plans.append(backend.prepare(program, info, example, seed=c, inputs=example_inputs))
         prefix = f"chain{c}/"
         mine = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
         template = program.state_dict()
@@ -218,6 +231,7 @@ def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
         info=info,
         histories=histories,
         data=data,
+        inputs=inputs,
         config=meta.get("config", {}),
         draws=all_draws or None,
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from gmppl._data import check_data, to_numpy
+from gmppl._data import check_inputs, split_data, take, to_numpy
 from gmppl.engines.base import ModelInfo
 from gmppl.errors import DataError
 
@@ -41,6 +41,7 @@ class Fit:
         data: np.ndarray | None,
         config: dict,
         draws: list | None = None,
+        inputs: dict[str, np.ndarray] | None = None,
     ):
         self.model = model
         self.engine = engine
@@ -49,6 +50,7 @@ class Fit:
         self.plans = plans
         self.info = info
         self.data = data
+        self.inputs = inputs or {}  # the training data's inputs, by name (ArviZ constant_data)
         self.config = config
         self.draws = draws
         self._histories = histories
@@ -101,7 +103,7 @@ class Fit:
             return False
         seed = int(self.config.get("seed", 0) if seed is None else seed)
         got = [
-            guide_draws(p, fitted_guide(plan), self.data, int(num_draws), seed=seed + c)
+            guide_draws(p, fitted_guide(plan), self.data, int(num_draws), seed=seed + c, inputs=self.inputs)
             for c, (p, plan) in enumerate(zip(self.programs, self.plans, strict=True))
         ]
         if any(d is None for d in got):
@@ -124,33 +126,82 @@ class Fit:
             f"steps={self.config.get('steps')}, x_shape={self.info.x_event_shape})"
         )
 
-    def _check_x(self, x: Any) -> np.ndarray:
-        arr = check_data(x, name="x")
+    @property
+    def input_names(self) -> list[str]:
+        """The names of the program's inputs (empty for an unconditional model)."""
+        return list(self.config.get("inputs") or sorted(self.inputs))
+
+    def _check_inputs(self, inputs: Any, n: int | None) -> dict[str, np.ndarray]:
+        rows = check_inputs(inputs, n)
+        names = self.input_names
+        if sorted(rows) != sorted(names):
+            if not names:
+                raise DataError(f"this model takes no inputs, but inputs {sorted(rows)} were given.")
+            raise DataError(f"this model takes the inputs {names}; got {sorted(rows)}. {_pass(names)}")
+        return rows
+
+    def _split(self, x: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``x`` (an array, or a mapping with the observed data and the inputs) as checked ``(data, inputs)``."""
+        arr, inputs = split_data(x, self.info.observed, name="x")
         if tuple(arr.shape[1:]) != tuple(self.info.x_event_shape):
             raise DataError(
                 f"x examples have shape {tuple(arr.shape[1:])}; this model's are {tuple(self.info.x_event_shape)}."
             )
-        return arr.astype(self.data.dtype if self.data is not None else np.float32, copy=False)
+        if inputs or self.input_names:
+            inputs = self._check_inputs(inputs, len(arr))
+        return arr.astype(self.data.dtype if self.data is not None else np.float32, copy=False), inputs
+
+    def _check_x(self, x: Any) -> np.ndarray:
+        return self._split(x)[0]
 
     # ------------------------------------------------------------------ generation
-    def sample(self, n: int, seed: int | None = None, *, chain: int | None = None) -> Any:
-        """``n`` generated examples, shape ``(n, *x_shape)``: from one chain, or spread over the ensemble."""
+    def sample(
+        self, n: int | None = None, seed: int | None = None, *, inputs: Any = None, chain: int | None = None
+    ) -> Any:
+        """``n`` generated examples, shape ``(n, *x_shape)``: from one chain, or spread over the ensemble.
+
+        With ``inputs`` (a mapping of arrays, one row each), one example per input row, generated given that
+        row (``n`` may be omitted); a conditional model needs them.
+        """
+        rows: dict[str, np.ndarray] = {}
+        if inputs is not None or self.input_names:
+            if inputs is None:
+                raise DataError(f"this model is conditional on {self.input_names}. {_pass(self.input_names)}")
+            rows = self._check_inputs(inputs, None)
+            m = len(next(iter(rows.values())))
+            if n is not None and _count(n, "n") != m:
+                raise DataError(f"n={n} but the inputs have {m} rows: one example is generated per input row.")
+            n = m
+        if n is None:
+            raise DataError("sample() needs n, the number of examples (or inputs= for a conditional model).")
         n = _count(n, "n")
         if chain is not None or self.chains == 1:
-            return self._sample_chain(chain or 0, n, seed)
-        counts = np.random.default_rng(seed).multinomial(n, np.full(self.chains, 1 / self.chains))
-        parts = [
-            self._sample_chain(c, int(k), None if seed is None else seed + c) for c, k in enumerate(counts) if k > 0
+            return self._sample_chain(chain or 0, n, seed, rows)
+        rng = np.random.default_rng(seed)
+        if rows:  # each row from a chain drawn uniformly, in the rows' order
+            which = rng.integers(self.chains, size=n)
+            parts = {
+                c: self._sample_chain(
+                    c, int((which == c).sum()), None if seed is None else seed + c, take(rows, which == c)
+                )
+                for c in range(self.chains)
+                if (which == c).any()
+            }
+            order = np.argsort(np.concatenate([np.nonzero(which == c)[0] for c in parts]), kind="stable")
+            return _concatenate(list(parts.values()))[_index(order, parts)]
+        counts = rng.multinomial(n, np.full(self.chains, 1 / self.chains))
+        parts_list = [
+            self._sample_chain(c, int(k), None if seed is None else seed + c, {}) for c, k in enumerate(counts) if k > 0
         ]
-        return _concatenate(parts)
+        return _concatenate(parts_list)
 
-    def _sample_chain(self, c: int, n: int, seed: int | None) -> Any:
+    def _sample_chain(self, c: int, n: int, seed: int | None, inputs: dict[str, np.ndarray]) -> Any:
         program = self.programs[c]
         if self.draws is not None:
             from gmppl.inference.draws import sample_predictive
 
-            return program.as_array(sample_predictive(program, self.draws[c], n, seed=seed))
-        return self.backend.sample(program, self.plans[c], n, seed=seed)
+            return program.as_array(sample_predictive(program, self.draws[c], n, seed=seed, inputs=inputs))
+        return self.backend.sample(program, self.plans[c], None if inputs else n, seed=seed, inputs=inputs or None)
 
     # ------------------------------------------------------------------ densities
     def log_prob(self, x: Any, **kwargs: Any) -> Any:
@@ -161,8 +212,8 @@ class Fit:
         (SVI: over the guide's draws; the ELBO's ``num_particles`` then does not apply).
         Raises ``gm.NotSupported`` for implicit models.
         """
-        arr = self._check_x(x)
-        values = [self._log_prob_chain(c, arr, **kwargs) for c in range(self.chains)]
+        arr, inputs = self._split(x)
+        values = [self._log_prob_chain(c, arr, inputs, **kwargs) for c in range(self.chains)]
         if len(values) == 1:
             return values[0]
         stacked = np.stack([to_numpy(getattr(v, "value", v)) for v in values])
@@ -170,32 +221,36 @@ class Fit:
 
     def log_prob_chains(self, x: Any, **kwargs: Any) -> np.ndarray:
         """``log p_c(x_i)`` for every chain ``c``: shape ``(chains, len(x))``."""
-        arr = self._check_x(x)
+        arr, inputs = self._split(x)
         return np.stack(
             [
                 to_numpy(getattr(v, "value", v))
-                for v in (self._log_prob_chain(c, arr, **kwargs) for c in range(self.chains))
+                for v in (self._log_prob_chain(c, arr, inputs, **kwargs) for c in range(self.chains))
             ]
         )
 
-    def _log_prob_chain(self, c: int, arr: np.ndarray, **kwargs: Any) -> Any:
+    def _log_prob_chain(self, c: int, arr: np.ndarray, inputs: dict[str, np.ndarray], **kwargs: Any) -> Any:
         program = self.programs[c]
         if self.draws is not None:
             from gmppl.inference.draws import log_predictive
 
-            return log_predictive(program, self.draws[c], arr)
-        return self.backend.log_prob(program, self.plans[c], program.as_array(arr), **kwargs)
+            return log_predictive(program, self.draws[c], arr, inputs)
+        rows = program.as_inputs(inputs) or None
+        return self.backend.log_prob(program, self.plans[c], program.as_array(arr), inputs=rows, **kwargs)
 
     def posterior(self, x: Any, num_samples: int = 100, seed: int | None = None, *, chain: int = 0) -> Any:
         """Draws of the latent ``z`` given ``x``: shape ``(num_samples, len(x), *z_shape)``."""
-        arr = self._check_x(x)
+        arr, inputs = self._split(x)
         num_samples = _count(num_samples, "num_samples")
         program = self.programs[chain]
         if self.draws is not None and not hasattr(self.backend, "fitted_guide"):  # a sampler's latent draws
             from gmppl.inference.draws import latent_draws
 
             return program.as_array(latent_draws(program, self.draws[chain], arr, num_samples, seed=seed))
-        return self.backend.posterior(program, self.plans[chain], program.as_array(arr), num_samples, seed=seed)
+        rows = program.as_inputs(inputs) or None
+        return self.backend.posterior(
+            program, self.plans[chain], program.as_array(arr), num_samples, seed=seed, inputs=rows
+        )
 
     # ------------------------------------------------------------------ outputs
     def to_arviz(self, x: Any = None, *, num_samples: int = 200, seed: int = 0, **kwargs: Any) -> Any:
@@ -225,3 +280,17 @@ def _concatenate(parts: list) -> Any:
     import jax.numpy as jnp
 
     return jnp.concatenate(parts)
+
+
+def _pass(names: list[str]) -> str:
+    return f"Pass inputs={{{', '.join(f'{k!r}: ...' for k in names)}}} with one row per example."
+
+
+def _index(order: np.ndarray, parts: dict) -> Any:
+    """``order`` as an index for the engine's arrays (torch tensors take a tensor on their device)."""
+    first = next(iter(parts.values()))
+    if hasattr(first, "detach"):
+        import torch
+
+        return torch.as_tensor(order, device=first.device)
+    return order

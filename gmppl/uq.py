@@ -49,8 +49,12 @@ def functional(
     num_draws: int | None = None,
     seed: int = 0,
     name: str | None = None,
+    inputs: Any = None,
 ) -> Any:
     """``T_{c,s} = fn(x_1..x_m)`` with ``m = num_samples`` examples per ``(chain, draw)``: a DataArray.
+
+    For a conditional model, ``inputs`` (a mapping of arrays) gives the rows to generate at: the ``m``
+    examples of a draw are one per row (``num_samples`` is then the number of rows).
 
     ``num_draws`` (default 100 for point fits; all posterior draws for Bayesian fits) is the
     number of draws per chain. ``fn`` takes a numpy array ``(m, *x_shape)`` and returns a number
@@ -66,18 +70,20 @@ def functional(
     from gmppl.arviz import has_draws
     from gmppl.inference.draws import sample_draws
 
-    m = int(num_samples)
+    rows = fit._check_inputs(inputs, None) if inputs is not None or fit.input_names else {}
+    m = len(next(iter(rows.values()))) if rows else int(num_samples)
     if m < 1:
         raise BackendError(f"num_samples={num_samples!r} must be a positive integer.")
     per_chain = []
     for c, program in enumerate(fit.programs):
         if has_draws(fit):
-            xs = sample_draws(program, fit.draws[c], m, seed=seed + c)
+            xs = sample_draws(program, fit.draws[c], m, seed=seed + c, inputs=rows or None)
             if num_draws is not None:
                 xs = xs[np.linspace(0, len(xs) - 1, int(num_draws)).round().astype(int)]
         else:
             d = 100 if num_draws is None else int(num_draws)
-            xs = to_numpy(fit.sample(d * m, seed=seed + 7919 * c, chain=c))
+            tiled = {k: np.concatenate([v] * d) for k, v in rows.items()} or None
+            xs = to_numpy(fit.sample(None if tiled else d * m, seed=seed + 7919 * c, chain=c, inputs=tiled))
             xs = np.asarray(xs).reshape(d, m, *xs.shape[1:])
         per_chain.append(np.stack([np.asarray(fn(x), dtype=float) for x in xs]))
     values = np.stack(per_chain)

@@ -7,78 +7,30 @@ from typing import Any
 
 import numpy as np
 
+from gmppl.engines.calls import Call, make_call
 from gmppl.errors import ModelError, UnknownName
 
 ENGINES = ("pyro", "numpyro")
-CALL_ARGS = ("x", "n")  # gmppl calls a program as model(x=data, n=None) and model(x=None, n=k), by keyword
 
 
-def check_signature(model: Callable, observed: str = "x") -> None:
-    """Refuse a program whose signature cannot take ``model(x=..., n=...)``, before it is run.
-
-    Names the parameter at fault and the signature gmppl expects. Callables whose signature cannot be
-    read (some builtins and extension types) are let through: running them says the rest. ``**kwargs``
-    takes any keyword, and ``functools.partial`` shows its remaining parameters. ``observed`` is the
-    observed site's name; it only shapes the advice (the data arrive as ``x`` whatever the site is
-    called).
-    """
-    import inspect
-
-    try:
-        sig = inspect.signature(model)
-    except (TypeError, ValueError):
-        return
-    try:
-        sig.bind(**dict.fromkeys(CALL_ARGS))
-    except TypeError as e:
-        why = str(e)
-    else:
-        return
-    params = sig.parameters
-    kinds = inspect.Parameter
-    takes_any = any(p.kind is kinds.VAR_KEYWORD for p in params.values())
-    problems = []
-    absent = [a for a in CALL_ARGS if a not in params and not takes_any]
-    if absent:
-        problems.append(f"it has no parameter {' or '.join(map(repr, absent))}")
-    positional = [a for a in CALL_ARGS if a in params and params[a].kind is kinds.POSITIONAL_ONLY]
-    if positional:
-        verb = "is" if len(positional) == 1 else "are"
-        problems.append(f"{' and '.join(map(repr, positional))} {verb} positional-only (gmppl passes it by keyword)")
-    required = [
-        name
-        for name, p in params.items()
-        if name not in CALL_ARGS
-        and p.default is kinds.empty
-        and p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
-    ]
-    if required:
-        problems.append(
-            f"it requires {', '.join(map(repr, required))}, which gmppl does not pass (give it a default or remove it)"
-        )
-    detail = "; ".join(problems) or why
-    hint = ""
-    if observed != "x":
-        hint = (
-            f" observed={observed!r} names the program's sample site; the data still arrive as the argument x "
-            f"(sample({observed!r}, ..., obs=x))."
-        )
-    name = getattr(model, "__name__", None) or getattr(getattr(model, "func", None), "__name__", None) or "model"
-    raise ModelError(
-        f"the program {name}{sig} cannot be called the way gmppl calls it, model(x=data, n=None) to condition "
-        f"and model(x=None, n=k) to generate: {detail}. gmppl expects the signature model(x=None, n=None) "
-        f"(x: the data or None; n: how many examples to generate when x is None).{hint}"
-    )
+def check_signature(model: Callable, observed: str = "x", inputs: tuple[str, ...] = ()) -> Call:
+    """How to call ``model`` with its data and ``inputs``, or a `ModelError` naming what does not fit (before
+    the program runs); see `gmppl.engines.calls`."""
+    return make_call(model, observed, tuple(inputs))
 
 
-def detect_engine(model: Callable, example: np.ndarray, *, observed: str = "x") -> str:
+def detect_engine(
+    model: Callable, example: np.ndarray, *, observed: str = "x", inputs: dict[str, np.ndarray] | None = None
+) -> str:
     """Run the program once under both PPLs' trace handlers; the one that records sites owns it.
 
     The program's signature is checked first (:func:`check_signature`), so a program that cannot take
     ``model(x=..., n=...)`` is told so rather than that its engine is unknown. Pyro's side runs in a
     throw-away parameter store, so detection leaves no trace behind.
     """
-    check_signature(model, observed=observed)
+    inputs = inputs or {}
+    call = check_signature(model, observed, tuple(inputs))
+    fn = call.bind(model)
     import pyro
     import pyro.poutine as poutine
     import torch
@@ -87,10 +39,11 @@ def detect_engine(model: Callable, example: np.ndarray, *, observed: str = "x") 
     errors = []
     for as_torch in (False, True):
         x = torch.as_tensor(example) if as_torch else example
-        traced = poutine.trace(model)
+        rows = {k: torch.as_tensor(v) if as_torch else v for k, v in inputs.items()}
+        traced = poutine.trace(fn)
         try:
             with pyro.get_param_store().scope():
-                ntr = handlers.trace(handlers.seed(traced, 0)).get_trace(x=x, n=None)
+                ntr = handlers.trace(handlers.seed(traced, 0)).get_trace(x=x, n=None, **rows)
         except Exception as e:  # the program may need the other engine's arrays
             errors.append(f"{type(e).__name__}: {e}")
             continue
@@ -100,29 +53,43 @@ def detect_engine(model: Callable, example: np.ndarray, *, observed: str = "x") 
             return "pyro"
     detail = f" Running it raised: {errors[-1]}" if errors else ""
     raise ModelError(
-        "could not tell the engine: the program made no Pyro or NumPyro sample/param calls when run as "
-        f"model(x=data).{detail} Pass engine='pyro' or engine='numpyro' if detection is wrong."
+        "could not tell the engine: the program made no Pyro or NumPyro sample/param calls when run "
+        f"with its data.{detail}{call.hint()} Pass engine='pyro' or engine='numpyro' if detection is wrong."
     )
 
 
-def make_program(engine: str, model: Callable, *, observed: str, latent: str, device: Any) -> Any:
+def make_program(
+    engine: str, model: Callable, *, observed: str, latent: str, device: Any, call: Call | None = None
+) -> Any:
+    """The program of ``engine`` for ``model``, called as ``call`` says (default: ``model(x=..., n=...)``)."""
     if engine == "pyro":
         from gmppl.engines.pyro import PyroProgram
 
-        return PyroProgram(model, observed=observed, latent=latent, device=device)
+        return PyroProgram(model, observed=observed, latent=latent, device=device, call=call)
     if engine == "numpyro":
         from gmppl.engines.numpyro import NumPyroProgram
 
-        return NumPyroProgram(model, observed=observed, latent=latent, device=device)
+        return NumPyroProgram(model, observed=observed, latent=latent, device=device, call=call)
     raise UnknownName(f"engine={engine!r} is unknown; use one of {ENGINES}.")
 
 
-def make_loop(engine: str, programs: list, backend: Any, plans: list, data: Any, *, batch_size: int, steps: int) -> Any:
-    """The engine's training loop (``gmppl.engines.base.Loop``) over ``programs``, one per chain."""
+def make_loop(
+    engine: str,
+    programs: list,
+    backend: Any,
+    plans: list,
+    data: Any,
+    *,
+    batch_size: int,
+    steps: int,
+    inputs: dict | None = None,
+) -> Any:
+    """The engine's training loop (``gmppl.engines.base.Loop``) over ``programs``, one per chain; the inputs'
+    rows are minibatched with the data's."""
     if engine == "pyro":
         from gmppl.engines.pyro import TorchLoop
 
-        return TorchLoop(programs, backend, plans, data, batch_size=batch_size, steps=steps)
+        return TorchLoop(programs, backend, plans, data, batch_size=batch_size, steps=steps, inputs=inputs)
     from gmppl.engines.numpyro import JaxLoop
 
-    return JaxLoop(programs, backend, plans, data, batch_size=batch_size, steps=steps)
+    return JaxLoop(programs, backend, plans, data, batch_size=batch_size, steps=steps, inputs=inputs)

@@ -9,7 +9,6 @@ of ``(params, batch, key)``, and the training loop runs many steps per dispatch 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import jax
@@ -20,6 +19,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
 from gmppl.engines.base import ModelInfo
+from gmppl.engines.calls import Call, make_call
 from gmppl.engines.sites import check_event_shape, check_support, info_from_traces, invert_pushforward
 from gmppl.errors import DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_optax
@@ -50,8 +50,13 @@ class NumPyroProgram:
 
     engine = "numpyro"
 
-    def __init__(self, model: Callable, *, observed: str = "x", latent: str = "z", device: Any = None):
+    def __init__(
+        self, model: Callable, *, observed: str = "x", latent: str = "z", device: Any = None, call: Call | None = None
+    ):
         self.model = model
+        self.call = call if call is not None else make_call(model, observed)
+        self.fn = self.call.bind(model)  # the program as fn(x=None, n=None, **inputs)
+        self._jit_cache: dict = {}
         self.observed = observed
         self.latent = latent
         self.device = resolve_device(device)
@@ -59,9 +64,9 @@ class NumPyroProgram:
         self.params: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ parameters
-    def init_params(self, key: Any, x: Any) -> dict[str, Any]:
+    def init_params(self, key: Any, x: Any, inputs: dict | None = None) -> dict[str, Any]:
         """Unconstrained initial parameters, read from a seeded run of the program."""
-        tr = handlers.trace(handlers.seed(self.model, key)).get_trace(x=x, n=None)
+        tr = handlers.trace(handlers.seed(self.fn, key)).get_trace(x=x, n=None, **self.as_inputs(inputs))
         params = {}
         for name, site in tr.items():
             if site["type"] != "param":
@@ -92,55 +97,73 @@ class NumPyroProgram:
         return jax.device_put(jnp.asarray(np.asarray(x)), self.device)
 
     # ------------------------------------------------------------------ running
-    def trace(self, params: dict[str, Any], key: Any, x: Any = None, n: int | None = None) -> dict:
-        m = handlers.seed(handlers.substitute(self.model, data=self.constrain(params)), key)
-        return handlers.trace(m).get_trace(x=x, n=n)
+    def as_inputs(self, inputs: dict | None) -> dict[str, Any]:
+        """Inputs as JAX arrays (integer labels keep their dtype)."""
+        if not inputs:
+            return {}
+        return {k: v if isinstance(v, jax.Array) else jnp.asarray(np.asarray(v)) for k, v in inputs.items()}
 
-    def inspect(self, example: np.ndarray) -> ModelInfo:
+    def trace(
+        self, params: dict[str, Any], key: Any, x: Any = None, n: int | None = None, inputs: dict | None = None
+    ) -> dict:
+        rows = self.as_inputs(inputs)
+        if x is None and n is None and rows:
+            n = len(next(iter(rows.values())))
+        m = handlers.seed(handlers.substitute(self.fn, data=self.constrain(params)), key)
+        return handlers.trace(m).get_trace(x=x, n=n, **rows)
+
+    def inspect(self, example: np.ndarray, inputs: dict | None = None) -> ModelInfo:
         x = jnp.asarray(example)
         key = jax.random.PRNGKey(0)
         try:
-            gen = handlers.trace(handlers.seed(self.model, key)).get_trace(x=None, n=2)
+            head = None if not inputs else {k: v[:2] for k, v in inputs.items()}
+            gen = handlers.trace(handlers.seed(self.fn, key)).get_trace(x=None, n=2, **self.as_inputs(head))
             check_event_shape(gen, self.observed, example)
-            params = self.init_params(key, x)
-            cond = self.trace(params, key, x=x)
+            params = self.init_params(key, x, inputs)
+            cond = self.trace(params, key, x=x, inputs=inputs)
             check_support(cond, self.observed, example)
-            gen = self.trace(params, key, x=None, n=2)
+            gen = self.trace(params, key, x=None, n=2, inputs=head)
         except (NotSupported, DataError):
             raise
         except Exception as e:
             raise ModelError(
                 f"running the NumPyro program failed: {type(e).__name__}: {e}. gmppl calls it as "
-                "model(x=batch) and model(x=None, n=k); check it accepts those arguments."
+                "the program with its data (or None to generate) and inputs by keyword; check it accepts them."
+                + self.call.hint()
             ) from e
         if self.params is None:
             self.params = params
         return info_from_traces(cond, gen, self.observed, self.latent, len(example), "numpyro")
 
     # ------------------------------------------------------------------ quantities (pure)
-    def sample_fn(self, params: dict[str, Any], key: Any, n: int) -> Any:
-        """``n`` generated values of the observed site; differentiable in ``params``."""
-        return self.trace(params, key, x=None, n=n)[self.observed]["value"]
+    def sample_fn(self, params: dict[str, Any], key: Any, n: int | None, inputs: dict | None = None) -> Any:
+        """``n`` generated values of the observed site (one per input row); differentiable in ``params``."""
+        return self.trace(params, key, x=None, n=n, inputs=inputs)[self.observed]["value"]
 
-    def log_prob_fn(self, params: dict[str, Any], x: Any, key: Any = None) -> Any:
+    def log_prob_fn(self, params: dict[str, Any], x: Any, key: Any = None, inputs: dict | None = None) -> Any:
         """Per-example ``log p(x_i)`` of the observed site."""
-        tr = self.trace(params, jax.random.PRNGKey(0) if key is None else key, x=x)
+        tr = self.trace(params, jax.random.PRNGKey(0) if key is None else key, x=x, inputs=inputs)
         site = tr[self.observed]
         lp = site["fn"].log_prob(site["value"])
         return lp.reshape(lp.shape[0], -1).sum(-1) if lp.ndim > 1 else lp
 
     # ------------------------------------------------------------------ quantities (bound)
-    def sample(self, n: int, *, seed: int | None = None) -> Any:
-        """``n`` generated values of the observed site (``seed`` None: fresh draws)."""
-        return _jit_sample(self, n)(self.params, self.key(seed))
+    def sample(self, n: int | None, *, seed: int | None = None, inputs: dict | None = None) -> Any:
+        """``n`` generated values of the observed site, or one per input row (``seed`` None: fresh draws)."""
+        rows = self.as_inputs(inputs)
+        if rows:
+            n = None
+        return _jit_sample(self, n)(self.params, self.key(seed), rows)
 
-    def run(self, n: int, *, seed: int | None = None, given: dict[str, Any] | None = None) -> dict[str, dict]:
+    def run(
+        self, n: int, *, seed: int | None = None, given: dict[str, Any] | None = None, inputs: dict | None = None
+    ) -> dict[str, dict]:
         """One run generating ``n`` examples with the sites in ``given`` fixed: each sample site's ``value`` and
         ``log_prob`` (summed over its event), as numpy."""
         params = dict(self.params or {})
-        m = handlers.condition(self.model, data={k: jnp.asarray(v) for k, v in (given or {}).items()})
+        m = handlers.condition(self.fn, data={k: jnp.asarray(v) for k, v in (given or {}).items()})
         m = handlers.seed(handlers.substitute(m, data=self.constrain(params)), self.key(seed))
-        tr = handlers.trace(m).get_trace(x=None, n=n)
+        tr = handlers.trace(m).get_trace(x=None, n=n, **self.as_inputs(inputs))
         out = {}
         for name, site in tr.items():
             if site["type"] == "deterministic":
@@ -155,38 +178,38 @@ class NumPyroProgram:
         """A PRNG key from ``seed`` (None: fresh entropy)."""
         return jax.random.PRNGKey(np.random.SeedSequence(seed).generate_state(1)[0] if seed is None else seed)
 
-    def log_prob(self, x: Any) -> Any:
-        return _jit_log_prob(self)(self.params, self.as_array(x))
+    def log_prob(self, x: Any, inputs: dict | None = None) -> Any:
+        return _jit_log_prob(self)(self.params, self.as_array(x), None, self.as_inputs(inputs))
 
-    def invert(self, x: Any) -> Any:
+    def invert(self, x: Any, inputs: dict | None = None) -> Any:
         """``z = g^{-1}(x)`` for an observed site that is an invertible pushforward (a flow)."""
-        site = self.trace(self.params, jax.random.PRNGKey(0), x=self.as_array(x))[self.observed]
+        site = self.trace(self.params, jax.random.PRNGKey(0), x=self.as_array(x), inputs=inputs)[self.observed]
         return invert_pushforward(site["fn"], site["value"])
 
 
-def _jit_sample(program: NumPyroProgram, n: int) -> Callable:
-    cache = program.__dict__.setdefault("_jit_cache", {})
+def _jit_sample(program: NumPyroProgram, n: int | None) -> Callable:
+    cache = program._jit_cache
     if ("sample", n) not in cache:
-        cache[("sample", n)] = jax.jit(partial(program.sample_fn, n=n))
+        cache[("sample", n)] = jax.jit(lambda params, key, rows: program.sample_fn(params, key, n, rows))
     return cache[("sample", n)]
 
 
 def _jit_log_prob(program: NumPyroProgram) -> Callable:
-    cache = program.__dict__.setdefault("_jit_cache", {})
+    cache = program._jit_cache
     if "log_prob" not in cache:
         cache["log_prob"] = jax.jit(program.log_prob_fn)
     return cache["log_prob"]
 
 
 def gradient_step(loss_fn: Callable, optimizer: Any) -> Callable:
-    """A pure step ``(state, batch, key) -> (state, metrics)`` minimising ``loss_fn(params, batch, key)``.
+    """A pure step ``(state, batch, key, inputs) -> (state, metrics)`` minimising ``loss_fn(params, batch, key, inputs)``.
 
     ``loss_fn`` returns ``(loss, metrics)``; ``state`` is ``{"params", "opt_state"}``.
     """
     import optax
 
-    def step(state: dict, batch: Any, key: Any) -> tuple[dict, dict]:
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, key)
+    def step(state: dict, batch: Any, key: Any, inputs: Any = None) -> tuple[dict, dict]:
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, key, inputs)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return {**state, "params": params, "opt_state": opt_state}, {
@@ -212,12 +235,23 @@ class JaxLoop:
 
     chunk = 100
 
-    def __init__(self, programs: list, backend: Any, plans: list, data: Any, *, batch_size: int, steps: int):
+    def __init__(
+        self,
+        programs: list,
+        backend: Any,
+        plans: list,
+        data: Any,
+        *,
+        batch_size: int,
+        steps: int,
+        inputs: dict | None = None,
+    ):
         self.programs, self.backend, self.plans = programs, backend, plans
         self.chains = len(programs)
         self.batch_size = batch_size
         self.length = min(self.chunk, steps)
         self.x = programs[0].as_array(data)
+        self.inputs = jax.device_put(programs[0].as_inputs(inputs), programs[0].device)
         self.device = programs[0].device
 
     def init(self, seeds: list[int], optim: Any) -> tuple:
@@ -225,7 +259,8 @@ class JaxLoop:
         states, keys, step = [], [], None
         for program, plan, seed in zip(self.programs, self.plans, seeds, strict=True):
             key, k0 = jax.random.split(jax.random.PRNGKey(seed))
-            state, step_c = self.backend.jax_init(program, plan, self.x[: min(n, b)], k0, optim)
+            head = {k: v[: min(n, b)] for k, v in self.inputs.items()}
+            state, step_c = self.backend.jax_init(program, plan, self.x[: min(n, b)], head, k0, optim)
             step = step or step_c  # the same pure function for every chain: chain 0's closure
             states.append(state)
             keys.append(key)
@@ -235,7 +270,7 @@ class JaxLoop:
             self._run = jax.jit(runner)
             carry = (states[0], jnp.arange(n), jnp.int32(n), keys[0])
         else:
-            self._run = jax.jit(jax.vmap(runner, in_axes=((0, 0, 0), None, 0, None)))
+            self._run = jax.jit(jax.vmap(runner, in_axes=((0, 0, 0), None, None, 0, None)))
             stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
             carry = (stacked, jnp.tile(jnp.arange(n), (c, 1)), jnp.full((c,), n, jnp.int32), jnp.stack(keys))
         # Commit every array of the carry to the device: the chunk's outputs are committed, and a carry
@@ -249,7 +284,7 @@ class JaxLoop:
         else:
             pair = jax.vmap(jax.random.split)(key)
             key, kc = pair[:, 0], pair[:, 1]
-        (train, perm, offset), metrics = self._run((train, perm, offset), self.x, kc, jnp.int32(k))
+        (train, perm, offset), metrics = self._run((train, perm, offset), self.x, self.inputs, kc, jnp.int32(k))
         out = {name: np.asarray(v, dtype=np.float64).reshape(self.chains, -1)[:, :k] for name, v in metrics.items()}
         return (train, perm, offset, key), out
 
@@ -290,7 +325,7 @@ def _chunk_runner(step: Callable, batch_size: int, length: int) -> Callable:
     full-batch gradient descent.
     """
 
-    def run(carry: Any, x: Any, key: Any, active: Any) -> tuple[Any, Any]:
+    def run(carry: Any, x: Any, inputs: Any, key: Any, active: Any) -> tuple[Any, Any]:
         n = x.shape[0]
 
         def body(carry: Any, inp: Any) -> tuple[Any, Any]:
@@ -301,7 +336,7 @@ def _chunk_runner(step: Callable, batch_size: int, length: int) -> Callable:
             perm = jax.lax.cond(fresh, lambda: jax.random.permutation(k1, n), lambda: perm)
             offset = jnp.where(fresh, 0, offset)
             idx = jax.lax.dynamic_slice(perm, (offset,), (batch_size,))
-            new, metrics = step(state, x[idx], k2)
+            new, metrics = step(state, x[idx], k2, {k: v[idx] for k, v in inputs.items()})
             keep = i < active
             new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
             return (new, perm, jnp.where(keep, offset + batch_size, offset)), metrics

@@ -19,6 +19,7 @@ import pyro.poutine as poutine
 import torch
 
 from gmppl.engines.base import ModelInfo
+from gmppl.engines.calls import Call, make_call
 from gmppl.engines.sites import check_event_shape, check_support, info_from_traces, invert_pushforward
 from gmppl.errors import DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_torch
@@ -69,8 +70,12 @@ class PyroProgram:
 
     engine = "pyro"
 
-    def __init__(self, model: Callable, *, observed: str = "x", latent: str = "z", device: Any = None):
+    def __init__(
+        self, model: Callable, *, observed: str = "x", latent: str = "z", device: Any = None, call: Call | None = None
+    ):
         self.model = model
+        self.call = call if call is not None else make_call(model, observed)
+        self.fn = self.call.bind(model)  # the program as fn(x=None, n=None, **inputs)
         self.observed = observed
         self.latent = latent
         self.device = resolve_device(device)
@@ -122,7 +127,7 @@ class PyroProgram:
         for v in params.values():
             _OWNER[id(v)] = self._token
 
-    def trace(self, x: torch.Tensor | None = None, n: int | None = None) -> poutine.Trace:
+    def trace(self, x: torch.Tensor | None = None, n: int | None = None, inputs: dict | None = None) -> poutine.Trace:
         """Pyro trace of one run: conditioned on ``x``, or generating ``n`` draws.
 
         ``x`` goes in as a fresh view: a transform's one-entry cache (``x = g(z)`` and back) matches
@@ -131,13 +136,25 @@ class PyroProgram:
         """
         if x is not None:
             x = x.view_as(x)
+        rows = self.as_inputs(inputs)
+        if x is None and n is None and rows:
+            n = len(next(iter(rows.values())))
         with self.scope():
-            return poutine.trace(self.model).get_trace(x=x, n=n)
+            return poutine.trace(self.fn).get_trace(x=x, n=n, **rows)
 
     def as_array(self, x: Any) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
             return x.to(self.device)
         return torch.as_tensor(np.asarray(x), device=self.device)
+
+    def as_inputs(self, inputs: dict | None) -> dict[str, torch.Tensor]:
+        """Inputs as tensors on this program's device (integer labels keep their dtype)."""
+        if not inputs:
+            return {}
+        return {
+            k: v if isinstance(v, torch.Tensor) and v.device == self.device else self.as_array(v)
+            for k, v in inputs.items()
+        }
 
     # ------------------------------------------------------------------ parameters
     def params(self) -> dict[str, torch.Tensor]:
@@ -171,48 +188,51 @@ class PyroProgram:
         self.freeze()
 
     # ------------------------------------------------------------------ introspection
-    def inspect(self, example: np.ndarray) -> ModelInfo:
+    def inspect(self, example: np.ndarray, inputs: dict | None = None) -> ModelInfo:
         """Find the roles of the program's sites by running it (conditioned and generating)."""
         x = self.as_array(example)
         try:
-            gen = self.trace(x=None, n=2)
+            gen = self.trace(x=None, n=2, inputs=_head(inputs, 2))
             check_event_shape(gen.nodes, self.observed, example)
-            cond = self.trace(x=x, n=None)
+            cond = self.trace(x=x, n=None, inputs=inputs)
             check_support(cond.nodes, self.observed, example)
         except (NotSupported, DataError):
             raise
         except Exception as e:
             raise ModelError(
                 f"running the Pyro program failed: {type(e).__name__}: {e}. gmppl calls it as "
-                "model(x=batch) and model(x=None, n=k); check it accepts those arguments."
+                "the program with its data (or None to generate) and inputs by keyword; check it accepts them."
+                + self.call.hint()
             ) from e
         self.move_params()
         return info_from_traces(cond, gen, self.observed, self.latent, len(example), "pyro")
 
     # ------------------------------------------------------------------ quantities
-    def generate(self, n: int, *, grad: bool = False) -> torch.Tensor:
+    def generate(self, n: int | None, *, grad: bool = False, inputs: dict | None = None) -> torch.Tensor:
         """``n`` generated values of the observed site from torch's current random state (differentiable
         when ``grad``): what training steps draw."""
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
-            tr = self.trace(x=None, n=n)
+            tr = self.trace(x=None, n=n, inputs=inputs)
         return tr.nodes[self.observed]["value"]
 
-    def sample(self, n: int, *, seed: int | None = None) -> torch.Tensor:
+    def sample(self, n: int | None, *, seed: int | None = None, inputs: dict | None = None) -> torch.Tensor:
         """``n`` generated values of the observed site; ``seed`` fixes them without touching torch's global
         random state (None: fresh draws)."""
         with self.seeded(seed):
-            return self.generate(n)
+            return self.generate(n, inputs=inputs)
 
-    def run(self, n: int, *, seed: int | None = None, given: dict[str, Any] | None = None) -> dict[str, dict]:
+    def run(
+        self, n: int, *, seed: int | None = None, given: dict[str, Any] | None = None, inputs: dict | None = None
+    ) -> dict[str, dict]:
         """One run generating ``n`` examples with the sites in ``given`` fixed: each sample site's ``value`` and
         ``log_prob`` (summed over its event), as numpy."""
-        model = self.model
+        model = self.fn
         if given:
             data = {k: torch.as_tensor(np.asarray(v), device=self.device) for k, v in given.items()}
             model = poutine.condition(model, data=data)
         with self.seeded(seed), torch.no_grad(), self.scope():
-            nodes = poutine.trace(model).get_trace(x=None, n=n).nodes
+            nodes = poutine.trace(model).get_trace(x=None, n=n, **self.as_inputs(inputs)).nodes
             out = {}
             for name, site in nodes.items():
                 if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
@@ -229,18 +249,22 @@ class PyroProgram:
             torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else int(seed))
             yield
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, inputs: dict | None = None) -> torch.Tensor:
         """Per-example ``log p(x_i)`` of the observed site (models with a density, no latents)."""
-        tr = self.trace(x=x, n=None)
+        tr = self.trace(x=x, n=None, inputs=inputs)
         site = tr.nodes[self.observed]
         lp = site["fn"].log_prob(site["value"])
         return lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp
 
-    def invert(self, x: torch.Tensor) -> torch.Tensor:
+    def invert(self, x: torch.Tensor, inputs: dict | None = None) -> torch.Tensor:
         """``z = g^{-1}(x)`` for an observed site that is an invertible pushforward (a flow)."""
         with torch.no_grad():
-            site = self.trace(x=x, n=None).nodes[self.observed]
+            site = self.trace(x=x, n=None, inputs=inputs).nodes[self.observed]
             return invert_pushforward(site["fn"], site["value"])
+
+
+def _head(inputs: dict | None, k: int) -> dict | None:
+    return None if not inputs else {name: v[:k] for name, v in inputs.items()}
 
 
 # ---------------------------------------------------------------------- the loop
@@ -263,11 +287,13 @@ class TorchLoop:
         *,
         batch_size: int,
         steps: int,
+        inputs: dict | None = None,
     ):
         self.programs, self.backend, self.plans = programs, backend, plans
         self.chains = len(programs)
         self.batch_size = batch_size
         self.x = programs[0].as_array(data)
+        self.inputs = programs[0].as_inputs(inputs)  # moved to the device once, minibatched with the data
         self.devices = [programs[0].device] if programs[0].device.type == "cuda" else []
 
     def init(self, seeds: list[int], optim: Any) -> list[dict[str, Any]]:
@@ -278,7 +304,8 @@ class TorchLoop:
                 torch.manual_seed(seed)
                 pyro.set_rng_seed(seed)
                 with program.scope():
-                    step_state = self.backend.torch_init(program, plan, self.x[: min(n, b)], optim)
+                    head = {k: v[: min(n, b)] for k, v in self.inputs.items()}
+                    step_state = self.backend.torch_init(program, plan, self.x[: min(n, b)], head, optim)
                 rng = _rng_state(self.devices)
             state.append(
                 {
@@ -305,10 +332,14 @@ class TorchLoop:
                             chain["perm"] = torch.randperm(n, device=program.device, generator=chain["gen"])
                             chain["offset"] = 0
                         o = chain["offset"]
-                        batch = x if b == n else x[chain["perm"][o : o + b]]
+                        if b == n:
+                            batch, given = x, self.inputs
+                        else:
+                            idx = chain["perm"][o : o + b]
+                            batch, given = x[idx], {k: v[idx] for k, v in self.inputs.items()}
                         chain["offset"] = o + b
                         try:
-                            chain["step"], metrics = self.backend.torch_step(chain["step"], batch)
+                            chain["step"], metrics = self.backend.torch_step(chain["step"], batch, given)
                         except ValueError as e:  # a distribution's argument check on NaN parameters
                             if "Expected parameter" not in str(e):
                                 raise

@@ -60,6 +60,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from gmppl import divergences
 from gmppl.errors import BackendError, NotSupported, UnknownName
 from gmppl.inference.base import Backend
@@ -234,9 +236,21 @@ class Adversarial(Backend):
         return -act(v_fake).mean()
 
     # ------------------------------------------------------------------ setup
-    def prepare(self, program: Any, info: Any, example: Any, *, seed: int) -> AdversarialPlan:
-        """Build the critic and register it with the program's parameters (saved with the fit)."""
+    def prepare(
+        self, program: Any, info: Any, example: Any, *, seed: int, inputs: dict | None = None
+    ) -> AdversarialPlan:
+        """Build the critic and register it with the program's parameters (saved with the fit).
+
+        With inputs, the critic sees each example with its inputs, ``T(x, y)`` on the concatenation of the
+        flattened ``x`` and input rows (a conditional GAN); the default MLP critic is sized for it."""
         density = "density" in info.capabilities
+        if inputs:
+            if self.critic == "conv":
+                raise BackendError(
+                    "critic='conv' does not take inputs; a conditional model's critic sees x and its inputs "
+                    "concatenated: use critic='mlp' (the default) or a module taking that concatenation."
+                )
+            example = np.asarray(features(np, np.asarray(example), {k: np.asarray(v) for k, v in inputs.items()}))
         if program.engine == "pyro":
             return AdversarialPlan(density=density, critic=self._setup_torch(program, example, seed))
         return AdversarialPlan(density=density, apply=self._setup_jax(program, example, seed))
@@ -268,17 +282,26 @@ class Adversarial(Backend):
         return apply
 
     # ------------------------------------------------------------------ evaluation
-    def log_prob(self, program: Any, plan: AdversarialPlan, x: Any, **kwargs: Any) -> Any:
+    def log_prob(
+        self, program: Any, plan: AdversarialPlan, x: Any, *, inputs: dict | None = None, **kwargs: Any
+    ) -> Any:
         """The model's density where it has one (a Flow-GAN); implicit models have none."""
         if not plan.density:
             raise NotSupported(
                 "this model is implicit (its observed site is deterministic or has no density), so log_prob "
                 "is not defined; compare fits by samples (gm.divergences.MMD, Wasserstein1) instead."
             )
-        return super().log_prob(program, plan, x, **kwargs)
+        return super().log_prob(program, plan, x, inputs=inputs, **kwargs)
 
     def posterior(
-        self, program: Any, plan: AdversarialPlan, x: Any, num_samples: int, *, seed: int | None = None
+        self,
+        program: Any,
+        plan: AdversarialPlan,
+        x: Any,
+        num_samples: int,
+        *,
+        seed: int | None = None,
+        inputs: dict | None = None,
     ) -> Any:
         """``z = g^{-1}(x)`` for an invertible generator (a flow); implicit models have no posterior here."""
         if not plan.density:
@@ -286,7 +309,7 @@ class Adversarial(Backend):
                 "an adversarially fitted implicit model has no encoder or inverse, so z | x is not available; "
                 "use an invertible generator (a flow) or fit with ELBO."
             )
-        return super().posterior(program, plan, x, num_samples, seed=seed)
+        return super().posterior(program, plan, x, num_samples, seed=seed, inputs=inputs)
 
     def critic_fn(self, program: Any, plan: AdversarialPlan) -> Any:
         """The fitted critic's raw output ``V_w`` on a batch: a torch module, or ``x -> apply(params, x)``."""
@@ -295,22 +318,26 @@ class Adversarial(Backend):
         params = program.params[CRITIC]
         return lambda x: plan.apply(params, x)
 
-    def validator(self, program: Any, plan: AdversarialPlan, x: Any) -> Any:
+    def validator(self, program: Any, plan: AdversarialPlan, x: Any, inputs: dict | None = None) -> Any:
         """The critic's lower bound on the divergence between held-out ``x`` and as many generated examples
-        (the same draws at every validation)."""
+        (given the same inputs; the same draws at every validation)."""
+        import array_api_compat
+
         maps = self._maps()
-        xv = program.as_array(x)
+        xv, rows = program.as_array(x), program.as_inputs(inputs)
+        xp = array_api_compat.array_namespace(xv)
 
         def value() -> float:
-            fake = program.sample(xv.shape[0], seed=0)
+            fake = program.sample(xv.shape[0], seed=0, inputs=rows or None)
             critic = self.critic_fn(program, plan)
-            bound, _ = self._critic_objective(critic(xv).reshape(-1), critic(fake).reshape(-1), maps)
+            real, fake = (features(xp, a, rows) if rows else a for a in (xv, fake))
+            bound, _ = self._critic_objective(critic(real).reshape(-1), critic(fake).reshape(-1), maps)
             return float(bound)
 
         return value
 
     # ------------------------------------------------------------------ torch
-    def torch_init(self, program: Any, plan: AdversarialPlan, batch: Any, optim: Any) -> Any:
+    def torch_init(self, program: Any, plan: AdversarialPlan, batch: Any, inputs: dict | None, optim: Any) -> Any:
         import array_api_compat
 
         from gmppl.optim import build_torch
@@ -330,7 +357,7 @@ class Adversarial(Backend):
             ema=[p.detach().clone() for p in gen] if self.ema is not None and gen else None,
         )
 
-    def torch_step(self, state: Any, batch: Any) -> tuple[Any, dict]:
+    def torch_step(self, state: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
         import torch
 
         program, critic = state.program, state.critic
@@ -339,20 +366,25 @@ class Adversarial(Backend):
         one_sided = self.constraint == "one_sided_penalty"
         out_w = self.output_weight
         n_critic = self.n_critic
+        real = features(torch, batch, inputs) if inputs else batch  # T(x, y): each example with its inputs
         for k in range(n_critic):
             if k + 1 < n_critic:
-                fake = program.generate(n)
+                fake = program.generate(n, inputs=inputs)
             else:  # the last critic step shares the generator's forward pass
-                fake_g = program.generate(n, grad=bool(state.gen_params))
+                fake_g = program.generate(n, grad=bool(state.gen_params), inputs=inputs)
+                if inputs:
+                    fake_g = features(torch, fake_g, inputs)
                 fake = fake_g.detach()
-            v = critic(torch.cat([batch, fake])).reshape(2 * n)  # one pass over real and fake
+            if inputs and k + 1 < n_critic:
+                fake = features(torch, fake, inputs)
+            v = critic(torch.cat([real, fake])).reshape(2 * n)  # one pass over real and fake
             bound, real_term = self._critic_objective(v[:n], v[n:], state.maps)
             closs = -bound
             if out_w:
                 out_pen = v.square().mean()
                 closs = closs + out_w * out_pen
             if gp:
-                penalty = _torch_gradient_penalty(critic, batch, fake, one_sided=one_sided)
+                penalty = _torch_gradient_penalty(critic, real, fake, one_sided=one_sided)
                 closs = closs + self.penalty * penalty
             state.critic_opt.zero_grad(set_to_none=True)
             closs.backward()
@@ -412,7 +444,9 @@ class Adversarial(Backend):
                 torch._foreach_copy_(state.gen_params, state.ema)
 
     # ------------------------------------------------------------------ JAX
-    def jax_init(self, program: Any, plan: AdversarialPlan, batch: Any, key: Any, optim: Any) -> tuple[dict, Any]:
+    def jax_init(
+        self, program: Any, plan: AdversarialPlan, batch: Any, inputs: dict | None, key: Any, optim: Any
+    ) -> tuple[dict, Any]:
         import jax
         import jax.numpy as jnp
         import optax
@@ -457,25 +491,30 @@ class Adversarial(Backend):
             updates, opt = crit_tx.update(g, opt, c)
             return optax.apply_updates(c, updates), opt, loss, aux
 
-        def step(state: dict, batch: Any, key: Any) -> tuple[dict, dict]:
+        def step(state: dict, batch: Any, key: Any, inputs: Any = None) -> tuple[dict, dict]:
             params = state["params"]
             gen = {k: v for k, v in params.items() if k != CRITIC}
             c, copt = params[CRITIC], state["critic_opt_state"]
             n = batch.shape[0]
             k_gen, k_extra, k_gp = jax.random.split(key, 3)
+
+            def feat(x: Any) -> Any:  # T(x, y): each example with its inputs
+                return features(jnp, x, inputs) if inputs else x
+
+            real = feat(batch)
             if steps > 1:
 
                 def extra(carry: Any, k: Any) -> tuple[Any, None]:
                     c, copt = carry
                     k1, k2 = jax.random.split(k)
-                    fake = jax.lax.stop_gradient(program.sample_fn(gen, k1, n))
-                    c, copt, _, _ = critic_update(c, copt, batch, fake, k2)
+                    fake = jax.lax.stop_gradient(program.sample_fn(gen, k1, n, inputs))
+                    c, copt, _, _ = critic_update(c, copt, real, feat(fake), k2)
                     return (c, copt), None
 
                 (c, copt), _ = jax.lax.scan(extra, (c, copt), jax.random.split(k_extra, steps - 1))
-            fake, pullback = jax.vjp(lambda g: program.sample_fn(g, k_gen, n), gen)
-            c, copt, closs, aux = critic_update(c, copt, batch, jax.lax.stop_gradient(fake), k_gp)
-            g_obj, dx = jax.value_and_grad(lambda x: self._generator_objective(apply(c, x), maps))(fake)
+            fake, pullback = jax.vjp(lambda g: program.sample_fn(g, k_gen, n, inputs), gen)
+            c, copt, closs, aux = critic_update(c, copt, real, feat(jax.lax.stop_gradient(fake)), k_gp)
+            g_obj, dx = jax.value_and_grad(lambda x: self._generator_objective(apply(c, feat(x)), maps))(fake)
             (grads,) = pullback(dx)
             gen_tx_state = state["opt_state"]
             updates, gen_tx_state = gen_tx.update(grads, gen_tx_state, gen)
@@ -513,6 +552,14 @@ class _TorchState:
     maps: tuple
     ema: list | None = None  # the generator's running average (``Adversarial.ema``)
     t: int = 0
+
+
+def features(xp: Any, x: Any, inputs: dict) -> Any:
+    """The critic's input for a conditional model: each example's flattened ``x`` and its input rows, side by
+    side (inputs in name order, cast to ``x``'s dtype)."""
+    n = x.shape[0]
+    parts = [x.reshape(n, -1), *(inputs[k].reshape(n, -1) for k in sorted(inputs))]
+    return xp.concatenate([p.astype(x.dtype) if hasattr(p, "astype") else p.to(x.dtype) for p in parts], -1)
 
 
 def _softsign_half(v: Any) -> Any:

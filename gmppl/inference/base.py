@@ -76,24 +76,25 @@ class Backend:
             f"{' (it is an implicit model: samples only)' if info.implicit else ''}.{hint}"
         )
 
-    def prepare(self, program: Any, info: ModelInfo, example: Any, *, seed: int) -> Any:
+    def prepare(self, program: Any, info: ModelInfo, example: Any, *, seed: int, inputs: dict | None = None) -> Any:
         """Build what the backend adds to the program (a guide, a critic) and return it as the fit's plan."""
         return None
 
     # ------------------------------------------------------------------ torch
-    def torch_loss(self, program: Any, plan: Any, batch: Any) -> tuple[Any, dict]:
+    def torch_loss(self, program: Any, plan: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
+        """``(loss, metrics)`` on a minibatch ``batch`` with its rows of the ``inputs``."""
         raise NotImplementedError
 
-    def torch_init(self, program: Any, plan: Any, batch: Any, optim: Any) -> Any:
+    def torch_init(self, program: Any, plan: Any, batch: Any, inputs: dict | None, optim: Any) -> Any:
         from gmppl.engines.pyro import make_optimizer
 
         params = list(program.params().values())
         return StepState(program=program, plan=plan, params=params, optimizer=make_optimizer(optim, params))
 
-    def torch_step(self, state: Any, batch: Any) -> tuple[Any, dict]:
+    def torch_step(self, state: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
         from gmppl.engines.pyro import gradient_step
 
-        loss, metrics = self.torch_loss(state.program, state.plan, batch)
+        loss, metrics = self.torch_loss(state.program, state.plan, batch, inputs)
         norm = gradient_step(loss, state.optimizer, state.params)
         return state, {"loss": loss.detach(), "grad_norm": norm, **metrics}
 
@@ -112,10 +113,13 @@ class Backend:
 
     # ------------------------------------------------------------------ JAX
     def jax_loss(self, program: Any, plan: Any) -> Any:
-        """A pure ``(params, batch, key) -> (loss, metrics)``."""
+        """A pure ``(params, batch, key, inputs) -> (loss, metrics)``."""
         raise NotImplementedError
 
-    def jax_init(self, program: Any, plan: Any, batch: Any, key: Any, optim: Any) -> tuple[dict, Any]:
+    def jax_init(
+        self, program: Any, plan: Any, batch: Any, inputs: dict | None, key: Any, optim: Any
+    ) -> tuple[dict, Any]:
+        """``(state, step)``: the training state and a pure ``step(state, batch, key, inputs) -> (state, metrics)``."""
         from gmppl.engines.numpyro import gradient_step, make_optimizer
 
         optimizer = make_optimizer(optim)
@@ -129,37 +133,41 @@ class Backend:
         return state["params"]
 
     # ------------------------------------------------------------------ validation
-    def validator(self, program: Any, plan: Any, x: Any) -> Callable[[], float]:
+    def validator(self, program: Any, plan: Any, x: Any, inputs: dict | None = None) -> Callable[[], float]:
         """``() -> float``: the training objective on held-out ``x`` at the program's current values, with
         fixed noise (the same draws at every validation, so values are comparable across steps)."""
-        xv = program.as_array(x)
+        xv, rows = program.as_array(x), program.as_inputs(inputs)
         if program.engine == "pyro":
 
             def torch_value() -> float:
                 with program.seeded(0):
-                    return float(self.torch_loss(program, plan, xv)[0].detach())
+                    return float(self.torch_loss(program, plan, xv, rows)[0].detach())
 
             return torch_value
         import jax
 
         loss = jax.jit(self.jax_loss(program, plan))
         key = jax.random.PRNGKey(0)
-        return lambda: float(loss(program.params, xv, key)[0])
+        return lambda: float(loss(program.params, xv, key, rows)[0])
 
     # ------------------------------------------------------------------ evaluation
-    def log_prob(self, program: Any, plan: Any, x: Any, **kwargs: Any) -> Any:
-        """Per-example log-density under the fitted model (exact where the model has one)."""
+    def log_prob(self, program: Any, plan: Any, x: Any, *, inputs: dict | None = None, **kwargs: Any) -> Any:
+        """Per-example log-density under the fitted model (exact where the model has one), given each row's inputs."""
         if kwargs:
             raise BackendError(f"{type(self).__name__} log_prob takes no keywords, got {sorted(kwargs)}.")
-        return _detach(program.log_prob(x))
+        return _detach(program.log_prob(x, inputs))
 
-    def sample(self, program: Any, plan: Any, n: int, *, seed: int | None = None) -> Any:
-        """``n`` draws of the observed site from the fitted program."""
-        return program.sample(n, seed=seed)
+    def sample(
+        self, program: Any, plan: Any, n: int | None, *, seed: int | None = None, inputs: dict | None = None
+    ) -> Any:
+        """``n`` draws of the observed site from the fitted program (one per input row with ``inputs``)."""
+        return program.sample(n, seed=seed, inputs=inputs)
 
-    def posterior(self, program: Any, plan: Any, x: Any, num_samples: int, *, seed: int | None = None) -> Any:
+    def posterior(
+        self, program: Any, plan: Any, x: Any, num_samples: int, *, seed: int | None = None, inputs: dict | None = None
+    ) -> Any:
         """Draws of ``z | x``; for an invertible pushforward ``z = g^{-1}(x)`` exactly (repeated)."""
-        z = program.invert(x)
+        z = program.invert(x, inputs)
         return _broadcast(z[None], (num_samples, *z.shape))
 
 
@@ -170,7 +178,9 @@ class SamplerBackend(Backend):
     def num_draws(self, steps: int) -> int:
         return int(steps)
 
-    def draw(self, program: Any, plan: Any, data: Any, *, num_samples: int, seed: int) -> tuple[Any, dict]:
+    def draw(
+        self, program: Any, plan: Any, data: Any, *, num_samples: int, seed: int, inputs: dict | None = None
+    ) -> tuple[Any, dict]:
         """``(Draws, history)``: posterior draws of the program's unobserved sites given ``data``."""
         raise NotImplementedError
 

@@ -79,37 +79,50 @@ def _pick(draws: dict[str, np.ndarray], s: int) -> dict[str, np.ndarray]:
     return {k: v[s] for k, v in draws.items()}
 
 
-def sample_draws(program: Any, d: Draws, m: int, *, seed: int = 0) -> np.ndarray:
-    """``m`` generated examples per posterior draw: shape ``(S, m, *x_shape)`` (numpy)."""
+def sample_draws(program: Any, d: Draws, m: int | None, *, seed: int = 0, inputs: dict | None = None) -> np.ndarray:
+    """``m`` generated examples per posterior draw, or one per input row: shape ``(S, m, *x_shape)`` (numpy)."""
     glob = d.globals()
     if program.engine == "pyro":
         import pyro.poutine as poutine
         import torch
 
         out = []
+        rows = program.as_inputs(inputs)
+        m = None if rows else m
         with torch.random.fork_rng(), torch.no_grad(), program.scope():
             torch.manual_seed(seed)
             for s in range(d.num_draws):
                 data = {k: torch.as_tensor(v, device=program.device) for k, v in _pick(glob, s).items()}
-                tr = poutine.trace(poutine.condition(program.model, data=data)).get_trace(x=None, n=m)
+                tr = poutine.trace(poutine.condition(program.fn, data=data)).get_trace(x=None, n=m, **rows)
                 out.append(tr.nodes[program.observed]["value"].cpu().numpy())
         return np.stack(out)
     import jax
 
     params = program.params or {}
+    rows = program.as_inputs(inputs)
+    m = None if rows else m
     keys = jax.random.split(jax.random.PRNGKey(seed), d.num_draws)
     fn = _cached(
         d,
         ("sample", m),
-        lambda: jax.jit(jax.vmap(lambda p, g, k: program.sample_fn({**p, **g}, k, m), in_axes=(None, 0, 0))),
+        lambda: jax.jit(
+            jax.vmap(lambda p, g, k, r: program.sample_fn({**p, **g}, k, m, r), in_axes=(None, 0, 0, None))
+        ),
     )
-    return np.asarray(fn(params, glob, keys))
+    return np.asarray(fn(params, glob, keys, rows))
 
 
-def sample_predictive(program: Any, d: Draws, n: int, *, seed: int | None = None) -> np.ndarray:
-    """``n`` draws of the posterior predictive: ``ceil(n / S)`` per parameter draw, shuffled (numpy)."""
-    per = -(-int(n) // d.num_draws)
+def sample_predictive(
+    program: Any, d: Draws, n: int, *, seed: int | None = None, inputs: dict | None = None
+) -> np.ndarray:
+    """``n`` draws of the posterior predictive: ``ceil(n / S)`` per parameter draw, shuffled (numpy); with
+    ``inputs``, one per row, each given its row under a posterior draw picked at random."""
     seed = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else int(seed)
+    if inputs:
+        x = sample_draws(program, d, None, seed=seed, inputs=inputs)
+        pick = np.random.default_rng(seed).integers(d.num_draws, size=x.shape[1])
+        return x[pick, np.arange(x.shape[1])]
+    per = -(-int(n) // d.num_draws)
     x = sample_draws(program, d, per, seed=seed)
     x = x.reshape(-1, *x.shape[2:])
     return x[np.random.default_rng(seed).permutation(len(x))[: int(n)]]
@@ -124,7 +137,9 @@ def _latent_names(sites: dict[str, Any]) -> list[str]:
     ]
 
 
-def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed: int = 0) -> Draws | None:
+def guide_draws(
+    program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed: int = 0, inputs: dict | None = None
+) -> Draws | None:
     """``num_draws`` draws of the model's latent sites from a fitted guide run on the data ``x``.
 
     Returns None when the guide samples no *global* site (an amortised ``q(z_i | x_i)`` alone: a
@@ -139,31 +154,38 @@ def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed
         import torch
 
         head = x[: min(n, 16)]  # site roles from a few examples: a VAE on big data is not run on all of it
-        model_tr = program.trace(x=program.as_array(head)).nodes
+        rows = program.as_inputs(inputs)
+        model_tr = program.trace(x=program.as_array(head), inputs={k: v[: len(head)] for k, v in rows.items()}).nodes
         names = _latent_names(model_tr)
         local = local_sites(model_tr, len(head), program.observed)
         if not set(names) - local:
             return None
         xt = program.as_array(x)
-        rows: dict[str, list] = {}
+        drawn_rows: dict[str, list] = {}
         log_p, log_q = np.empty(s_num), np.empty(s_num)
         devices = [program.device] if program.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad(), program.scope():
             torch.manual_seed(seed)
             for s in range(s_num):
-                gtr = poutine.trace(guide).get_trace(xt)
+                gtr = poutine.trace(guide).get_trace(xt, **rows)
                 drawn = {k: gtr.nodes[k]["value"].detach() for k in names if k in gtr.nodes}
                 for k, v in drawn.items():
-                    rows.setdefault(k, []).append(v.cpu().numpy())
-                mtr = poutine.trace(poutine.condition(program.model, data=drawn)).get_trace(x=xt, n=None)
+                    drawn_rows.setdefault(k, []).append(v.cpu().numpy())
+                mtr = poutine.trace(poutine.condition(program.fn, data=drawn)).get_trace(x=xt, n=None, **rows)
                 log_q[s], log_p[s] = float(gtr.log_prob_sum()), float(mtr.log_prob_sum())
-        values = {k: np.stack(v) for k, v in rows.items()}
+        values = {k: np.stack(v) for k, v in drawn_rows.items()}
     else:
         import jax
         from numpyro import handlers
 
         head = x[: min(n, 16)]
-        model_tr = program.trace(program.params, jax.random.PRNGKey(0), x=program.as_array(head))
+        rows = program.as_inputs(inputs)
+        model_tr = program.trace(
+            program.params,
+            jax.random.PRNGKey(0),
+            x=program.as_array(head),
+            inputs={k: v[: len(head)] for k, v in rows.items()},
+        )
         names = _latent_names(model_tr)
         local = local_sites(model_tr, len(head), program.observed)
         if not set(names) - local:
@@ -172,21 +194,21 @@ def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed
 
         from numpyro.infer.util import log_density
 
-        def one(params: Any, key: Any, xa: Any) -> tuple:
+        def one(params: Any, key: Any, xa: Any, rows: dict) -> tuple:
             c = program.constrain(params)
-            tr = handlers.trace(handlers.seed(handlers.substitute(guide, data=c), key)).get_trace(xa)
+            tr = handlers.trace(handlers.seed(handlers.substitute(guide, data=c), key)).get_trace(xa, **rows)
             drawn = {k: tr[k]["value"] for k in names if k in tr}
             lq = sum(
                 (site["scale"] if site.get("scale") is not None else 1.0) * site["fn"].log_prob(site["value"]).sum()
                 for site in tr.values()
                 if site["type"] == "sample"
             )
-            lp, _ = log_density(program.model, (), {"x": xa, "n": None}, {**c, **drawn})
+            lp, _ = log_density(program.fn, (), {"x": xa, "n": None, **rows}, {**c, **drawn})
             return drawn, lp, lq
 
         keys = jax.random.split(jax.random.PRNGKey(seed), s_num)
-        fn = jax.jit(jax.vmap(one, in_axes=(None, 0, None)))
-        drawn, lp, lq = fn(program.params, keys, xa)
+        fn = jax.jit(jax.vmap(one, in_axes=(None, 0, None, None)))
+        drawn, lp, lq = fn(program.params, keys, xa, rows)
         values = {k: np.asarray(v) for k, v in drawn.items()}
         log_p, log_q = np.asarray(lp, dtype=float), np.asarray(lq, dtype=float)
     if not set(values) - local:
@@ -194,8 +216,8 @@ def guide_draws(program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed
     return Draws(values=values, local=frozenset(local & set(values)), x=x, log_p=log_p, log_q=log_q)
 
 
-def log_likelihood_draws(program: Any, d: Draws, x: Any) -> np.ndarray:
-    """``log p(x_i | draw_s)`` for every draw ``s`` and example ``i``: shape ``(S, len(x))``."""
+def log_likelihood_draws(program: Any, d: Draws, x: Any, inputs: dict | None = None) -> np.ndarray:
+    """``log p(x_i | draw_s)`` for every draw ``s`` and example ``i`` (given its inputs): shape ``(S, len(x))``."""
     on_data = d.is_data(x)
     if d.local and not on_data:
         raise NotSupported(
@@ -208,11 +230,12 @@ def log_likelihood_draws(program: Any, d: Draws, x: Any) -> np.ndarray:
         import torch
 
         xt = program.as_array(np.asarray(x))
+        rows = program.as_inputs(inputs)
         out = []
         with torch.no_grad(), program.scope():
             for s in range(d.num_draws):
                 data = {k: torch.as_tensor(v, device=program.device) for k, v in _pick(vals, s).items()}
-                site = poutine.trace(poutine.condition(program.model, data=data)).get_trace(x=xt, n=None)
+                site = poutine.trace(poutine.condition(program.fn, data=data)).get_trace(x=xt, n=None, **rows)
                 site = site.nodes[program.observed]
                 lp = site["fn"].log_prob(site["value"])
                 out.append((lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp).cpu().numpy())
@@ -224,14 +247,16 @@ def log_likelihood_draws(program: Any, d: Draws, x: Any) -> np.ndarray:
     fn = _cached(
         d,
         ("log_likelihood", tuple(sorted(vals))),
-        lambda: jax.jit(jax.vmap(lambda p, g, x: program.log_prob_fn({**p, **g}, x), in_axes=(None, 0, None))),
+        lambda: jax.jit(
+            jax.vmap(lambda p, g, x, r: program.log_prob_fn({**p, **g}, x, None, r), in_axes=(None, 0, None, None))
+        ),
     )
-    return np.asarray(fn(params, vals, xa))
+    return np.asarray(fn(params, vals, xa, program.as_inputs(inputs)))
 
 
-def log_predictive(program: Any, d: Draws, x: Any) -> np.ndarray:
+def log_predictive(program: Any, d: Draws, x: Any, inputs: dict | None = None) -> np.ndarray:
     """Posterior predictive log-density ``log (1/S) sum_s p(x_i | theta_s)``: shape ``(len(x),)``."""
-    ll = log_likelihood_draws(program, d, x)
+    ll = log_likelihood_draws(program, d, x, inputs)
     return np.logaddexp.reduce(ll, axis=0) - np.log(ll.shape[0])
 
 

@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gmppl.engines.base import ModelInfo
+from gmppl.engines.calls import make_call
 from gmppl.errors import BackendError, ModelError, NotSupported, UnknownName
 from gmppl.inference.base import Backend
 from gmppl.models.guides import MODULE_NAME, AmortizedNormal, LatentSite
@@ -300,13 +301,13 @@ class ELBO(Backend):
             )
         super().check(info)
 
-    def prepare(self, program: Any, info: ModelInfo, example: Any, *, seed: int) -> _Plan:
+    def prepare(self, program: Any, info: ModelInfo, example: Any, *, seed: int, inputs: dict | None = None) -> _Plan:
         """Build (or take) the guide, register its parameters in the program, check it matches the model, and
         return the plan (the guide, the latents' roles, the objective)."""
         if program.engine == "pyro":
-            plan = _pyro_setup(self, program, info, np.asarray(example), seed)
+            plan = _pyro_setup(self, program, info, np.asarray(example), seed, inputs or {})
         else:
-            plan = _numpyro_setup(self, program, info, np.asarray(example), seed)
+            plan = _numpyro_setup(self, program, info, np.asarray(example), seed, inputs or {})
         if self.objective in ("renyi", "iwae"):
             if not plan.local:
                 raise BackendError(
@@ -321,38 +322,47 @@ class ELBO(Backend):
         return plan
 
     # ------------------------------------------------------------------ torch
-    def torch_init(self, program: Any, plan: _Plan, batch: Any, optim: Any) -> Any:
-        plan.cache["loss"] = _pyro_training_loss(self, program, plan, batch)
-        return super().torch_init(program, plan, batch, optim)
+    def torch_init(self, program: Any, plan: _Plan, batch: Any, inputs: dict | None, optim: Any) -> Any:
+        plan.cache["loss"] = _pyro_training_loss(self, program, plan, batch, inputs or {})
+        return super().torch_init(program, plan, batch, inputs, optim)
 
-    def torch_loss(self, program: Any, plan: _Plan, batch: Any) -> tuple[Any, dict]:
+    def torch_loss(self, program: Any, plan: _Plan, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
         loss = plan.cache.get("loss") or _pyro_loss(self, program, plan, jit=False)
-        return loss(batch) / batch.shape[0], {}
+        return loss(batch, inputs or {}) / batch.shape[0], {}
 
     # ------------------------------------------------------------------ JAX
     def jax_loss(self, program: Any, plan: _Plan) -> Any:
-        elbo, model, guide = plan.objective, program.model, plan.guide
+        elbo, model, guide = plan.objective, program.fn, plan.guide
 
-        def loss(params: Any, batch: Any, key: Any) -> tuple[Any, dict]:
-            return elbo.loss(key, program.constrain(params), model, guide, batch) / batch.shape[0], {}
+        def loss(params: Any, batch: Any, key: Any, inputs: Any = None) -> tuple[Any, dict]:
+            c = program.constrain(params)
+            return elbo.loss(key, c, model, guide, batch, **(inputs or {})) / batch.shape[0], {}
 
         return loss
 
     # ------------------------------------------------------------------ evaluation
-    def validator(self, program: Any, plan: _Plan, x: Any) -> Callable[[], float]:
+    def validator(self, program: Any, plan: _Plan, x: Any, inputs: dict | None = None) -> Callable[[], float]:
         """The negative ELBO per example on held-out ``x`` (the uncompiled loss on torch: any batch size)."""
         if program.engine != "pyro":
-            return super().validator(program, plan, x)
-        xv, loss = program.as_array(x), _pyro_loss(self, program, plan, jit=False)
+            return super().validator(program, plan, x, inputs)
+        xv, rows, loss = program.as_array(x), program.as_inputs(inputs), _pyro_loss(self, program, plan, jit=False)
 
         def value() -> float:
             with program.seeded(0):
-                return float(loss(xv).detach()) / xv.shape[0]
+                return float(loss(xv, rows).detach()) / xv.shape[0]
 
         return value
 
     def log_prob(
-        self, program: Any, plan: _Plan, x: Any, *, num_particles: int | None = None, seed: int = 0, **kwargs: Any
+        self,
+        program: Any,
+        plan: _Plan,
+        x: Any,
+        *,
+        inputs: dict | None = None,
+        num_particles: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
     ) -> LogProbEstimate:
         """Importance-weighted estimates of ``log p(x_i)`` from ``num_particles`` guide draws each (seeded)."""
         if kwargs:
@@ -363,21 +373,38 @@ class ELBO(Backend):
             )
         k = int(num_particles or self.eval_particles)
         lw = (
-            _pyro_log_weights_np(program, plan, x, k, seed)
+            _pyro_log_weights_np(program, plan, x, k, seed, program.as_inputs(inputs))
             if program.engine == "pyro"
-            else _jax_log_weights_np(program, plan, x, k, seed)
+            else _jax_log_weights_np(program, plan, x, k, seed, program.as_inputs(inputs))
         )
         return log_mean_exp(lw)
 
-    def posterior(self, program: Any, plan: _Plan, x: Any, num_samples: int, *, seed: int | None = None) -> Any:
+    def posterior(
+        self,
+        program: Any,
+        plan: _Plan,
+        x: Any,
+        num_samples: int,
+        *,
+        seed: int | None = None,
+        inputs: dict | None = None,
+    ) -> Any:
         """Draws of the latent from the guide ``q(z | x)``: shape ``(num_samples, len(x), *z_shape)``."""
+        rows = program.as_inputs(inputs)
         if program.engine == "pyro":
-            return _pyro_posterior(program, plan, x, num_samples, seed)
-        return _jax_posterior(program, plan, x, num_samples, program.key(seed))
+            return _pyro_posterior(program, plan, x, num_samples, seed, rows)
+        return _jax_posterior(program, plan, x, num_samples, program.key(seed), rows)
 
     # ------------------------------------------------------------------ ArviZ
     def arviz_groups(
-        self, fit: Any, x: Any, *, seed: int = 0, posterior_samples: int = 20, log_likelihood: bool = True
+        self,
+        fit: Any,
+        x: Any,
+        *,
+        seed: int = 0,
+        posterior_samples: int = 20,
+        log_likelihood: bool = True,
+        inputs: dict | None = None,
     ) -> tuple[dict, dict]:
         r"""What ``fit.to_arviz(x)`` holds for an ELBO fit, so that ``az.loo_approximate_posterior`` works.
 
@@ -417,12 +444,15 @@ class ELBO(Backend):
         latent = fit.info.latent if fit.info.latent in plans[0].latents else plans[0].latents[0]
         terms = []
         for program, plan in zip(fit.programs, plans, strict=True):
+            rows = program.as_inputs(inputs)
             if program.engine == "pyro":
-                terms.append(_pyro_draw_terms(program, plan, program.as_array(x), num, seed, latent))
+                terms.append(_pyro_draw_terms(program, plan, program.as_array(x), num, seed, latent, rows))
             else:
-                terms.append(_jax_draw_terms(program, plan, x, num, seed, latent))
+                terms.append(_jax_draw_terms(program, plan, x, num, seed, latent, rows))
         t = {k: np.stack([d[k] for d in terms]) for k in terms[0]}
-        est = [self.log_prob(p, plan, p.as_array(x)) for p, plan in zip(fit.programs, plans, strict=True)]
+        est = [
+            self.log_prob(p, plan, p.as_array(x), inputs=inputs) for p, plan in zip(fit.programs, plans, strict=True)
+        ]
         obs = fit.info.observed
         var = latent.replace("/", ".")
         lw = t["ll"] + t["lp"] - t["lq"]
@@ -451,6 +481,10 @@ class ELBO(Backend):
         """The fitted guide program ``guide(x)`` (its parameters live in the program): ``gm.fit`` draws
         global sites from it (Bayesian SVI, see ``gmppl.inference.draws.guide_draws``)."""
         return plan.guide
+
+
+def _head(rows: dict, k: int) -> dict:
+    return {name: v[:k] for name, v in rows.items()}
 
 
 # ====================================================================== Pyro / torch
@@ -489,32 +523,41 @@ def _pyro_objective(backend: ELBO, plan: _Plan, *, jit: bool) -> Any:
     )
 
 
-def _pyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.ndarray, seed: int) -> _Plan:
+def _guide(backend: ELBO, program: Any, rows: dict) -> Any:
+    """The user's guide as ``guide(x=None, n=None, **inputs)`` (called as the model is)."""
+    return make_call(backend.guide, program.observed, tuple(rows)).bind(backend.guide)
+
+
+def _pyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.ndarray, seed: int, inputs: dict) -> _Plan:
     import pyro.poutine as poutine
     import torch
 
-    x = program.as_array(example)
+    x, rows = program.as_array(example), program.as_inputs(inputs)
     with torch.no_grad():
-        model_tr = program.trace(x=x)
+        model_tr = program.trace(x=x, inputs=rows)
         guide = backend.guide or AmortizedNormal()
         if isinstance(guide, AmortizedNormal):
             site = _latent_site(model_tr.nodes, program.latent, program.observed, info.x_event_shape, len(example))
             if any(k.startswith(MODULE_NAME + "$$$") for k in program.params()):
                 raise BackendError(f"the model registers a module named {MODULE_NAME!r}, the default guide's name.")
-            guide = guide.build("pyro", site, seed=seed, dtype=x.dtype)
+            guide = guide.build("pyro", site, seed=seed, dtype=x.dtype, inputs=rows)
+        else:
+            guide = _guide(backend, program, rows)
         with program.scope():
             try:
-                guide_tr = poutine.trace(guide).get_trace(x)
+                guide_tr = poutine.trace(guide).get_trace(x, **rows)
             except Exception as e:
                 raise ModelError(
-                    f"running the guide failed: {type(e).__name__}: {e}. gmppl calls it as guide(x)."
+                    f"running the guide failed: {type(e).__name__}: {e}. gmppl calls it as the model is called."
                 ) from e
             _check_match(model_tr.nodes, guide_tr.nodes)
-            _check_other_batch_size(lambda xs: poutine.trace(guide).get_trace(xs).nodes, x, guide_tr.nodes)
-            model_tr = poutine.trace(poutine.replay(program.model, trace=guide_tr)).get_trace(x)
+            _check_other_batch_size(
+                lambda xs: poutine.trace(guide).get_trace(xs, **_head(rows, len(xs))).nodes, x, guide_tr.nodes
+            )
+            model_tr = poutine.trace(poutine.replay(program.fn, trace=guide_tr)).get_trace(x, **rows)
         program.move_params()
     plan = _plan(model_tr.nodes, guide_tr.nodes, guide, program.observed, len(example))
-    plan.vectorized = _pyro_vectorizes(program, plan, x)
+    plan.vectorized = _pyro_vectorizes(program, plan, x, rows)
     plan.objective = _pyro_objective(backend, plan, jit=False)
     _check_objective_engine(plan.objective, "pyro.infer", "Pyro")
     if plan.objective is not None and not hasattr(plan.objective, "differentiable_loss"):
@@ -525,7 +568,7 @@ def _pyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.ndarra
     return plan
 
 
-def _pyro_vectorizes(program: Any, plan: _Plan, x: Any) -> bool:
+def _pyro_vectorizes(program: Any, plan: _Plan, x: Any, rows: dict) -> bool:
     """Whether model and guide broadcast over a particle plate outside their own plates (Pyro's
     ``vectorize_particles``): every site's log-density must then carry the particle dim."""
     import pyro
@@ -535,8 +578,8 @@ def _pyro_vectorizes(program: Any, plan: _Plan, x: Any) -> bool:
     dim = plan.nesting + 1
     try:
         with torch.no_grad(), program.scope(), pyro.plate(_PARTICLES, 2, dim=-dim):
-            guide_tr = poutine.trace(plan.guide).get_trace(x)
-            model_tr = poutine.trace(poutine.replay(program.model, trace=guide_tr)).get_trace(x)
+            guide_tr = poutine.trace(plan.guide).get_trace(x, **rows)
+            model_tr = poutine.trace(poutine.replay(program.fn, trace=guide_tr)).get_trace(x, **rows)
             guide_tr.compute_log_prob()
             model_tr.compute_log_prob()
     except Exception as e:  # the program does not broadcast over an extra batch dim
@@ -564,15 +607,17 @@ def _per_example(nodes: dict, plan: _Plan, particles: bool, only: Callable[[str]
     return torch.as_tensor(total)
 
 
-def _pyro_log_weights(model: Callable, guide: Callable, x: Any, num: int, plan: _Plan, program: Any) -> Any:
+def _pyro_log_weights(
+    model: Callable, guide: Callable, x: Any, num: int, plan: _Plan, program: Any, rows: dict | None = None
+) -> Any:
     """``log w[k, i] = log p(x_i, z_ik) - log q(z_ik | x_i)``, shape ``(num, len(x))``; differentiable."""
     import pyro
     import pyro.poutine as poutine
     import torch
 
     def one(particles: bool) -> Any:
-        guide_tr = poutine.trace(guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
+        guide_tr = poutine.trace(guide).get_trace(x, **(rows or {}))
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x, **(rows or {}))
         model_tr.compute_log_prob()
         guide_tr.compute_log_prob()
         return _per_example(model_tr.nodes, plan, particles) - _per_example(guide_tr.nodes, plan, particles)
@@ -584,19 +629,20 @@ def _pyro_log_weights(model: Callable, guide: Callable, x: Any, num: int, plan: 
 
 
 def _pyro_loss(backend: ELBO, program: Any, plan: _Plan, *, jit: bool) -> Callable:
-    """``x -> -bound`` summed over the batch (Pyro's objective, or gmppl's Renyi/IWAE from log-weights)."""
+    """``(x, inputs) -> -bound`` summed over the batch (Pyro's objective, or gmppl's Renyi/IWAE from
+    log-weights); compiled (``jit``): ``x -> -bound``, for programs without inputs."""
     import pyro
     import torch
 
-    model, guide = program.model, plan.guide
+    model, guide = program.fn, plan.guide
     if not isinstance(backend.objective, str):
-        return lambda x: plan.objective.differentiable_loss(model, guide, x)
+        return lambda x, rows=None: plan.objective.differentiable_loss(model, guide, x, **(rows or {}))
     elbo = _pyro_objective(backend, plan, jit=jit)
     if elbo is None:
         alpha, k = backend._alpha, backend.num_particles
 
-        def renyi(x: Any) -> Any:
-            lw = (1 - alpha) * _pyro_log_weights(model, guide, x, k, plan, program)
+        def renyi(x: Any, rows: dict | None = None) -> Any:
+            lw = (1 - alpha) * _pyro_log_weights(model, guide, x, k, plan, program, rows)
             return -((torch.logsumexp(lw, 0) - math.log(k)) / (1 - alpha)).sum()
 
         if not jit:
@@ -604,7 +650,7 @@ def _pyro_loss(backend: ELBO, program: Any, plan: _Plan, *, jit: bool) -> Callab
         traced = pyro.ops.jit.trace(renyi, ignore_warnings=True)
         return _Compiled(traced, lambda: traced, lambda out: out)
     if not jit:
-        return lambda x: elbo.differentiable_loss(model, guide, x)
+        return lambda x, rows=None: elbo.differentiable_loss(model, guide, x, **(rows or {}))
     if backend.objective == "trace":  # JitTrace_ELBO compiles (loss, surrogate loss)
         return _Compiled(
             lambda x: elbo.differentiable_loss(model, guide, x),
@@ -646,17 +692,18 @@ class _Compiled:
         return out
 
 
-def _pyro_training_loss(backend: ELBO, program: Any, plan: _Plan, batch: Any) -> Callable:
+def _pyro_training_loss(backend: ELBO, program: Any, plan: _Plan, batch: Any, rows: dict) -> Callable:
     """The compiled loss when ``jit`` and it agrees with the uncompiled one; else the uncompiled loss.
 
     The check runs both on the batch reversed (not the one traced) from the same random state, so
-    a trace that baked in values read from its batch (data-dependent structure) is caught.
+    a trace that baked in values read from its batch (data-dependent structure) is caught. Programs with
+    inputs run uncompiled (Pyro's jit traces positional arguments only).
     """
     import torch
 
     eager = _pyro_loss(backend, program, plan, jit=False)
     plan.cache["compiled"] = False
-    if not (backend.jit and isinstance(backend.objective, str) and plan.vectorized):
+    if not (backend.jit and isinstance(backend.objective, str) and plan.vectorized) or rows:
         return eager
     compiled = _pyro_loss(backend, program, plan, jit=True)
     devices = [program.device] if program.device.type == "cuda" else []
@@ -682,7 +729,7 @@ def _pyro_training_loss(backend: ELBO, program: Any, plan: _Plan, batch: Any) ->
         )
         return eager
     plan.cache["compiled"] = True
-    return compiled
+    return lambda x, rows=None: compiled(x)
 
 
 def _seeded(program: Any, seed: int | None) -> Any:
@@ -698,18 +745,20 @@ def _seeded(program: Any, seed: int | None) -> Any:
     return stack
 
 
-def _pyro_log_weights_np(program: Any, plan: _Plan, x: Any, k: int, seed: int, chunk: int = 100) -> np.ndarray:
+def _pyro_log_weights_np(
+    program: Any, plan: _Plan, x: Any, k: int, seed: int, rows: dict, chunk: int = 100
+) -> np.ndarray:
     import torch
 
     with torch.no_grad(), program.scope(), _seeded(program, seed):
         parts = [
-            _pyro_log_weights(program.model, plan.guide, x, min(chunk, k - s), plan, program).cpu().double()
+            _pyro_log_weights(program.fn, plan.guide, x, min(chunk, k - s), plan, program, rows).cpu().double()
             for s in range(0, k, chunk)
         ]
     return torch.cat(parts).numpy()
 
 
-def _pyro_posterior(program: Any, plan: _Plan, x: Any, num: int, seed: int | None) -> Any:
+def _pyro_posterior(program: Any, plan: _Plan, x: Any, num: int, seed: int | None, rows: dict) -> Any:
     import pyro
     import pyro.poutine as poutine
     import torch
@@ -718,12 +767,14 @@ def _pyro_posterior(program: Any, plan: _Plan, x: Any, num: int, seed: int | Non
     with torch.no_grad(), program.scope(), _seeded(program, seed):
         if plan.vectorized:
             with pyro.plate(_PARTICLES, num, dim=-(plan.nesting + 1)):
-                return poutine.trace(plan.guide).get_trace(x).nodes[name]["value"]
-        draws: list[Any] = [poutine.trace(plan.guide).get_trace(x).nodes[name]["value"] for _ in range(num)]
+                return poutine.trace(plan.guide).get_trace(x, **rows).nodes[name]["value"]
+        draws: list[Any] = [poutine.trace(plan.guide).get_trace(x, **rows).nodes[name]["value"] for _ in range(num)]
         return torch.stack(draws)
 
 
-def _pyro_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int, name: str) -> dict[str, np.ndarray]:
+def _pyro_draw_terms(
+    program: Any, plan: _Plan, x: Any, num: int, seed: int, name: str, rows: dict
+) -> dict[str, np.ndarray]:
     """``num`` joint draws ``z_s ~ q(. | x)`` and, per draw and example, ``log p(x_i | z_si)``,
     ``log p(z_si)`` and ``log q(z_si | x_i)`` (numpy, float64; see ``ELBO.arviz_groups``)."""
     import pyro
@@ -733,8 +784,8 @@ def _pyro_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int, nam
     obs = program.observed
 
     def one(particles: bool) -> tuple:
-        guide_tr = poutine.trace(plan.guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(program.model, trace=guide_tr)).get_trace(x)
+        guide_tr = poutine.trace(plan.guide).get_trace(x, **rows)
+        model_tr = poutine.trace(poutine.replay(program.fn, trace=guide_tr)).get_trace(x, **rows)
         model_tr.compute_log_prob()
         guide_tr.compute_log_prob()
         n = x.shape[0]
@@ -771,28 +822,32 @@ def _numpyro_objective(backend: ELBO) -> Any:
     }[backend.objective]()
 
 
-def _numpyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.ndarray, seed: int) -> _Plan:
+def _numpyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.ndarray, seed: int, inputs: dict) -> _Plan:
     import jax
     from numpyro import handlers
     from numpyro.distributions import constraints
     from numpyro.distributions.transforms import biject_to
 
-    x = program.as_array(example)
+    x, rows = program.as_array(example), program.as_inputs(inputs)
     key = jax.random.PRNGKey(seed)
-    model_tr = program.trace(program.params, key, x=x)
+    model_tr = program.trace(program.params, key, x=x, inputs=rows)
     guide = backend.guide or AmortizedNormal()
     if isinstance(guide, AmortizedNormal):
         site = _latent_site(model_tr, program.latent, program.observed, info.x_event_shape, len(example))
         if f"{MODULE_NAME}$params" in program.params:
             raise BackendError(f"the model registers a module named {MODULE_NAME!r}, the default guide's name.")
-        guide = guide.build("numpyro", site, seed=seed)
+        guide = guide.build("numpyro", site, seed=seed, inputs=rows)
+    else:
+        guide = _guide(backend, program, rows)
     try:
         guide_tr = handlers.trace(
             handlers.seed(handlers.substitute(guide, data=program.constrain(program.params)), key)
         )
-        guide_tr = guide_tr.get_trace(x)
+        guide_tr = guide_tr.get_trace(x, **rows)
     except Exception as e:
-        raise ModelError(f"running the guide failed: {type(e).__name__}: {e}. gmppl calls it as guide(x).") from e
+        raise ModelError(
+            f"running the guide failed: {type(e).__name__}: {e}. gmppl calls it as the model is called."
+        ) from e
     params = dict(program.params)
     for name, s in guide_tr.items():
         if s["type"] == "param" and name not in params:
@@ -803,15 +858,15 @@ def _numpyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.nda
     _check_match(model_tr, guide_tr)
     constrained = program.constrain(params)
     _check_other_batch_size(
-        lambda xs: handlers.trace(handlers.seed(handlers.substitute(guide, data=constrained), key)).get_trace(xs),
+        lambda xs: handlers.trace(handlers.seed(handlers.substitute(guide, data=constrained), key)).get_trace(
+            xs, **_head(rows, len(xs))
+        ),
         x,
         guide_tr,
     )
     model_tr = handlers.trace(
-        handlers.replay(
-            handlers.seed(handlers.substitute(program.model, data=program.constrain(params)), key), guide_tr
-        )
-    ).get_trace(x)
+        handlers.replay(handlers.seed(handlers.substitute(program.fn, data=program.constrain(params)), key), guide_tr)
+    ).get_trace(x, **rows)
     plan = _plan(model_tr, guide_tr, guide, program.observed, len(example))
     plan.objective = _numpyro_objective(backend)
     _check_objective_engine(plan.objective, "numpyro.infer", "NumPyro")
@@ -819,29 +874,29 @@ def _numpyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.nda
 
 
 def _jax_log_weights_fn(program: Any, plan: _Plan) -> Callable:
-    """Jitted ``(params, x, keys) -> log w`` of shape ``(len(keys), len(x))``."""
+    """Jitted ``(params, x, keys, inputs) -> log w`` of shape ``(len(keys), len(x))``."""
     import jax
     import jax.numpy as jnp
 
     per_example = _jax_per_example(plan)
 
-    def one(params: Any, x: Any, key: Any) -> Any:
-        guide_tr, model_tr = _jax_traces(program, plan, params, x, key)
+    def one(params: Any, x: Any, key: Any, rows: dict) -> Any:
+        guide_tr, model_tr = _jax_traces(program, plan, params, x, key, rows)
         return jnp.broadcast_to(per_example(model_tr) - per_example(guide_tr), (x.shape[0],))
 
-    return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+    return jax.jit(jax.vmap(one, in_axes=(None, None, 0, None)))
 
 
-def _jax_traces(program: Any, plan: _Plan, params: Any, x: Any, key: Any) -> tuple[dict, dict]:
+def _jax_traces(program: Any, plan: _Plan, params: Any, x: Any, key: Any, rows: dict) -> tuple[dict, dict]:
     """One guide draw ``z ~ q(z|x)`` and the model replayed on it: ``(guide trace, model trace)``."""
     import jax
     from numpyro import handlers
 
     c = program.constrain(params)
     kg, km = jax.random.split(key)
-    guide_tr = handlers.trace(handlers.seed(handlers.substitute(plan.guide, data=c), kg)).get_trace(x)
-    model = handlers.seed(handlers.substitute(program.model, data=c), km)
-    return guide_tr, handlers.trace(handlers.replay(model, guide_tr)).get_trace(x)
+    guide_tr = handlers.trace(handlers.seed(handlers.substitute(plan.guide, data=c), kg)).get_trace(x, **rows)
+    model = handlers.seed(handlers.substitute(program.fn, data=c), km)
+    return guide_tr, handlers.trace(handlers.replay(model, guide_tr)).get_trace(x, **rows)
 
 
 def _jax_per_example(plan: _Plan) -> Callable:
@@ -863,7 +918,9 @@ def _jax_per_example(plan: _Plan) -> Callable:
     return per_example
 
 
-def _jax_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int, name: str) -> dict[str, np.ndarray]:
+def _jax_draw_terms(
+    program: Any, plan: _Plan, x: Any, num: int, seed: int, name: str, rows: dict
+) -> dict[str, np.ndarray]:
     """As ``_pyro_draw_terms``: ``num`` guide draws and their per-example log-densities (jitted, vmapped)."""
     import jax
     import jax.numpy as jnp
@@ -872,8 +929,8 @@ def _jax_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int, name
         obs = program.observed
         per_example = _jax_per_example(plan)
 
-        def one(params: Any, x: Any, key: Any) -> tuple:
-            guide_tr, model_tr = _jax_traces(program, plan, params, x, key)
+        def one(params: Any, x: Any, key: Any, rows: dict) -> tuple:
+            guide_tr, model_tr = _jax_traces(program, plan, params, x, key, rows)
             n = (x.shape[0],)
             return (
                 guide_tr[name]["value"],
@@ -882,35 +939,36 @@ def _jax_draw_terms(program: Any, plan: _Plan, x: Any, num: int, seed: int, name
                 jnp.broadcast_to(per_example(guide_tr), n),
             )
 
-        plan.cache["draw_terms"] = (name, jax.jit(jax.vmap(one, in_axes=(None, None, 0))))
+        plan.cache["draw_terms"] = (name, jax.jit(jax.vmap(one, in_axes=(None, None, 0, None))))
     keys = jax.random.split(jax.random.PRNGKey(seed), num)
-    z, ll, lp, lq = (
-        np.asarray(v, dtype=np.float64) for v in plan.cache["draw_terms"][1](program.params, program.as_array(x), keys)
-    )
+    fn = plan.cache["draw_terms"][1]
+    z, ll, lp, lq = (np.asarray(v, dtype=np.float64) for v in fn(program.params, program.as_array(x), keys, rows))
     return {"z": z, "ll": ll, "lp": lp, "lq": lq}
 
 
-def _jax_log_weights_np(program: Any, plan: _Plan, x: Any, k: int, seed: int, chunk: int = 100) -> np.ndarray:
+def _jax_log_weights_np(
+    program: Any, plan: _Plan, x: Any, k: int, seed: int, rows: dict, chunk: int = 100
+) -> np.ndarray:
     import jax
 
     fn = plan.cache.get("log_weights") or plan.cache.setdefault("log_weights", _jax_log_weights_fn(program, plan))
     x = program.as_array(x)
     size = min(chunk, k)
     keys = jax.random.split(jax.random.PRNGKey(seed), math.ceil(k / size) * size).reshape(-1, size, 2)
-    parts = [np.asarray(fn(program.params, x, kk), dtype=np.float64) for kk in keys]
+    parts = [np.asarray(fn(program.params, x, kk, rows), dtype=np.float64) for kk in keys]
     return np.concatenate(parts)[:k]
 
 
-def _jax_posterior(program: Any, plan: _Plan, x: Any, num: int, key: Any) -> Any:
+def _jax_posterior(program: Any, plan: _Plan, x: Any, num: int, key: Any, rows: dict) -> Any:
     import jax
     from numpyro import handlers
 
     name = plan.latents[0] if len(plan.latents) == 1 else program.latent
     if "posterior" not in plan.cache:
 
-        def one(params: Any, x: Any, key: Any) -> Any:
+        def one(params: Any, x: Any, key: Any, rows: dict) -> Any:
             guide = handlers.seed(handlers.substitute(plan.guide, data=program.constrain(params)), key)
-            return handlers.trace(guide).get_trace(x)[name]["value"]
+            return handlers.trace(guide).get_trace(x, **rows)[name]["value"]
 
-        plan.cache["posterior"] = jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
-    return plan.cache["posterior"](program.params, program.as_array(x), jax.random.split(key, num))
+        plan.cache["posterior"] = jax.jit(jax.vmap(one, in_axes=(None, None, 0, None)))
+    return plan.cache["posterior"](program.params, program.as_array(x), jax.random.split(key, num), rows)

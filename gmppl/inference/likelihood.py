@@ -19,12 +19,12 @@ class Likelihood(Backend):
 
     requires: ClassVar[frozenset[str]] = frozenset({"density"})
 
-    def torch_loss(self, program: Any, plan: Any, batch: Any) -> tuple[Any, dict]:
-        nll = -program.log_prob(batch).mean()
+    def torch_loss(self, program: Any, plan: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
+        nll = -program.log_prob(batch, inputs).mean()
         return nll, {}
 
     def jax_loss(self, program: Any, plan: Any) -> Any:
-        def loss(params: Any, batch: Any, key: Any) -> tuple[Any, dict]:
-            return -program.log_prob_fn(params, batch).mean(), {}
+        def loss(params: Any, batch: Any, key: Any, inputs: Any = None) -> tuple[Any, dict]:
+            return -program.log_prob_fn(params, batch, None, inputs).mean(), {}
 
         return loss

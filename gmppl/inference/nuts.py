@@ -67,10 +67,12 @@ class NUTS(SamplerBackend):
         """``num_samples``, or by default ``steps``."""
         return self.num_samples or int(steps)
 
-    def draw(self, program: Any, plan: Any, data: Any, *, num_samples: int, seed: int) -> tuple[Draws, dict]:
+    def draw(
+        self, program: Any, plan: Any, data: Any, *, num_samples: int, seed: int, inputs: dict | None = None
+    ) -> tuple[Draws, dict]:
         """``num_samples`` draws after ``num_warmup`` adaptation steps, and NUTS's per-draw statistics."""
         run = self._run_pyro if program.engine == "pyro" else self._run_numpyro
-        values, local, history = run(program, np.asarray(data), num_samples, seed)
+        values, local, history = run(program, np.asarray(data), num_samples, seed, program.as_inputs(inputs))
         if not values:
             raise NotSupported("NUTS found no unobserved sample site to sample; give the model a prior.")
         return Draws(values=values, local=local, x=np.asarray(data)), history
@@ -78,15 +80,15 @@ class NUTS(SamplerBackend):
     def _kernel_kwargs(self) -> dict[str, Any]:
         return {"target_accept_prob": self.target_accept_prob, "max_tree_depth": self.max_tree_depth}
 
-    def _run_numpyro(self, program: Any, x: np.ndarray, num_samples: int, seed: int) -> tuple:
+    def _run_numpyro(self, program: Any, x: np.ndarray, num_samples: int, seed: int, rows: dict) -> tuple:
         import jax
         from numpyro import handlers
         from numpyro.infer import MCMC
         from numpyro.infer import NUTS as NumPyroNUTS
 
-        model = handlers.substitute(program.model, data=program.constrain(program.params or {}))
+        model = handlers.substitute(program.fn, data=program.constrain(program.params or {}))
         xa = program.as_array(x)
-        tr = handlers.trace(handlers.seed(model, 0)).get_trace(x=xa, n=None)
+        tr = handlers.trace(handlers.seed(model, 0)).get_trace(x=xa, n=None, **rows)
         names = [k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
         mcmc = MCMC(
             NumPyroNUTS(model, **self._kernel_kwargs()),
@@ -99,6 +101,7 @@ class NUTS(SamplerBackend):
             jax.random.PRNGKey(seed),
             x=xa,
             n=None,
+            **rows,
             extra_fields=("potential_energy", "diverging", "accept_prob"),
         )
         samples = mcmc.get_samples()
@@ -111,7 +114,7 @@ class NUTS(SamplerBackend):
         }
         return values, local_sites(tr, len(x)), history
 
-    def _run_pyro(self, program: Any, x: np.ndarray, num_samples: int, seed: int) -> tuple:
+    def _run_pyro(self, program: Any, x: np.ndarray, num_samples: int, seed: int, rows: dict) -> tuple:
         import pyro
         import pyro.poutine as poutine
         import torch
@@ -122,9 +125,9 @@ class NUTS(SamplerBackend):
         with torch.random.fork_rng(), program.scope():
             torch.manual_seed(seed)
             pyro.set_rng_seed(seed)
-            tr = poutine.trace(program.model).get_trace(x=xt, n=None)
+            tr = poutine.trace(program.fn).get_trace(x=xt, n=None, **rows)
             names = [k for k, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
-            kernel = PyroNUTS(program.model, **self._kernel_kwargs())
+            kernel = PyroNUTS(program.fn, **self._kernel_kwargs())
             means: list[float] = []  # Pyro keeps only the running mean of the acceptance probability
 
             def hook(kernel: Any, params: Any, stage: str, i: int) -> None:
@@ -134,13 +137,13 @@ class NUTS(SamplerBackend):
             mcmc = MCMC(
                 kernel, num_samples=num_samples, warmup_steps=self.num_warmup, disable_progbar=True, hook_fn=hook
             )
-            mcmc.run(x=xt, n=None)
+            mcmc.run(x=xt, n=None, **rows)
             samples = {k: v.detach() for k, v in mcmc.get_samples().items()}
             lp = np.empty(num_samples)
             with torch.no_grad():
                 for s in range(num_samples):
-                    cond = poutine.condition(program.model, data={k: v[s] for k, v in samples.items()})
-                    lp[s] = float(poutine.trace(cond).get_trace(x=xt, n=None).log_prob_sum())
+                    cond = poutine.condition(program.fn, data={k: v[s] for k, v in samples.items()})
+                    lp[s] = float(poutine.trace(cond).get_trace(x=xt, n=None, **rows).log_prob_sum())
         diverging = np.zeros(num_samples)
         div = mcmc.diagnostics().get("divergences", {}).get("chain 0", [])
         diverging[[i for i in div if 0 <= i < num_samples]] = 1.0

@@ -89,22 +89,30 @@ class Score(Backend):
             return self.method
         return "dsm" if "score_network" in info.capabilities else "sliced"
 
-    def prepare(self, program: Any, info: ModelInfo, example: Any, *, seed: int) -> ScorePlan:
-        return ScorePlan(method=self.resolve(info))
+    def prepare(
+        self, program: Any, info: ModelInfo, example: Any, *, seed: int, inputs: dict | None = None
+    ) -> ScorePlan:
+        method = self.resolve(info)
+        if inputs and method == "dsm":
+            raise NotSupported(
+                f"Score(method='dsm') fits an unconditional gm.models.Diffusion; the data hold inputs {sorted(inputs)}. "
+                "Fit a conditional density by Likelihood, ELBO or Score(method='sliced'), or drop the inputs."
+            )
+        return ScorePlan(method=method)
 
     # ------------------------------------------------------------------ torch
-    def torch_init(self, program: Any, plan: ScorePlan, batch: Any, optim: Any) -> Any:
+    def torch_init(self, program: Any, plan: ScorePlan, batch: Any, inputs: dict | None, optim: Any) -> Any:
         if plan.method == "dsm":
             # The torch network is a stateful module whose leaves are the param store's: find it once.
             d = plan.cache["diffusion"] = _torch_diffusion(program, batch)
             plan.cache["dtype"] = d._like(batch)["dtype"]
-        return super().torch_init(program, plan, batch, optim)
+        return super().torch_init(program, plan, batch, inputs, optim)
 
-    def torch_loss(self, program: Any, plan: ScorePlan, batch: Any) -> tuple[Any, dict]:
+    def torch_loss(self, program: Any, plan: ScorePlan, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
         import torch
 
         if plan.method == "sliced":
-            return self._torch_sliced(program, batch)
+            return self._torch_sliced(program, batch, inputs)
         d = plan.cache.get("diffusion") or _torch_diffusion(program, batch)
         dtype = plan.cache.get("dtype") or d._like(batch)["dtype"]
         x0 = batch if batch.dtype == dtype else batch.to(dtype)
@@ -119,11 +127,11 @@ class Score(Backend):
             per = per * d.sde.diffusion2(t) / sigma.reshape(-1) ** 2
         return per.mean(), {}
 
-    def _torch_sliced(self, program: Any, batch: Any) -> tuple[Any, dict]:
+    def _torch_sliced(self, program: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
         import torch
 
         x = batch.detach().requires_grad_(True)
-        lp = program.log_prob(x)
+        lp = program.log_prob(x, inputs)
         g = torch.autograd.grad(lp.sum(), x, create_graph=True)[0]
         dims = tuple(range(1, x.dim()))
         hess_term, proj2 = 0.0, 0.0
@@ -146,7 +154,7 @@ class Score(Backend):
             return self._jax_sliced(program)
         weighting = self.weighting
 
-        def loss(params: Any, batch: Any, key: Any) -> tuple[Any, dict]:
+        def loss(params: Any, batch: Any, key: Any, inputs: Any = None) -> tuple[Any, dict]:
             k_trace, k_t, k_z = jax.random.split(key, 3)
             d = _jax_diffusion(program, params, k_trace, batch)
             eps = d.sde.t_eps
@@ -168,8 +176,8 @@ class Score(Backend):
 
         m, vr = self.projections, self.variance_reduction
 
-        def loss(params: Any, batch: Any, key: Any) -> tuple[Any, dict]:
-            score = jax.grad(lambda x: program.log_prob_fn(params, x).sum())
+        def loss(params: Any, batch: Any, key: Any, inputs: Any = None) -> tuple[Any, dict]:
+            score = jax.grad(lambda x: program.log_prob_fn(params, x, None, inputs).sum())
             dims = tuple(range(1, batch.ndim))
             vs = jax.random.normal(key, (m, *batch.shape), batch.dtype)
             g, hvs = jax.vmap(lambda v: jax.jvp(score, (batch,), (v,)))(vs)
@@ -185,14 +193,14 @@ class Score(Backend):
         return loss
 
     # ------------------------------------------------------------------ evaluation
-    def log_prob(self, program: Any, plan: ScorePlan, x: Any, **kwargs: Any) -> Any:
+    def log_prob(self, program: Any, plan: ScorePlan, x: Any, *, inputs: dict | None = None, **kwargs: Any) -> Any:
         """Per-example ``log p(x_i)``; for a diffusion, the probability-flow ODE likelihood.
 
         Keywords for a diffusion: ``trace="auto"|"exact"|"hutchinson"``, ``probes`` (Hutchinson
         probes per example), ``return_stderr=True`` to get ``(log p, standard error)``.
         """
         if plan.method != "dsm":
-            return super().log_prob(program, plan, x, **kwargs)
+            return super().log_prob(program, plan, x, inputs=inputs, **kwargs)
         return_stderr = kwargs.pop("return_stderr", False)
         unknown = set(kwargs) - {"trace", "probes"}
         if unknown:
@@ -205,10 +213,19 @@ class Score(Backend):
             lp, se = _jax_log_prob(program, plan, kwargs.get("trace"), kwargs.get("probes"))(program.params, x)
         return (lp, se) if return_stderr else lp
 
-    def posterior(self, program: Any, plan: ScorePlan, x: Any, num_samples: int, *, seed: int | None = None) -> Any:
+    def posterior(
+        self,
+        program: Any,
+        plan: ScorePlan,
+        x: Any,
+        num_samples: int,
+        *,
+        seed: int | None = None,
+        inputs: dict | None = None,
+    ) -> Any:
         if plan.method == "dsm":
             raise NotSupported("a diffusion model has no latent site; Score fits give samples and log_prob only.")
-        return super().posterior(program, plan, x, num_samples, seed=seed)
+        return super().posterior(program, plan, x, num_samples, seed=seed, inputs=inputs)
 
 
 def _torch_diffusion(program: Any, batch: Any) -> Any:

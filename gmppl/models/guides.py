@@ -6,8 +6,10 @@
     q(z_i | x_i) = N(z_i; mu(x_i), diag(sigma(x_i)^2)),   (mu, log(exp(sigma) - 1)) = encoder(x_i),
 
 so one set of weights serves every example, seen or new (amortisation: Kingma & Welling, 2014).
-The guide is an ordinary Pyro/NumPyro program ``guide(x=None, n=None)`` that samples the model's
-latent inside the model's own data plate; its encoder is registered as the module ``"guide"``.
+The guide is an ordinary Pyro/NumPyro program ``guide(x=None, n=None, **inputs)`` that samples the
+model's latent inside the model's own data plate; its encoder is registered as the module ``"guide"``.
+For a conditional model ``p(x | z, y)`` the encoder sees the inputs too, ``q(z_i | x_i, y_i)``: each
+input row is flattened, cast to the data's float type and concatenated to ``x_i`` (inputs in name order).
 
 Example::
 
@@ -68,14 +70,18 @@ class AmortizedNormal:
             )
         return (hidden[0] if hidden else 1), len(hidden)
 
-    def build(self, engine: str, site: LatentSite, *, seed: int, dtype: Any = None) -> Callable:
-        """The guide program ``guide(x=None, n=None)`` for ``engine``, with a fresh encoder seeded by ``seed``."""
+    def build(
+        self, engine: str, site: LatentSite, *, seed: int, dtype: Any = None, inputs: dict | None = None
+    ) -> Callable:
+        """The guide program ``guide(x=None, n=None, **inputs)`` for ``engine``, with a fresh encoder seeded by
+        ``seed``; ``inputs`` (example rows) size the encoder's extra input features."""
+        extra = sum(math.prod(tuple(v.shape[1:])) for v in (inputs or {}).values())
         if engine == "pyro":
-            return self._pyro(site, seed=seed, dtype=dtype)
-        return self._numpyro(site, seed=seed)
+            return self._pyro(site, seed=seed, dtype=dtype, extra=extra)
+        return self._numpyro(site, seed=seed, extra=extra)
 
     # ------------------------------------------------------------------ Pyro
-    def _pyro(self, site: LatentSite, *, seed: int, dtype: Any) -> Callable:
+    def _pyro(self, site: LatentSite, *, seed: int, dtype: Any, extra: int = 0) -> Callable:
         import pyro
         import pyro.distributions as dist
         import torch
@@ -87,20 +93,28 @@ class AmortizedNormal:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 net = torch_mlp(
-                    math.prod(site.x_shape), 2 * site.size, width=width, depth=depth, activation=self.activation
+                    math.prod(site.x_shape) + extra,
+                    2 * site.size,
+                    width=width,
+                    depth=depth,
+                    activation=self.activation,
                 )
             if dtype is not None:
                 net = net.to(dtype)
         elif not isinstance(net, torch.nn.Module):
             raise BackendError(
                 f"AmortizedNormal(encoder={type(net).__name__}) on the Pyro engine needs a torch.nn.Module "
-                f"mapping (batch, {math.prod(site.x_shape)}) to (batch, {2 * site.size})."
+                f"mapping (batch, {math.prod(site.x_shape) + extra}) to (batch, {2 * site.size})."
             )
         nx, k, min_scale = len(site.x_shape), site.size, self.min_scale
 
-        def guide(x: Any = None, n: int | None = None) -> Any:
+        def guide(x: Any = None, n: int | None = None, **inputs: Any) -> Any:
             encoder = pyro.module(MODULE_NAME, net)
-            h = encoder(x.reshape(*x.shape[: x.dim() - nx], -1))
+            features = x.reshape(*x.shape[: x.dim() - nx], -1)
+            if inputs:
+                rows = [inputs[k].reshape(x.shape[0], -1).to(features.dtype) for k in sorted(inputs)]
+                features = torch.cat([features, *rows], -1)
+            h = encoder(features)
             loc = h[..., :k].reshape(*h.shape[:-1], *site.shape)
             scale = (F.softplus(h[..., k:]) + min_scale).reshape(loc.shape)
             with pyro.plate(site.plate, x.shape[0], dim=site.dim):
@@ -109,7 +123,7 @@ class AmortizedNormal:
         return guide
 
     # ------------------------------------------------------------------ NumPyro
-    def _numpyro(self, site: LatentSite, *, seed: int) -> Callable:
+    def _numpyro(self, site: LatentSite, *, seed: int, extra: int = 0) -> Callable:
         import jax
         import numpyro
         import numpyro.distributions as dist
@@ -119,7 +133,7 @@ class AmortizedNormal:
         if net is None:
             width, depth = self._widths()
             net = eqx_mlp(
-                math.prod(site.x_shape),
+                math.prod(site.x_shape) + extra,
                 2 * site.size,
                 key=jax.random.PRNGKey(seed),
                 width=width,
@@ -129,13 +143,17 @@ class AmortizedNormal:
         elif hasattr(net, "parameters") and hasattr(net, "forward"):
             raise BackendError(
                 "AmortizedNormal(encoder=<torch module>) on the NumPyro engine: pass an Equinox module that maps "
-                f"one flattened example ({math.prod(site.x_shape)},) to ({2 * site.size},)."
+                f"one flattened example ({math.prod(site.x_shape) + extra},) to ({2 * site.size},)."
             )
         k, min_scale = site.size, self.min_scale
 
-        def guide(x: Any = None, n: int | None = None) -> Any:
+        def guide(x: Any = None, n: int | None = None, **inputs: Any) -> Any:
             encoder = eqx_module(MODULE_NAME, net)
-            h = jax.vmap(encoder)(x.reshape(x.shape[0], -1))
+            features = x.reshape(x.shape[0], -1)
+            if inputs:
+                rows = [inputs[k].reshape(x.shape[0], -1).astype(features.dtype) for k in sorted(inputs)]
+                features = jax.numpy.concatenate([features, *rows], -1)
+            h = jax.vmap(encoder)(features)
             loc = h[:, :k].reshape(x.shape[0], *site.shape)
             scale = (jax.nn.softplus(h[:, k:]) + min_scale).reshape(loc.shape)
             with numpyro.plate(site.plate, x.shape[0], dim=site.dim):
