@@ -124,7 +124,11 @@ def write_report(fit_or_tree: Any, out_dir: Any, *, x: Any = None, max_plots: in
         import arviz_plots as azp
 
         names = list(tree.posterior.data_vars)[:max_plots]
-        coords = {d: tree.posterior[d].values[:max_plots] for d in (tree.attrs.get("example_dim", "obs"),) if d in tree.posterior.dims}
+        coords = {
+            d: tree.posterior[d].values[:max_plots]
+            for d in (tree.attrs.get("example_dim", "obs"),)
+            if d in tree.posterior.dims
+        }
         pc = azp.plot_dist(tree, var_names=names, coords=coords or None, backend="matplotlib")
         pc.savefig(out / "posterior.png", dpi=100)
         plt.close("all")
