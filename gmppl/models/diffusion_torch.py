@@ -12,7 +12,7 @@ import pyro.distributions as pdist
 import torch
 from torch.distributions import constraints
 
-from gmppl.models.diffusion import DiffusionOptions, probe_event_shape
+from gmppl.models.diffusion_options import DiffusionOptions, probe_event_shape
 from gmppl.models.sde import SDE
 
 _SHAPES: dict[int, tuple[int, ...]] = {}
