@@ -54,23 +54,10 @@ from typing import Any
 import numpy as np
 
 from gmppl._data import to_numpy
+from gmppl._dims import SAMPLE_DIMS, site_dims, x_dims
 from gmppl.errors import NotSupported
-
-
-def _x_dims(shape: tuple[int, ...]) -> list[str]:
-    return [f"x_dim_{i}" for i in range(len(shape))] if len(shape) != 1 else ["x_dim"]
-
-
-def _site_dims(name: str, shape: tuple[int, ...], local: bool, latent: str | None) -> list[str]:
-    rest = shape[1:] if local else shape
-    stem = "z" if name == latent and local else name.replace("/", "_").replace(".", "_")
-    event = [f"{stem}_dim_{i}" for i in range(len(rest))] if len(rest) != 1 else [f"{stem}_dim"]
-    return ["obs", *event] if local else event
-
-
-def has_draws(fit: Any) -> bool:
-    """Whether the fit holds posterior draws of its parameters (a Bayesian fit: NUTS, or SVI over global sites)."""
-    return getattr(fit, "draws", None) is not None
+from gmppl.inference.draws import has_draws, log_likelihood_draws, sample_draws
+from gmppl.uq import functional
 
 
 def to_datatree(
@@ -87,7 +74,7 @@ def to_datatree(
     """Build the ``DataTree`` of a fit; see the module docstring for the groups."""
     import xarray as xr
 
-    x_dims = _x_dims(fit.info.x_event_shape)
+    xdims = x_dims(fit.info.x_event_shape)
     xs = fit.data if x is None else fit._check_x(x)
     groups: dict[str, dict[str, np.ndarray]] = {}
     dims: dict[str, dict[str, list[str]]] = {}
@@ -102,8 +89,6 @@ def to_datatree(
         _point_groups(fit, x, xs, put, num_samples, seed, posterior_samples, log_likelihood)
 
     if functionals:
-        from gmppl.uq import functional
-
         n_draws = None if has_draws(fit) else int(posterior_samples)
         for name, fn in functionals.items():
             da = functional(fit, fn, functional_samples, num_draws=n_draws, seed=seed)
@@ -123,7 +108,7 @@ def to_datatree(
         for k in hist[0]:
             put("sample_stats", k, np.stack([np.asarray(h[k], dtype=float) for h in hist]), [])
     if xs is not None:
-        put("observed_data", fit.info.observed, np.asarray(xs), ["obs", *x_dims])
+        put("observed_data", fit.info.observed, np.asarray(xs), ["obs", *xdims])
 
     renames = dim_renames(groups, dims)
     dims = {g: {v: [renames.get(d, d) for d in ds] for v, ds in gd.items()} for g, gd in dims.items()}
@@ -134,9 +119,6 @@ def to_datatree(
     for group, variables in groups.items():
         tree[group] = _group(group, variables, dims[group])
     return tree
-
-
-SAMPLE_DIMS = ("chain", "draw")
 
 
 def dim_renames(groups: dict[str, dict[str, Any]], dims: dict[str, dict[str, list[str]]]) -> dict[str, str]:
@@ -224,10 +206,10 @@ def _point_groups(
     posterior_samples: int,
     log_likelihood: bool,
 ) -> None:
-    x_dims = _x_dims(fit.info.x_event_shape)
+    xdims = x_dims(fit.info.x_event_shape)
     obs = fit.info.observed
     draws = [to_numpy(fit.sample(num_samples, seed=seed + c, chain=c)) for c in range(fit.chains)]
-    put("posterior_predictive", obs, np.stack(draws), x_dims)
+    put("posterior_predictive", obs, np.stack(draws), xdims)
     if x is None:
         return
     if log_likelihood:
@@ -243,13 +225,11 @@ def _point_groups(
         return
     latent = fit.info.latent or "z"
     local = zs.ndim > 2 and zs.shape[2] == len(xs)  # a per-example latent; else a global one (weights, scales)
-    put("posterior", latent.replace("/", "."), zs, _site_dims(latent, zs.shape[2:], local, latent))
+    put("posterior", latent.replace("/", "."), zs, site_dims(latent, zs.shape[2:], local, latent))
 
 
 def _bayesian_groups(fit: Any, x: Any, xs: np.ndarray, put: Callable, *, seed: int, log_likelihood: bool) -> None:
-    from gmppl.inference.draws import log_likelihood_draws, sample_draws
-
-    x_dims = _x_dims(fit.info.x_event_shape)
+    xdims = x_dims(fit.info.x_event_shape)
     obs = fit.info.observed
     d0 = fit.draws[0]
     on_data = x is None or d0.is_data(xs)
@@ -259,14 +239,14 @@ def _bayesian_groups(fit: Any, x: Any, xs: np.ndarray, put: Callable, *, seed: i
             continue
         value = np.stack([d.values[name] for d in fit.draws])
         var = name.replace("/", ".")  # DataTree variable names cannot hold "/" (NumPyro's module scopes)
-        put("posterior", var, value, _site_dims(name, value.shape[2:], name in d0.local, latent))
+        put("posterior", var, value, site_dims(name, value.shape[2:], name in d0.local, latent))
     pp = np.stack(
         [
             sample_draws(p, d, 1, seed=seed + c)[:, 0]
             for c, (p, d) in enumerate(zip(fit.programs, fit.draws, strict=True))
         ]
     )
-    put("posterior_predictive", obs, pp, x_dims)
+    put("posterior_predictive", obs, pp, xdims)
     if log_likelihood:
         try:
             ll = np.stack([log_likelihood_draws(p, d, xs) for p, d in zip(fit.programs, fit.draws, strict=True)])

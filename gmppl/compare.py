@@ -59,8 +59,7 @@ def compare(
 
 def heldout_log_density(fit: Any, x: np.ndarray) -> np.ndarray:
     """``log p(x_i | fit)``: the mixture over chains and parameter draws, shape ``(len(x),)``."""
-    from gmppl.arviz import has_draws
-    from gmppl.inference.draws import log_likelihood_draws
+    from gmppl.inference.draws import has_draws, log_likelihood_draws
 
     x = fit._check_x(x)
     if has_draws(fit):

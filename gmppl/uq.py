@@ -38,6 +38,7 @@ import numpy as np
 
 from gmppl._data import to_numpy
 from gmppl.errors import BackendError, NotSupported
+from gmppl.inference.draws import has_draws, sample_draws
 
 
 # ---------------------------------------------------------------------- functionals
@@ -62,9 +63,6 @@ def functional(
         az.hdi(t), az.mcse(t), az.rhat(t)
     """
     import xarray as xr
-
-    from gmppl.arviz import has_draws
-    from gmppl.inference.draws import sample_draws
 
     m = int(num_samples)
     if m < 1:
@@ -192,8 +190,6 @@ def _monte_carlo(k: int, n: int, prob: float) -> ProbabilityEstimate:
 
 
 def _choose_space(fit: Any) -> str | None:
-    from gmppl.arviz import has_draws
-
     if has_draws(fit):
         return "density" if _has_density(fit) else None
     info = fit.info

@@ -52,6 +52,11 @@ class Draws:
         return self.x is not None and np.shape(x) == self.x.shape and np.array_equal(np.asarray(x), self.x)
 
 
+def has_draws(fit: Any) -> bool:
+    """Whether the fit holds posterior draws of its parameters (a Bayesian fit: NUTS, or SVI over global sites)."""
+    return getattr(fit, "draws", None) is not None
+
+
 def local_sites(sites: dict[str, Any], n: int, observed: str | None = None) -> frozenset[str]:
     """Unobserved sample sites inside a plate of size ``n`` (per-example latents); with ``observed``, only
     plates the observed site sits in too (a weight plate that happens to have size ``n`` is not the data's)."""

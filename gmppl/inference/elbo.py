@@ -45,9 +45,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from gmppl._dims import site_dims
 from gmppl.engines.base import ModelInfo
 from gmppl.errors import BackendError, ModelError, NotSupported, UnknownName
 from gmppl.inference.base import Backend
+from gmppl.inference.draws import has_draws
 from gmppl.models.guides import MODULE_NAME, AmortizedNormal, LatentSite
 
 log = logging.getLogger("gmppl")
@@ -406,8 +408,6 @@ class ELBO(Backend):
         (Bayesian SVI: ``log_likelihood`` is then per parameter draw already), or for models with
         global latents (no per-example factorisation).
         """
-        from gmppl.arviz import _site_dims, has_draws
-
         if x is None or not log_likelihood or has_draws(fit):
             return {}, {}
         plans = fit.plans
@@ -440,7 +440,7 @@ class ELBO(Backend):
             },
         }
         dims = {
-            "posterior": {var: _site_dims(latent, t["z"].shape[2:], True, latent)},
+            "posterior": {var: site_dims(latent, t["z"].shape[2:], True, latent)},
             "log_likelihood": {obs: ["obs"]},
             "approximate_posterior": {"log_p": [], "log_q": [], "log_weight": ["obs"]},
             "log_marginal_likelihood": {obs: ["obs"], f"{obs}_stderr": ["obs"]},
