@@ -1,4 +1,7 @@
-"""Saving and loading fits: safetensors weights + JSON metadata + npz history; nothing executes on load.
+"""The saved-fit format: safetensors weights + JSON metadata + npz history; nothing executes on load.
+
+``save(fit, path)`` writes a fit (``Fit.save``); ``read(path, model)`` returns the fields from which
+``gm.load`` (``gmppl.result.load``) rebuilds the ``Fit``, so this module never imports ``gmppl.result``.
 
 A saved fit is a directory::
 
@@ -143,18 +146,17 @@ def _draw_weights(draws: Any) -> dict[str, np.ndarray]:
     return {name: getattr(draws, k) for k, name in _DRAW_WEIGHTS.items() if getattr(draws, k) is not None}
 
 
-def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None) -> Any:
-    """Restore a fit saved by ``Fit.save`` for the same ``model``; weights load without running code.
+def read(path: Any, model: Callable, backend: Any = None, *, device: Any = None) -> dict[str, Any]:
+    """The fields of a ``Fit`` saved by ``save`` for the same ``model``; weights load without running code.
 
-    Refuses (``gm.CheckpointError``) a directory that is corrupt, holds only pickles, or whose
-    parameters do not match ``model``'s.
+    ``gm.load`` (``gmppl.result.load``) builds the ``Fit`` from them. Refuses (``gm.CheckpointError``) a
+    directory that is corrupt, holds only pickles, or whose parameters do not match ``model``'s.
     """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     from gmppl.engines import make_program
     from gmppl.inference.base import REGISTRY
-    from gmppl.result import Fit
 
     src = Path(path)
     if not (src / "meta.json").is_file() or not (src / "weights.safetensors").is_file():
@@ -209,15 +211,14 @@ def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
         histories = [
             {k.split("/", 1)[1]: h[k] for k in h.files if k.startswith(f"chain{c}/")} for c in range(meta["chains"])
         ]
-    return Fit(
-        model=model,
-        engine=meta["engine"],
-        backend=backend,
-        programs=programs,
-        plans=plans,
-        info=info,
-        histories=histories,
-        data=data,
-        config=meta.get("config", {}),
-        draws=all_draws or None,
-    )
+    return {
+        "engine": meta["engine"],
+        "backend": backend,
+        "programs": programs,
+        "plans": plans,
+        "info": info,
+        "histories": histories,
+        "data": data,
+        "config": meta.get("config", {}),
+        "draws": all_draws or None,
+    }
