@@ -212,6 +212,7 @@ def _point_groups(
     put("posterior_predictive", obs, np.stack(draws), xdims)
     if x is None:
         return
+    assert xs is not None  # the checked x
     if log_likelihood:
         try:
             ll = fit.log_prob_chains(xs)

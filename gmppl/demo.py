@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -164,7 +164,7 @@ def _measure(run: Run, fit: Any, x_test: np.ndarray, seconds: float) -> dict:
     ref = x_test.reshape(len(x_test), -1)
     out["samples"] = samples
     out["mmd"] = divergences.MMD()(samples[:1000], ref[:1000])
-    method = "exact" if ref.shape[1] <= 4 else "sliced"
+    method: Literal["exact", "sliced"] = "exact" if ref.shape[1] <= 4 else "sliced"
     out["w1"] = divergences.Wasserstein1(method=method)(samples[:1000], ref[:1000])
     if run.data == "ring":
         from gmppl.datasets import ring_centers

@@ -85,7 +85,7 @@ def _check(key: str, flat: dict, shape: tuple) -> None:
 
 def backend_config(backend: Any) -> dict[str, Any]:
     """The backend's settings that JSON can hold (strings, numbers, divergence names)."""
-    cfg = {}
+    cfg: dict[str, Any] = {}
     if dataclasses.is_dataclass(backend):
         for f in dataclasses.fields(backend):
             v = getattr(backend, f.name)
@@ -117,7 +117,8 @@ def save(fit: Any, path: Any) -> None:
             # a guide's draws also carry log p(x, theta_s) and log q(theta_s) (ArviZ's approximate_posterior)
             arrays.update({f"chain{c}/{k}": np.ascontiguousarray(v) for k, v in _draw_weights(d).items()})
         save_file(arrays, str(out / "draws.safetensors"))
-    hist = {f"chain{c}/{k}": np.asarray(v) for c, h in enumerate(fit._histories) for k, v in h.items()}
+    # Any, not ndarray: numpy's stub lets ``**`` fill savez's ``allow_pickle: bool`` too (no key here is that)
+    hist: dict[str, Any] = {f"chain{c}/{k}": np.asarray(v) for c, h in enumerate(fit._histories) for k, v in h.items()}
     np.savez(out / "history.npz", **hist)
     if fit.data is not None:
         np.save(out / "observed_data.npy", fit.data, allow_pickle=False)
@@ -204,8 +205,9 @@ def read(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
             except (SafetensorError, OSError) as e:
                 raise CheckpointError(f"{src}: the posterior draws are missing or corrupt ({e}).") from e
             values = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
-            weights = {k: values.pop(name, None) for k, name in _DRAW_WEIGHTS.items()}
-            all_draws.append(Draws(values=values, local=frozenset(meta["draws_local"]), x=data, **weights))
+            log_p, log_q = (values.pop(_DRAW_WEIGHTS[k], None) for k in ("log_p", "log_q"))
+            local = frozenset(meta["draws_local"])
+            all_draws.append(Draws(values=values, local=local, x=data, log_p=log_p, log_q=log_q))
         programs.append(program)
     with np.load(src / "history.npz", allow_pickle=False) as h:
         histories = [

@@ -160,7 +160,7 @@ class NumPyroProgram:
 
     def invert(self, x: Any) -> Any:
         """``z = g^{-1}(x)`` for an observed site that is an invertible pushforward (a flow)."""
-        site = self.trace(self.params, jax.random.PRNGKey(0), x=self.as_array(x))[self.observed]
+        site = self.trace(self.state_dict(), jax.random.PRNGKey(0), x=self.as_array(x))[self.observed]
         return invert_pushforward(site["fn"], site["value"])
 
 
@@ -229,6 +229,7 @@ class JaxLoop:
             step = step or step_c  # the same pure function for every chain: chain 0's closure
             states.append(state)
             keys.append(key)
+        assert step is not None  # at least one chain
         runner = _chunk_runner(step, b, self.length)
         c = self.chains
         if c == 1:

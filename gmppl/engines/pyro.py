@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.params.param_store import StateDict
 
 from gmppl.engines.base import ModelInfo
-from gmppl.engines.sites import check_event_shape, check_support, info_from_traces, invert_pushforward
+from gmppl.engines.sites import Site, check_event_shape, check_support, info_from_traces, invert_pushforward
 from gmppl.errors import DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_torch
 
@@ -74,7 +75,7 @@ class PyroProgram:
         self.observed = observed
         self.latent = latent
         self.device = resolve_device(device)
-        self.store: dict = {"params": {}, "constraints": {}}
+        self.store: StateDict = {"params": {}, "constraints": {}}
         self._token = id(self)
         self._frozen: dict[str, torch.Tensor] | None = None
         self.threads = torch_threads(self.device)
@@ -196,7 +197,8 @@ class PyroProgram:
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
             tr = self.trace(x=None, n=n)
-        return tr.nodes[self.observed]["value"]
+        site: Site = tr.nodes[self.observed]
+        return site["value"]
 
     def sample(self, n: int, *, seed: int | None = None) -> torch.Tensor:
         """``n`` generated values of the observed site; ``seed`` fixes them without touching torch's global
@@ -212,7 +214,7 @@ class PyroProgram:
             data = {k: torch.as_tensor(np.asarray(v), device=self.device) for k, v in given.items()}
             model = poutine.condition(model, data=data)
         with self.seeded(seed), torch.no_grad(), self.scope():
-            nodes = poutine.trace(model).get_trace(x=None, n=n).nodes
+            nodes: Mapping[str, Site] = poutine.trace(model).get_trace(x=None, n=n).nodes
             out = {}
             for name, site in nodes.items():
                 if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
@@ -232,7 +234,7 @@ class PyroProgram:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Per-example ``log p(x_i)`` of the observed site (models with a density, no latents)."""
         tr = self.trace(x=x, n=None)
-        site = tr.nodes[self.observed]
+        site: Site = tr.nodes[self.observed]
         lp = site["fn"].log_prob(site["value"])
         return lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp
 

@@ -200,12 +200,14 @@ class Adversarial(Backend):
         return Adam(lr=1e-4, betas=(0.5, 0.9)) if self.is_w1 else Adam(lr=2e-4, betas=(0.5, 0.999))
 
     def ema_decay(self, t: Any) -> Any:
-        """The averaging weight at step ``t = 1, 2, ...``: ``min(ema, (1 + t) / (10 + t))``."""
+        """The averaging weight at step ``t = 1, 2, ...``: ``min(ema, (1 + t) / (10 + t))`` (only with ``ema`` set)."""
+        ema = self.ema
+        assert ema is not None
         if isinstance(t, int):
-            return min(float(self.ema), (1.0 + t) / (10.0 + t))
+            return min(float(ema), (1.0 + t) / (10.0 + t))
         import jax.numpy as jnp
 
-        return jnp.minimum(self.ema, (1.0 + t) / (10.0 + t))
+        return jnp.minimum(ema, (1.0 + t) / (10.0 + t))
 
     # ------------------------------------------------------------------ the objective, engine-free
     def _maps(self, xp: Any = None) -> tuple[Any, Any]:

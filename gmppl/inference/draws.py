@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from gmppl.engines.sites import Site
 from gmppl.errors import NotSupported
 
 
@@ -97,7 +98,8 @@ def sample_draws(program: Any, d: Draws, m: int, *, seed: int = 0) -> np.ndarray
             for s in range(d.num_draws):
                 data = {k: torch.as_tensor(v, device=program.device) for k, v in _pick(glob, s).items()}
                 tr = poutine.trace(poutine.condition(program.model, data=data)).get_trace(x=None, n=m)
-                out.append(tr.nodes[program.observed]["value"].cpu().numpy())
+                site: Site = tr.nodes[program.observed]
+                out.append(site["value"].cpu().numpy())
         return np.stack(out)
     import jax
 
@@ -217,8 +219,8 @@ def log_likelihood_draws(program: Any, d: Draws, x: Any) -> np.ndarray:
         with torch.no_grad(), program.scope():
             for s in range(d.num_draws):
                 data = {k: torch.as_tensor(v, device=program.device) for k, v in _pick(vals, s).items()}
-                site = poutine.trace(poutine.condition(program.model, data=data)).get_trace(x=xt, n=None)
-                site = site.nodes[program.observed]
+                tr = poutine.trace(poutine.condition(program.model, data=data)).get_trace(x=xt, n=None)
+                site: Site = tr.nodes[program.observed]
                 lp = site["fn"].log_prob(site["value"])
                 out.append((lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp).cpu().numpy())
         return np.stack(out)

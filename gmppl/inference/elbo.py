@@ -641,6 +641,7 @@ class _Compiled:
         out = self.first(x)
         cf = self.compiled_function()
         (graph,) = cf.compiled.values()
+        # Pyro types pyro.param as returning a Tensor, but the tensor it returns also has .unconstrained()
         params = tuple(pyro.param(name).unconstrained() for name in cf._param_names)  # type: ignore[attr-defined]
         self.run = lambda x: graph(*params, x)
         return out
