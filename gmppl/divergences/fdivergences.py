@@ -24,8 +24,8 @@ GAN                 u log u - (u+1) log(u+1) + log 4  -log(1 - e^t) - log 4,  t 
 TotalVariation      |u - 1| / 2                     t,  |t| <= 1/2                      tanh(v) / 2
 ==================  ==============================  ==================================  ==================
 
-Scalings that differ from Nowozin et al.: ``JensenShannon`` uses the seed's ``f`` (half of
-Nowozin's), so ``f*(t) = f_N*(2t) / 2`` and the activation is halved; ``D`` is then the
+Scalings that differ from Nowozin et al. (``docs/design.md``, "JS scaling"): ``JensenShannon``'s ``f``
+is half of Nowozin's, so ``f*(t) = f_N*(2t) / 2`` and the activation is halved; ``D`` is then the
 Jensen–Shannon divergence itself, at most ``log 2``. ``GAN`` adds ``log 4`` to Nowozin's ``f`` so
 that ``f(1) = 0``: its bound is the GAN discriminator objective plus ``log 4`` and
 ``D_GAN = 2 JS``. ``SquaredHellinger`` keeps Nowozin's ``f``: ``D = int (sqrt p - sqrt q)^2``
@@ -500,7 +500,7 @@ class Jeffreys(FDivergence):
 class JensenShannon(FDivergence):
     """Jensen–Shannon ``KL(P || M)/2 + KL(Q || M)/2``, ``M = (P + Q)/2``, at most ``log 2``.
 
-    ``f(u) = (u log u - (u + 1) log((u + 1)/2)) / 2`` (the seed's scaling, half of Nowozin's):
+    ``f(u) = (u log u - (u + 1) log((u + 1)/2)) / 2`` (half of Nowozin's, so ``D`` is JS itself):
     ``f*(t) = -log(2 - e^(2t)) / 2`` on ``t < log(2)/2``, activation ``(log 2 - softplus(-v))/2``.
     """
 

@@ -3,7 +3,8 @@
 Parameters are an explicit pytree (unconstrained), substituted into the program with
 ``numpyro.handlers.substitute``; everything a backend differentiates is a pure function
 of ``(params, batch, key)``, and the training loop runs many steps per dispatch with
-``jax.lax.scan`` on the device (STYLE.md practice 1).
+``jax.lax.scan`` on the device: a backend's state is explicit, created by an init and advanced by a
+pure, jittable step (``docs/design.md``, "Concepts").
 """
 
 from __future__ import annotations
