@@ -2,7 +2,7 @@
 
 A `PyroProgram` runs the program under Pyro's effect handlers inside a private
 ``ParamStore`` scope, so two fits never share parameters through the global store
-(DESIGN.md). It exposes what backends need: the leaf tensors to optimise, generated
+(``docs/design.md``, "Concepts"). It exposes what backends need: the leaf tensors to optimise, generated
 draws of the observed site, its per-example log-density, and site introspection.
 """
 
@@ -31,10 +31,10 @@ _OWNER: dict[int, int] = {}
 def torch_threads(device: torch.device) -> int | None:
     """Intra-op threads while a program runs: 1 on CPU unless ``GMPPL_TORCH_THREADS`` says otherwise.
 
-    Measured on the 2-core CI machine (benchmarks/bench_flow.py, spline flow, batch 256): one thread
-    ran 32 steps/s and two threads 4 steps/s while the other core was busy; with both cores idle two
-    threads gave ~1.5x. Small generative models are dominated by many small ops, so one thread is the
-    robust default; ``GMPPL_TORCH_THREADS=0`` keeps torch's own setting.
+    Small generative models are dominated by many small ops: a second thread gains little on an idle
+    machine and loses most of the speed when another process holds a core, so one thread is the robust
+    default (``benchmarks/bench_flow.py`` times both; the numbers are in the README's benchmarks).
+    ``GMPPL_TORCH_THREADS=0`` keeps torch's own setting.
     """
     if device.type != "cpu":
         return None
@@ -88,8 +88,8 @@ class PyroProgram:
         if _ACTIVE and _ACTIVE[-1] is self:
             yield
             return
-        # torch.device(...) as a context intercepts every torch call in Python (a TorchFunctionMode,
-        # ~2x slower steps for op-heavy flows): enter it only when the default device differs.
+        # torch.device(...) as a context intercepts every torch call in Python (a TorchFunctionMode, which
+        # slows op-heavy flows' steps): enter it only when the default device differs.
         on_device = contextlib.nullcontext() if self.device == torch.get_default_device() else torch.device(self.device)
         previous = torch.get_num_threads()
         if self.threads and previous != self.threads:
