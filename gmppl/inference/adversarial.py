@@ -200,9 +200,9 @@ class Adversarial(Backend):
         return Adam(lr=1e-4, betas=(0.5, 0.9)) if self.is_w1 else Adam(lr=2e-4, betas=(0.5, 0.999))
 
     def ema_decay(self, t: Any) -> Any:
-        """The averaging weight at step ``t = 1, 2, ...``: ``min(ema, (1 + t) / (10 + t))`` (only with ``ema`` set)."""
+        """The averaging weight at step ``t = 1, 2, ...``: ``min(ema, (1 + t) / (10 + t))``."""
         ema = self.ema
-        assert ema is not None
+        assert ema is not None  # called only when the generator is averaged
         if isinstance(t, int):
             return min(float(ema), (1.0 + t) / (10.0 + t))
         import jax.numpy as jnp
