@@ -19,13 +19,13 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 venv install: $(STAMP)
 
+# What CI checks: lint (ruff check, ruff format --check, mypy on gmppl/), then the tests.
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check gmppl tests
+	$(BIN)/ruff format --check gmppl tests examples benchmarks
 	$(BIN)/mypy
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
 
 demo: $(STAMP)

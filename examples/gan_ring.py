@@ -26,12 +26,12 @@ seconds include sharing the machine with another run):
     | grid | reverse_kl | 100000 | 25/25 | 98.1% | 0.010 | 353 |
     | grid | w1 | 60000 | 25/25 | 96.0% | 0.004 | 1013 |
 
-Reverse KL is mode seeking, as the seed describes: a generator that has put its mass on 6 of the 8
-ring modes sits at a local minimum (``D = log(8/6) = 0.29`` for a perfect fit of those six, and no
-gradient reaches an empty mode). The four restarts reached 6, 3, 8 and 3 modes, and their running
-divergence estimates (0.38, 1.60, 0.018, 1.11) rank them in exactly that order, so picking the
-smallest estimate picks the restart with every mode, as the 1-D restart test does for the global
-minimiser. On the grid the single chain already holds all 25.
+Reverse KL is mode seeking (``docs/design.md``, "Divergences and latent variables"): a generator
+that has put its mass on 6 of the 8 ring modes sits at a local minimum (``D = log(8/6) = 0.29`` for
+a perfect fit of those six, and no gradient reaches an empty mode). The four restarts reached 6, 3,
+8 and 3 modes, and their running divergence estimates (0.38, 1.60, 0.018, 1.11) rank them in exactly
+that order, so picking the smallest estimate picks the restart with every mode, as the 1-D restart
+test does for the global minimiser. On the grid the single chain already holds all 25.
 
 What made the difference (measured with a plain-JAX copy of the backend's step, grid, 3x256):
 
@@ -40,7 +40,7 @@ What made the difference (measured with a plain-JAX copy of the backend's step, 
   88% at 48000, 95% at 72000. The old 20000-step budget stopped half-way.
 * **the averaged generator** (``Adversarial(ema=0.999)``, the default now): one to two points for the
   f-GANs, and for ``w1`` on the ring 77.5% -> 92.7% at 12000 steps. The table's JS grid fit is
-  at 98.6%; its last iterate (the same seed's run without averaging) was at 88.5%.
+  at 98.6%; its last iterate (the run with the same seed, without averaging) was at 88.5%.
 * **the one-sided gradient penalty for ``w1``** (the default now; see ``gmppl.inference.adversarial``):
   with WGAN-GP's two-sided penalty the 3x256 generator stayed off the ring (0/8 modes after 20000
   steps), and a 2x128 generator reached only 10/25 grid modes; one-sided, 8/8 within 6000 steps.

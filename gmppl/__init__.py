@@ -22,8 +22,7 @@ from gmppl.errors import (
     UnknownName,
 )
 from gmppl.fit import fit
-from gmppl.io import load
-from gmppl.result import Fit
+from gmppl.result import Fit, load
 
 __version__ = "0.1.0"
 

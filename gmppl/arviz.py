@@ -57,12 +57,10 @@ from typing import Any
 import numpy as np
 
 from gmppl._data import to_numpy
+from gmppl._dims import SAMPLE_DIMS, site_dims, x_dims
 from gmppl.errors import NotSupported
-
-
-def _x_dims(shape: tuple[int, ...]) -> list[str]:
-    return [f"x_dim_{i}" for i in range(len(shape))] if len(shape) != 1 else ["x_dim"]
-
+from gmppl.inference.draws import has_draws, log_likelihood_draws, sample_draws
+from gmppl.uq import functional
 
 #: Predictive draws per input row for point fits (``num_samples`` caps it): one generated example per row each.
 PER_ROW_DRAWS = 100
@@ -71,18 +69,6 @@ PER_ROW_DRAWS = 100
 def _input_dims(name: str, shape: tuple[int, ...]) -> list[str]:
     stem = name.replace("/", "_").replace(".", "_")
     return [f"{stem}_dim_{i}" for i in range(len(shape))] if len(shape) != 1 else [f"{stem}_dim"]
-
-
-def _site_dims(name: str, shape: tuple[int, ...], local: bool, latent: str | None) -> list[str]:
-    rest = shape[1:] if local else shape
-    stem = "z" if name == latent and local else name.replace("/", "_").replace(".", "_")
-    event = [f"{stem}_dim_{i}" for i in range(len(rest))] if len(rest) != 1 else [f"{stem}_dim"]
-    return ["obs", *event] if local else event
-
-
-def has_draws(fit: Any) -> bool:
-    """Whether the fit holds posterior draws of its parameters (a Bayesian fit: NUTS, or SVI over global sites)."""
-    return getattr(fit, "draws", None) is not None
 
 
 def to_datatree(
@@ -99,7 +85,7 @@ def to_datatree(
     """Build the ``DataTree`` of a fit; see the module docstring for the groups."""
     import xarray as xr
 
-    x_dims = _x_dims(fit.info.x_event_shape)
+    xdims = x_dims(fit.info.x_event_shape)
     xs, rows = (fit.data, fit.inputs) if x is None else fit._split(x)
     groups: dict[str, dict[str, np.ndarray]] = {}
     dims: dict[str, dict[str, list[str]]] = {}
@@ -114,8 +100,6 @@ def to_datatree(
         _point_groups(fit, x, xs, rows, put, num_samples, seed, posterior_samples, log_likelihood)
 
     if functionals:
-        from gmppl.uq import functional
-
         n_draws = None if has_draws(fit) else int(posterior_samples)
         for name, fn in functionals.items():
             da = functional(fit, fn, functional_samples, num_draws=n_draws, seed=seed)
@@ -137,7 +121,7 @@ def to_datatree(
             group = "validation_stats" if k.startswith("val_") else "sample_stats"
             put(group, k, np.stack([np.asarray(h[k], dtype=float) for h in hist]), [])
     if xs is not None:
-        put("observed_data", fit.info.observed, np.asarray(xs), ["obs", *x_dims])
+        put("observed_data", fit.info.observed, np.asarray(xs), ["obs", *xdims])
     for name, value in rows.items():  # the inputs given with the data
         put("constant_data", name, np.asarray(value), ["obs", *_input_dims(name, value.shape[1:])])
 
@@ -150,9 +134,6 @@ def to_datatree(
     for group, variables in groups.items():
         tree[group] = _group(group, variables, dims[group])
     return tree
-
-
-SAMPLE_DIMS = ("chain", "draw")
 
 
 def dim_renames(groups: dict[str, dict[str, Any]], dims: dict[str, dict[str, list[str]]]) -> dict[str, str]:
@@ -241,7 +222,7 @@ def _point_groups(
     posterior_samples: int,
     log_likelihood: bool,
 ) -> None:
-    x_dims = _x_dims(fit.info.x_event_shape)
+    xdims = x_dims(fit.info.x_event_shape)
     obs = fit.info.observed
     if rows:  # the predictive at each input row: (chain, draw, obs, ...)
         m = len(next(iter(rows.values())))
@@ -251,12 +232,13 @@ def _point_groups(
             to_numpy(fit.sample(inputs=tiled, seed=seed + c, chain=c)).reshape(k, m, *fit.info.x_event_shape)
             for c in range(fit.chains)
         ]
-        put("posterior_predictive", obs, np.stack(draws), ["obs", *x_dims])
+        put("posterior_predictive", obs, np.stack(draws), ["obs", *xdims])
     else:
         draws = [to_numpy(fit.sample(num_samples, seed=seed + c, chain=c)) for c in range(fit.chains)]
-        put("posterior_predictive", obs, np.stack(draws), x_dims)
+        put("posterior_predictive", obs, np.stack(draws), xdims)
     if x is None:
         return
+    assert xs is not None  # the checked x
     given = {obs: xs, **rows} if rows else xs
     if log_likelihood:
         try:
@@ -273,15 +255,13 @@ def _point_groups(
         return
     latent = fit.info.latent or "z"
     local = zs.ndim > 2 and zs.shape[2] == len(xs)  # a per-example latent; else a global one (weights, scales)
-    put("posterior", latent.replace("/", "."), zs, _site_dims(latent, zs.shape[2:], local, latent))
+    put("posterior", latent.replace("/", "."), zs, site_dims(latent, zs.shape[2:], local, latent))
 
 
 def _bayesian_groups(
     fit: Any, x: Any, xs: np.ndarray, rows: dict[str, np.ndarray], put: Callable, *, seed: int, log_likelihood: bool
 ) -> None:
-    from gmppl.inference.draws import log_likelihood_draws, sample_draws
-
-    x_dims = _x_dims(fit.info.x_event_shape)
+    xdims = x_dims(fit.info.x_event_shape)
     obs = fit.info.observed
     d0 = fit.draws[0]
     on_data = x is None or d0.is_data(xs)
@@ -291,14 +271,14 @@ def _bayesian_groups(
             continue
         value = np.stack([d.values[name] for d in fit.draws])
         var = name.replace("/", ".")  # DataTree variable names cannot hold "/" (NumPyro's module scopes)
-        put("posterior", var, value, _site_dims(name, value.shape[2:], name in d0.local, latent))
+        put("posterior", var, value, site_dims(name, value.shape[2:], name in d0.local, latent))
     pairs = list(zip(fit.programs, fit.draws, strict=True))
     if rows:  # one prediction per posterior draw at each input row
         pp = np.stack([sample_draws(p, d, None, seed=seed + c, inputs=rows) for c, (p, d) in enumerate(pairs)])
-        put("posterior_predictive", obs, pp, ["obs", *x_dims])
+        put("posterior_predictive", obs, pp, ["obs", *xdims])
     else:
         pp = np.stack([sample_draws(p, d, 1, seed=seed + c)[:, 0] for c, (p, d) in enumerate(pairs)])
-        put("posterior_predictive", obs, pp, x_dims)
+        put("posterior_predictive", obs, pp, xdims)
     if log_likelihood:
         try:
             ll = np.stack([log_likelihood_draws(p, d, xs, rows) for p, d in pairs])

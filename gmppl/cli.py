@@ -31,9 +31,11 @@ def load_model(spec: str) -> Any:
         raise ModelError(f"model {spec!r}: no such file {path!r}.")
     mod_name = f"_gmppl_user_{file.stem}"
     module_spec = importlib.util.spec_from_file_location(mod_name, file)
-    module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+    if module_spec is None or module_spec.loader is None:
+        raise ModelError(f"model {spec!r}: {path} cannot be imported as a Python module.")
+    module = importlib.util.module_from_spec(module_spec)
     sys.modules[mod_name] = module
-    module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    module_spec.loader.exec_module(module)
     fn = getattr(module, name, None)
     if not callable(fn):
         names = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))

@@ -65,8 +65,7 @@ def compare(
 
 def heldout_log_density(fit: Any, x: Any) -> np.ndarray:
     """``log p(x_i | fit)``: the mixture over chains and parameter draws, shape ``(len(x),)``."""
-    from gmppl.arviz import has_draws
-    from gmppl.inference.draws import log_likelihood_draws
+    from gmppl.inference.draws import has_draws, log_likelihood_draws
 
     xs, rows = fit._split(x)
     if has_draws(fit):

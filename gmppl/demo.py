@@ -3,7 +3,7 @@
 On bundled data it fits
   (a) one flow by ``Likelihood``, ``Adversarial(js)``, ``Adversarial(w1)`` and ``Score(sliced)`` (two moons);
   (b) one implicit generator by ``Adversarial`` with forward KL, reverse KL and JS (the 8-Gaussian
-      ring: mode-covering vs mode-seeking, as the seed describes);
+      ring: mode-covering vs mode-seeking; ``docs/design.md``, "Divergences and latent variables");
   (c) a VAE by ``ELBO`` and a diffusion model by ``Score(dsm)`` (two moons);
 then writes ``report.md`` (fits ranked by held-out log-likelihood where one exists, and by MMD/W1 to
 held-out data with intervals everywhere; mode coverage; training time), PNGs and each fit's DataTree.
@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -164,7 +164,7 @@ def _measure(run: Run, fit: Any, x_test: np.ndarray, seconds: float) -> dict:
     ref = x_test.reshape(len(x_test), -1)
     out["samples"] = samples
     out["mmd"] = divergences.MMD()(samples[:1000], ref[:1000])
-    method = "exact" if ref.shape[1] <= 4 else "sliced"
+    method: Literal["exact", "sliced"] = "exact" if ref.shape[1] <= 4 else "sliced"
     out["w1"] = divergences.Wasserstein1(method=method)(samples[:1000], ref[:1000])
     if run.data == "ring":
         from gmppl.datasets import ring_centers
@@ -300,7 +300,7 @@ def run_demo(
     if data != "digits":
         from gmppl.divergences.demo import main as divergence_demo
 
-        text += "\n## The divergence family on the seed's three-mode mixture\n\n" + divergence_demo(out)
+        text += "\n## The divergence family on a three-mode mixture\n\n" + divergence_demo(out)
     path = out / "report.md"
     path.write_text(text)
     print(text)

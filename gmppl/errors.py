@@ -5,6 +5,11 @@ Each is raised before any training step and says what is wrong and what to do.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gmppl.result import Fit
+
 
 class GmpplError(Exception):
     """Base of all gmppl errors."""
@@ -35,7 +40,12 @@ class DeviceError(GmpplError, ValueError):
 
 
 class TrainingError(GmpplError, RuntimeError):
-    """Training diverged (the loss turned NaN/inf); the last good state is kept."""
+    """Training diverged (the loss turned NaN/inf) or a callback raised; the last good state is kept.
+
+    ``gm.fit`` sets ``fit``: the ``Fit`` with the parameters of the last good step and the history so far.
+    """
+
+    fit: Fit | None = None
 
 
 class CheckpointError(GmpplError, ValueError):

@@ -86,16 +86,17 @@ def fit(
         )
     for name, value in (("steps", steps), ("batch_size", batch_size), ("chains", chains)):
         _check_positive(name, value)
-    for name, value in (("validate_every", validate_every), ("patience", patience)):
-        if value is not None:
-            _check_positive(name, value)
+    for name, optional in (("validate_every", validate_every), ("patience", patience)):
+        if optional is not None:
+            _check_positive(name, optional)
     if (validate_every is not None or patience is not None) and validation is None:
         raise BackendError("validate_every= and patience= need held-out data: pass validation=x_val.")
     if engine is not None and engine not in ENGINES:
         raise UnknownName(f"engine={engine!r} is unknown; use one of {ENGINES} (or None to detect).")
     if not callable(model):
         raise ModelError(f"model={model!r} is not callable; pass a Pyro or NumPyro program model(x=None, n=None).")
-    x_val, val_inputs = None, {}
+    x_val: np.ndarray | None = None
+    val_inputs: dict[str, np.ndarray] = {}
     if validation is not None:
         x_val, val_inputs = split_data(validation, observed, name="validation")
         x_val = x_val.astype(x.dtype, copy=False)
@@ -167,17 +168,17 @@ def fit(
             draws=draws,
         )
 
-    if sampler:
+    if isinstance(backend, SamplerBackend):
         num = backend.num_draws(int(steps))
         results = [
             backend.draw(p, plan, x, num_samples=num, seed=s, inputs=inputs)
             for p, plan, s in zip(programs, plans, seeds, strict=True)
         ]
-        histories = [h for _, h in results]
-        bar.update(num, float(-np.mean(histories[0]["lp"])) if "lp" in histories[0] else float("nan"))
+        stats = [h for _, h in results]
+        bar.update(num, float(-np.mean(stats[0]["lp"])) if "lp" in stats[0] else float("nan"))
         config["train_seconds"] = [bar.close()] * chains
-        result = make_fit(histories, [d for d, _ in results])
-        _call(callbacks, num, {k: float(np.mean([h[k].mean() for h in histories])) for k in histories[0]}, result)
+        result = make_fit(stats, [d for d, _ in results])
+        _call(callbacks, num, {k: float(np.mean([h[k].mean() for h in stats])) for k in stats[0]}, result)
         return result
 
     loop = make_loop(engine, programs, backend, plans, x, batch_size=batch_size, steps=int(steps), inputs=inputs)
@@ -203,10 +204,10 @@ def fit(
                 h["val_step"] = np.array(val_step)
         return hist
 
-    def stop(error: Exception) -> Exception:
+    def stop(error: TrainingError) -> TrainingError:
         loop.finish(state)
         config["train_seconds"] = [bar.close()] * chains
-        error.fit = make_fit(histories())  # type: ignore[attr-defined]
+        error.fit = make_fit(histories())
         return error
 
     while done < steps:

@@ -1,4 +1,7 @@
-"""Saving and loading fits: safetensors weights + JSON metadata + npz history; nothing executes on load.
+"""The saved-fit format: safetensors weights + JSON metadata + npz history; nothing executes on load.
+
+``save(fit, path)`` writes a fit (``Fit.save``); ``read(path, model)`` returns the fields from which
+``gm.load`` (``gmppl.result.load``) rebuilds the ``Fit``, so this module never imports ``gmppl.result``.
 
 A saved fit is a directory::
 
@@ -83,7 +86,7 @@ def _check(key: str, flat: dict, shape: tuple) -> None:
 
 def backend_config(backend: Any) -> dict[str, Any]:
     """The backend's settings that JSON can hold (strings, numbers, divergence names)."""
-    cfg = {}
+    cfg: dict[str, Any] = {}
     if dataclasses.is_dataclass(backend):
         for f in dataclasses.fields(backend):
             v = getattr(backend, f.name)
@@ -115,12 +118,14 @@ def save(fit: Any, path: Any) -> None:
             # a guide's draws also carry log p(x, theta_s) and log q(theta_s) (ArviZ's approximate_posterior)
             arrays.update({f"chain{c}/{k}": np.ascontiguousarray(v) for k, v in _draw_weights(d).items()})
         save_file(arrays, str(out / "draws.safetensors"))
-    hist = {f"chain{c}/{k}": np.asarray(v) for c, h in enumerate(fit._histories) for k, v in h.items()}
+    # Any, not ndarray: numpy's stub lets ``**`` fill savez's ``allow_pickle: bool`` too (no key here is that)
+    hist: dict[str, Any] = {f"chain{c}/{k}": np.asarray(v) for c, h in enumerate(fit._histories) for k, v in h.items()}
     np.savez(out / "history.npz", **hist)
     if fit.data is not None:
         np.save(out / "observed_data.npy", fit.data, allow_pickle=False)
     if fit.inputs:
-        np.savez(out / "constant_data.npz", **{k: np.asarray(v) for k, v in fit.inputs.items()})
+        inputs: dict[str, Any] = {k: np.asarray(v) for k, v in fit.inputs.items()}
+        np.savez(out / "constant_data.npz", **inputs)
     meta = {
         "format": FORMAT,
         "engine": fit.engine,
@@ -146,18 +151,17 @@ def _draw_weights(draws: Any) -> dict[str, np.ndarray]:
     return {name: getattr(draws, k) for k, name in _DRAW_WEIGHTS.items() if getattr(draws, k) is not None}
 
 
-def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None) -> Any:
-    """Restore a fit saved by ``Fit.save`` for the same ``model``; weights load without running code.
+def read(path: Any, model: Callable, backend: Any = None, *, device: Any = None) -> dict[str, Any]:
+    """The fields of a ``Fit`` saved by ``save`` for the same ``model``; weights load without running code.
 
-    Refuses (``gm.CheckpointError``) a directory that is corrupt, holds only pickles, or whose
-    parameters do not match ``model``'s.
+    ``gm.load`` (``gmppl.result.load``) builds the ``Fit`` from them. Refuses (``gm.CheckpointError``) a
+    directory that is corrupt, holds only pickles, or whose parameters do not match ``model``'s.
     """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     from gmppl.engines import make_program
     from gmppl.inference.base import REGISTRY
-    from gmppl.result import Fit
 
     src = Path(path)
     if not (src / "meta.json").is_file() or not (src / "weights.safetensors").is_file():
@@ -215,23 +219,23 @@ def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
             except (SafetensorError, OSError) as e:
                 raise CheckpointError(f"{src}: the posterior draws are missing or corrupt ({e}).") from e
             values = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
-            weights = {k: values.pop(name, None) for k, name in _DRAW_WEIGHTS.items()}
-            all_draws.append(Draws(values=values, local=frozenset(meta["draws_local"]), x=data, **weights))
+            log_p, log_q = (values.pop(_DRAW_WEIGHTS[k], None) for k in ("log_p", "log_q"))
+            local = frozenset(meta["draws_local"])
+            all_draws.append(Draws(values=values, local=local, x=data, log_p=log_p, log_q=log_q))
         programs.append(program)
     with np.load(src / "history.npz", allow_pickle=False) as h:
         histories = [
             {k.split("/", 1)[1]: h[k] for k in h.files if k.startswith(f"chain{c}/")} for c in range(meta["chains"])
         ]
-    return Fit(
-        model=model,
-        engine=meta["engine"],
-        backend=backend,
-        programs=programs,
-        plans=plans,
-        info=info,
-        histories=histories,
-        data=data,
-        inputs=inputs,
-        config=meta.get("config", {}),
-        draws=all_draws or None,
-    )
+    return {
+        "engine": meta["engine"],
+        "backend": backend,
+        "programs": programs,
+        "plans": plans,
+        "info": info,
+        "histories": histories,
+        "data": data,
+        "inputs": inputs,
+        "config": meta.get("config", {}),
+        "draws": all_draws or None,
+    }

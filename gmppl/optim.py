@@ -65,8 +65,8 @@ def as_optim(optim: Any, default: Adam | None = None) -> Any:
 def build_torch(optim: Any, params: Any) -> Any:
     """A torch optimiser over ``params`` from a spec or a factory.
 
-    ``gm.optim.Adam`` runs as torch's fused Adam (one kernel per parameter instead of about six: a
-    tenth of a small VAE's step on CPU; the same update up to rounding), falling back to the default
+    ``gm.optim.Adam`` runs as torch's fused Adam (one kernel per parameter instead of about six, which
+    matters for small networks on CPU; the same update up to rounding), falling back to the default
     implementation where fused Adam does not cover the parameters' dtype or device.
     """
     if type(optim) is Adam:

@@ -1,4 +1,4 @@
-"""``gm.Fit``: a fitted model — samples, likelihoods, latent posteriors, history, ArviZ, save."""
+"""``gm.Fit``: a fitted model — samples, likelihoods, latent posteriors, history, ArviZ, save; ``gm.load``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from gmppl._data import check_inputs, split_data, take, to_numpy
 from gmppl.engines.base import ModelInfo
 from gmppl.errors import DataError
+from gmppl.io import flatten_params, read, save
 
 
 class Fit:
@@ -86,8 +87,6 @@ class Fit:
     @staticmethod
     def numpy_params(program: Any) -> dict[str, np.ndarray]:
         """One program's constrained values as a flat ``{name: numpy array}``."""
-        from gmppl.io import flatten_params
-
         return flatten_params(program.constrained_params())
 
     def guide_draws(self, num_draws: int = GUIDE_DRAWS, seed: int | None = None) -> bool:
@@ -261,9 +260,18 @@ class Fit:
 
     def save(self, path: Any) -> None:
         """Write weights (safetensors) and metadata (JSON) to directory ``path``; loads without running code."""
-        from gmppl.io import save
-
         save(self, path)
+
+
+def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None) -> Fit:
+    """``gm.load``: restore a fit saved by ``Fit.save`` for the same ``model``; weights load without running code.
+
+    ``backend`` rebuilds the saved one when None (pass it for a backend with settings JSON cannot hold,
+    such as a custom guide); ``device`` places a torch program's parameters. Refuses
+    (``gm.CheckpointError``) a directory that is corrupt, holds only pickles, or whose parameters do
+    not match ``model``'s.
+    """
+    return Fit(model=model, **read(path, model, backend, device=device))
 
 
 def _count(n: Any, name: str) -> int:

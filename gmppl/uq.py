@@ -38,6 +38,7 @@ import numpy as np
 
 from gmppl._data import to_numpy
 from gmppl.errors import BackendError, NotSupported
+from gmppl.inference.draws import has_draws, sample_draws
 
 
 # ---------------------------------------------------------------------- functionals
@@ -66,9 +67,6 @@ def functional(
         az.hdi(t), az.mcse(t), az.rhat(t)
     """
     import xarray as xr
-
-    from gmppl.arviz import has_draws
-    from gmppl.inference.draws import sample_draws
 
     rows = fit._check_inputs(inputs, None) if inputs is not None or fit.input_names else {}
     m = len(next(iter(rows.values()))) if rows else int(num_samples)
@@ -198,8 +196,6 @@ def _monte_carlo(k: int, n: int, prob: float) -> ProbabilityEstimate:
 
 
 def _choose_space(fit: Any) -> str | None:
-    from gmppl.arviz import has_draws
-
     if has_draws(fit):
         return "density" if _has_density(fit) else None
     info = fit.info

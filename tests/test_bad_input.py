@@ -1,4 +1,4 @@
-"""Every user error of DESIGN.md ("Bad input") gets a gmppl exception before any training step."""
+"""Every user error of ``docs/design.md`` ("Bad input") gets a gmppl exception before any training step."""
 
 from __future__ import annotations
 

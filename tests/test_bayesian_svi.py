@@ -254,9 +254,7 @@ def test_save_and_load_give_the_same_draws(tmp_path):
             np.testing.assert_allclose(getattr(again.draws[c], k), getattr(fit.draws[c], k))
     assert again.is_bayesian
     for c in range(fit.chains):  # redrawn from the loaded guide with the fit's seed: the same draws
-        np.testing.assert_allclose(
-            again.draws[c].values["g/weight"], fit.draws[c].values["g/weight"], rtol=1e-6
-        )
+        np.testing.assert_allclose(again.draws[c].values["g/weight"], fit.draws[c].values["g/weight"], rtol=1e-6)
     assert "approximate_posterior" in again.to_arviz(X).children
 
 

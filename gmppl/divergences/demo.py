@@ -1,6 +1,7 @@
-r"""Every f-divergence between the seed's three-mode mixture and a Normal, four ways.
+r"""Every f-divergence between a three-mode mixture and a Normal, four ways.
 
-``P = 0.6 N(-2, 0.5^2) + 0.3 N(0.5, 0.5^2) + 0.1 N(3, 0.5^2)`` (the seed's 60/30/10 modes) and
+``P = 0.6 N(-2, 0.5^2) + 0.3 N(0.5, 0.5^2) + 0.1 N(3, 0.5^2)`` (modes of weight 60/30/10, the
+mode-covering example of ``docs/design.md``, "Divergences and latent variables") and
 ``Q = N(-0.75, 1.75^2)``, the Normal with P's mean and variance, which is also the Normal that
 minimises the forward ``KL(P || Q)`` (mode covering). Columns:
 
@@ -12,9 +13,9 @@ minimises the forward ``KL(P || Q)`` (mode covering). Columns:
 Q's tails are heavier than P's, so Neyman's ``int q^2/p`` diverges: its row reads ``inf``
 (the Monte Carlo and variational columns are then meaningless, and large).
 
-Then the seed's worked example: Bernoulli(p) vs Bernoulli(q), the closed form against the
-critic values ``(a, b)`` found by numerically maximising the variational objective. A PNG of
-every ``f`` and ``f*`` goes to ``out_dir/divergences.png``.
+Then the Bernoulli worked example (``docs/design.md``): Bernoulli(p) vs Bernoulli(q), the closed
+form against the critic values ``(a, b)`` found by numerically maximising the variational objective.
+A PNG of every ``f`` and ``f*`` goes to ``out_dir/divergences.png``.
 
 Run: ``python -m gmppl.divergences.demo [out_dir]``.
 """

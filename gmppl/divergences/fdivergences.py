@@ -24,8 +24,8 @@ GAN                 u log u - (u+1) log(u+1) + log 4  -log(1 - e^t) - log 4,  t 
 TotalVariation      |u - 1| / 2                     t,  |t| <= 1/2                      tanh(v) / 2
 ==================  ==============================  ==================================  ==================
 
-Scalings that differ from Nowozin et al.: ``JensenShannon`` uses the seed's ``f`` (half of
-Nowozin's), so ``f*(t) = f_N*(2t) / 2`` and the activation is halved; ``D`` is then the
+Scalings that differ from Nowozin et al. (``docs/design.md``, "JS scaling"): ``JensenShannon``'s ``f``
+is half of Nowozin's, so ``f*(t) = f_N*(2t) / 2`` and the activation is halved; ``D`` is then the
 Jensen–Shannon divergence itself, at most ``log 2``. ``GAN`` adds ``log 4`` to Nowozin's ``f`` so
 that ``f(1) = 0``: its bound is the GAN discriminator objective plus ``log 4`` and
 ``D_GAN = 2 JS``. ``SquaredHellinger`` keeps Nowozin's ``f``: ``D = int (sqrt p - sqrt q)^2``
@@ -46,9 +46,12 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
+
+import numpy as np
 
 from . import closed_forms as cf
 from ._xp import Array, as_float, as_floats, log_lambertw_exp, log_sigmoid, softplus, xlogy
@@ -242,12 +245,34 @@ class FDivergence(ABC):
         return cf.closed_form(self, p, q)
 
     def quadrature(
-        self, log_p: Any, log_q: Any, lower: float = -math.inf, upper: float = math.inf, **kwargs: Any
+        self,
+        log_p: Callable[[np.ndarray], Any],
+        log_q: Callable[[np.ndarray], Any],
+        lower: float = -math.inf,
+        upper: float = math.inf,
+        *,
+        points: Sequence[float] = (),
+        epsabs: float = 1e-12,
+        epsrel: float = 1e-10,
+        limit: int = 500,
     ) -> float:
-        """``D_f`` between 1-D densities by adaptive quadrature; see :func:`quadrature`."""
-        from .quadrature import quadrature
+        """``D_f`` between 1-D densities (log-density callables on numpy arrays) by adaptive quadrature
+        of :meth:`integrand` over ``[lower, upper]``; see :func:`gmppl.divergences.quadrature`."""
+        from scipy import integrate  # scipy.integrate is slow to import: only when integrating
 
-        return quadrature(self, log_p, log_q, lower, upper, **kwargs)
+        if not lower < upper:
+            raise ValueError(f"need lower < upper, got [{lower}, {upper}]")
+
+        def integrand(x: float) -> float:
+            lp, lq = _scalar(log_p, x), _scalar(log_q, x)
+            return float(self.integrand(np.float64(lp), np.float64(lq)))
+
+        cuts = [lower, *sorted(float(c) for c in points if lower < c < upper), upper]
+        total = 0.0
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            value, _ = integrate.quad(integrand, a, b, epsabs=epsabs, epsrel=epsrel, limit=limit)
+            total += value
+        return float(total)
 
     def monte_carlo(self, log_ratio: Any, *, under: Literal["q", "p"] = "q") -> Estimate:
         """Monte Carlo ``D_f`` from ``log p - log q`` at samples of ``Q`` (``E_Q[f(u)]``)
@@ -260,6 +285,10 @@ class FDivergence(ABC):
         xp, r = as_float(log_ratio)
         values = self._f_log(xp, r) if under == "q" else self._f_over_u_log(xp, r)
         return Estimate.of_mean(values, method=f"monte carlo under {under.upper()}")
+
+
+def _scalar(fn: Callable[[np.ndarray], Any], x: float) -> float:
+    return float(np.asarray(fn(np.asarray([x], dtype=np.float64)), dtype=np.float64).reshape(-1)[0])
 
 
 # ---------------------------------------------------------------------- the family
@@ -471,7 +500,7 @@ class Jeffreys(FDivergence):
 class JensenShannon(FDivergence):
     """Jensen–Shannon ``KL(P || M)/2 + KL(Q || M)/2``, ``M = (P + Q)/2``, at most ``log 2``.
 
-    ``f(u) = (u log u - (u + 1) log((u + 1)/2)) / 2`` (the seed's scaling, half of Nowozin's):
+    ``f(u) = (u log u - (u + 1) log((u + 1)/2)) / 2`` (half of Nowozin's, so ``D`` is JS itself):
     ``f*(t) = -log(2 - e^(2t)) / 2`` on ``t < log(2)/2``, activation ``(log 2 - softplus(-v))/2``.
     """
 

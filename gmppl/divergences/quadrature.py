@@ -14,15 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import integrate
 
 from ..errors import NotSupported
+from .fdivergences import FDivergence
+from .registry import get
 
 __all__ = ["quadrature"]
-
-
-def _scalar(fn: Callable[[np.ndarray], Any], x: float) -> float:
-    return float(np.asarray(fn(np.asarray([x], dtype=np.float64)), dtype=np.float64).reshape(-1)[0])
 
 
 def quadrature(
@@ -39,29 +36,15 @@ def quadrature(
 ) -> float:
     """``D_f(P || Q)`` for 1-D densities given as log-density callables on numpy arrays.
 
-    ``divergence`` is an :class:`FDivergence` or a name (``"kl"``, ``"js"``, ...). Returns a
-    Python float (float64); ``scipy`` warns when it cannot reach the tolerance.
+    ``divergence`` is an :class:`FDivergence` or a name (``"kl"``, ``"js"``, ...); the integration
+    is :meth:`FDivergence.quadrature`. Returns a Python float (float64); ``scipy`` warns when it
+    cannot reach the tolerance.
 
     >>> from scipy import stats
     >>> round(quadrature("kl", stats.norm(0, 1).logpdf, stats.norm(1, 1).logpdf, -20, 20), 10)
     0.5
     """
-    from .fdivergences import FDivergence
-    from .registry import get
-
     d = get(divergence)
     if not isinstance(d, FDivergence):
         raise NotSupported(f"quadrature needs an f-divergence, got {type(d).__name__}")
-    if not lower < upper:
-        raise ValueError(f"need lower < upper, got [{lower}, {upper}]")
-
-    def integrand(x: float) -> float:
-        lp, lq = _scalar(log_p, x), _scalar(log_q, x)
-        return float(d.integrand(np.float64(lp), np.float64(lq)))
-
-    cuts = [lower, *sorted(float(c) for c in points if lower < c < upper), upper]
-    total = 0.0
-    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-        value, _ = integrate.quad(integrand, a, b, epsabs=epsabs, epsrel=epsrel, limit=limit)
-        total += value
-    return float(total)
+    return d.quadrature(log_p, log_q, lower, upper, points=points, epsabs=epsabs, epsrel=epsrel, limit=limit)

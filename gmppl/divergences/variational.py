@@ -5,7 +5,8 @@ For ``P``, ``Q`` on outcomes ``k = 1..K`` with probabilities ``p_k``, ``q_k`` th
 
     J(v) = sum_k p_k T_k - q_k f*(T_k),      sup_v J(v) = D_f(P || Q),
 
-attained at ``T_k = f'(p_k / q_k)``. The seed's worked example is ``K = 2`` (Bernoulli) with
+attained at ``T_k = f'(p_k / q_k)``. The worked example of ``docs/design.md`` ("The Fenchel dual and
+the Bernoulli worked example") is ``K = 2`` (Bernoulli) with
 ``f(u) = u log u``: ``a* = 1 + log((1-p)/(1-q))``, ``b* = 1 + log(p/q)`` and ``J(a*, b*) = KL``.
 :func:`optimise_critic` finds the supremum with BFGS in the unconstrained ``v`` (float64,
 gradients by a fourth-order central difference), which is what a neural critic does by

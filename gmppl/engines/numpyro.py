@@ -3,7 +3,8 @@
 Parameters are an explicit pytree (unconstrained), substituted into the program with
 ``numpyro.handlers.substitute``; everything a backend differentiates is a pure function
 of ``(params, batch, key)``, and the training loop runs many steps per dispatch with
-``jax.lax.scan`` on the device (STYLE.md practice 1).
+``jax.lax.scan`` on the device: a backend's state is explicit, created by an init and advanced by a
+pure, jittable step (``docs/design.md``, "Concepts").
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class NumPyroProgram:
 
     def invert(self, x: Any, inputs: dict | None = None) -> Any:
         """``z = g^{-1}(x)`` for an observed site that is an invertible pushforward (a flow)."""
-        site = self.trace(self.params, jax.random.PRNGKey(0), x=self.as_array(x), inputs=inputs)[self.observed]
+        site = self.trace(self.state_dict(), jax.random.PRNGKey(0), x=self.as_array(x), inputs=inputs)[self.observed]
         return invert_pushforward(site["fn"], site["value"])
 
 
@@ -264,6 +265,7 @@ class JaxLoop:
             step = step or step_c  # the same pure function for every chain: chain 0's closure
             states.append(state)
             keys.append(key)
+        assert step is not None  # at least one chain
         runner = _chunk_runner(step, b, self.length)
         c = self.chains
         if c == 1:

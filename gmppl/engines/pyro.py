@@ -2,7 +2,7 @@
 
 A `PyroProgram` runs the program under Pyro's effect handlers inside a private
 ``ParamStore`` scope, so two fits never share parameters through the global store
-(DESIGN.md). It exposes what backends need: the leaf tensors to optimise, generated
+(``docs/design.md``, "Concepts"). It exposes what backends need: the leaf tensors to optimise, generated
 draws of the observed site, its per-example log-density, and site introspection.
 """
 
@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.params.param_store import StateDict
 
 from gmppl.engines.base import ModelInfo
 from gmppl.engines.calls import Call, make_call
-from gmppl.engines.sites import check_event_shape, check_support, info_from_traces, invert_pushforward
+from gmppl.engines.sites import Site, check_event_shape, check_support, info_from_traces, invert_pushforward
 from gmppl.errors import DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_torch
 
@@ -31,10 +32,10 @@ _OWNER: dict[int, int] = {}
 def torch_threads(device: torch.device) -> int | None:
     """Intra-op threads while a program runs: 1 on CPU unless ``GMPPL_TORCH_THREADS`` says otherwise.
 
-    Measured on the 2-core CI machine (benchmarks/bench_flow.py, spline flow, batch 256): one thread
-    ran 32 steps/s and two threads 4 steps/s while the other core was busy; with both cores idle two
-    threads gave ~1.5x. Small generative models are dominated by many small ops, so one thread is the
-    robust default; ``GMPPL_TORCH_THREADS=0`` keeps torch's own setting.
+    Small generative models are dominated by many small ops: a second thread gains little on an idle
+    machine and loses most of the speed when another process holds a core, so one thread is the robust
+    default (``benchmarks/bench_flow.py`` times both; the numbers are in the README's benchmarks).
+    ``GMPPL_TORCH_THREADS=0`` keeps torch's own setting.
     """
     if device.type != "cpu":
         return None
@@ -79,7 +80,7 @@ class PyroProgram:
         self.observed = observed
         self.latent = latent
         self.device = resolve_device(device)
-        self.store: dict = {"params": {}, "constraints": {}}
+        self.store: StateDict = {"params": {}, "constraints": {}}
         self._token = id(self)
         self._frozen: dict[str, torch.Tensor] | None = None
         self.threads = torch_threads(self.device)
@@ -92,8 +93,8 @@ class PyroProgram:
         if _ACTIVE and _ACTIVE[-1] is self:
             yield
             return
-        # torch.device(...) as a context intercepts every torch call in Python (a TorchFunctionMode,
-        # ~2x slower steps for op-heavy flows): enter it only when the default device differs.
+        # torch.device(...) as a context intercepts every torch call in Python (a TorchFunctionMode, which
+        # slows op-heavy flows' steps): enter it only when the default device differs.
         on_device = contextlib.nullcontext() if self.device == torch.get_default_device() else torch.device(self.device)
         previous = torch.get_num_threads()
         if self.threads and previous != self.threads:
@@ -214,7 +215,8 @@ class PyroProgram:
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
             tr = self.trace(x=None, n=n, inputs=inputs)
-        return tr.nodes[self.observed]["value"]
+        site: Site = tr.nodes[self.observed]
+        return site["value"]
 
     def sample(self, n: int | None, *, seed: int | None = None, inputs: dict | None = None) -> torch.Tensor:
         """``n`` generated values of the observed site; ``seed`` fixes them without touching torch's global
@@ -232,7 +234,7 @@ class PyroProgram:
             data = {k: torch.as_tensor(np.asarray(v), device=self.device) for k, v in given.items()}
             model = poutine.condition(model, data=data)
         with self.seeded(seed), torch.no_grad(), self.scope():
-            nodes = poutine.trace(model).get_trace(x=None, n=n, **self.as_inputs(inputs)).nodes
+            nodes: Mapping[str, Site] = poutine.trace(model).get_trace(x=None, n=n, **self.as_inputs(inputs)).nodes
             out = {}
             for name, site in nodes.items():
                 if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
@@ -252,7 +254,7 @@ class PyroProgram:
     def log_prob(self, x: torch.Tensor, inputs: dict | None = None) -> torch.Tensor:
         """Per-example ``log p(x_i)`` of the observed site (models with a density, no latents)."""
         tr = self.trace(x=x, n=None, inputs=inputs)
-        site = tr.nodes[self.observed]
+        site: Site = tr.nodes[self.observed]
         lp = site["fn"].log_prob(site["value"])
         return lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp
 

@@ -6,6 +6,7 @@ site dictionaries with the same keys (``type``, ``fn``, ``value``, ``is_observed
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -13,8 +14,13 @@ import numpy as np
 from gmppl.engines.base import ModelInfo, SiteInfo
 from gmppl.errors import DataError, ModelError, NotSupported
 
+#: A trace site read as a mapping: a Pyro ``Message`` or a NumPyro site dict. Pyro's ``Message`` types
+#: ``fn`` as any callable and ``value`` as optional, which holds for param and plate sites; the sample
+#: sites read through this type hold a distribution and its value.
+Site = Mapping[str, Any]
 
-def _is_subsample(site: dict) -> bool:
+
+def _is_subsample(site: Site) -> bool:
     """Pyro's plate records a ``_subsample`` sample site per plate: not a site of the model."""
     return site.get("type") == "sample" and type(site.get("fn")).__name__ == "_Subsample"
 

@@ -1,6 +1,7 @@
 r"""Adversarial training: variational divergence minimisation (f-GAN) and Wasserstein-1 (WGAN).
 
-For an f-divergence, Fenchel duality gives the saddle point of the seed
+For an f-divergence, Fenchel duality gives the saddle point (``docs/design.md``, "Divergences and latent
+variables")
 
     min_theta max_w  F(theta, w) = E_{x~P}[T_w(x)] - E_{y~P_theta}[f*(T_w(y))],   T_w = activation(V_w),
 
@@ -14,18 +15,16 @@ WGAN-LP, Petzka et al. 2018); ``"gradient_penalty"`` is WGAN-GP's two-sided
 ``penalty * E[(|grad T(x_hat)| - 1)^2]``. Both bound the slope from above; the two-sided one also
 pushes it *up* to 1 on every interpolate, so where the generated and real samples already agree the
 critic keeps a unit slope and goes on pushing the generator about, where the optimal critic is flat
-there. Measured on the 8-Gaussian ring with a 3x256 generator (NumPyro, default 2x128 critic): the
-two-sided penalty leaves the generator off the ring (0/8 modes after 20000 steps), the one-sided one
-captures 8/8 within 6000.
+there; on the 8-Gaussian ring the two-sided penalty kept the generator off the ring where the one-sided
+one found every mode (the runs are in ``examples/gan_ring.py``'s docstring).
 
 The generator the fit returns is, by default (``ema=0.999``), the exponential moving average of its
 iterates, ``bar_theta_t = d_t bar_theta_{t-1} + (1 - d_t) theta_t`` with ``d_t = min(ema, (1 + t) / (10 + t))``:
 an average over about the last ``min(t / 9, 1 / (1 - ema))`` steps (Yazıcı et al. 2019; the
 "generator EMA" of modern GANs). The players' iterates circle the saddle point rather than settle
-on it; the average sits closer to it. Measured on the ring and 25-Gaussian grid (share of samples
-within 3 std of a mode, last iterate -> average): f-GANs 1-2 points higher (e.g. JS grid after
-60000 steps 96.4% -> 97.8%), ``w1`` 77.5% -> 92.7% (ring, 12000 steps). Training (the history, the
-critic) runs on the iterates; ``ema=None`` returns the last one.
+on it; the average sits closer to it, so it puts more samples on the modes (most of all for ``w1``;
+see ``examples/gan_ring.py``). Training (the history, the critic) runs on the iterates; ``ema=None``
+returns the last one.
 
 Each step does ``critic_steps`` ascent steps on ``F`` in ``w`` (fresh generated samples each, the
 same real minibatch; default 1 for f-divergences, 5 for ``w1``), then one descent step in ``theta``: ``generator_loss="saddle"`` descends
@@ -42,14 +41,15 @@ variational lower bound on ``D_f``, or the W1 estimate), ``grad_norm`` (the gene
 critic with batch statistics would mix them; the default critics have none).
 
 Total variation: its optimal critic is the step ``T* = sign(p - q) / 2``, which a critic reaches
-by letting ``|V|`` grow without bound; with the seed's ``tanh(v) / 2`` both players' gradients then
-vanish exponentially and the fit stalls (measured: 0.5-0.9 from the quadrature minimiser). Here TV
-uses ``T = v / (2 (1 + |v|))`` (the same range ``(-1/2, 1/2)``, so the same supremum ``D_TV``, but
-polynomial saturation) and, by default, an output penalty ``1e-4 E[V^2]`` on the critic's raw
-output over the real and generated batch: it keeps ``V`` finite, so the critic can follow the
-generator. The penalised critic sees a smoothed TV whose minimiser tends to TV's as the weight goes
-to 0 (at 1e-4: 0.02 from it in the 1-D test; 1e-2 gives 0.17). ``output_penalty`` sets the weight for
-any divergence (None: 1e-4 for TV, 0 otherwise); it is not part of the reported ``divergence``.
+by letting ``|V|`` grow without bound; with f-GAN's ``tanh(v) / 2`` both players' gradients then
+vanish exponentially and the fit stalls short of the minimiser. Here TV uses ``T = v / (2 (1 + |v|))``
+(the same range ``(-1/2, 1/2)``, so the same supremum ``D_TV``, but polynomial saturation) and, by
+default, an output penalty ``1e-4 E[V^2]`` on the critic's raw output over the real and generated
+batch: it keeps ``V`` finite, so the critic can follow the generator. The penalised critic sees a
+smoothed TV whose minimiser tends to TV's as the weight goes to 0; 1e-4 keeps it within the 1-D test's
+tolerance (``tests/inference/test_adversarial.py``; the runs are in the README's benchmarks).
+``output_penalty`` sets the weight for any divergence (None: 1e-4 for TV, 0 otherwise); it is not part
+of the reported ``divergence``.
 """
 
 from __future__ import annotations
@@ -203,11 +203,13 @@ class Adversarial(Backend):
 
     def ema_decay(self, t: Any) -> Any:
         """The averaging weight at step ``t = 1, 2, ...``: ``min(ema, (1 + t) / (10 + t))``."""
+        ema = self.ema
+        assert ema is not None  # called only when the generator is averaged
         if isinstance(t, int):
-            return min(float(self.ema), (1.0 + t) / (10.0 + t))
+            return min(float(ema), (1.0 + t) / (10.0 + t))
         import jax.numpy as jnp
 
-        return jnp.minimum(self.ema, (1.0 + t) / (10.0 + t))
+        return jnp.minimum(ema, (1.0 + t) / (10.0 + t))
 
     # ------------------------------------------------------------------ the objective, engine-free
     def _maps(self, xp: Any = None) -> tuple[Any, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from gmppl.engines.sites import Site
 from gmppl.errors import NotSupported
 
 
@@ -50,6 +51,11 @@ class Draws:
     def is_data(self, x: Any) -> bool:
         """Whether ``x`` is the data the local draws were conditioned on."""
         return self.x is not None and np.shape(x) == self.x.shape and np.array_equal(np.asarray(x), self.x)
+
+
+def has_draws(fit: Any) -> bool:
+    """Whether the fit holds posterior draws of its parameters (a Bayesian fit: NUTS, or SVI over global sites)."""
+    return getattr(fit, "draws", None) is not None
 
 
 def local_sites(sites: dict[str, Any], n: int, observed: str | None = None) -> frozenset[str]:
@@ -94,7 +100,8 @@ def sample_draws(program: Any, d: Draws, m: int | None, *, seed: int = 0, inputs
             for s in range(d.num_draws):
                 data = {k: torch.as_tensor(v, device=program.device) for k, v in _pick(glob, s).items()}
                 tr = poutine.trace(poutine.condition(program.fn, data=data)).get_trace(x=None, n=m, **rows)
-                out.append(tr.nodes[program.observed]["value"].cpu().numpy())
+                site: Site = tr.nodes[program.observed]
+                out.append(site["value"].cpu().numpy())
         return np.stack(out)
     import jax
 
@@ -235,8 +242,8 @@ def log_likelihood_draws(program: Any, d: Draws, x: Any, inputs: dict | None = N
         with torch.no_grad(), program.scope():
             for s in range(d.num_draws):
                 data = {k: torch.as_tensor(v, device=program.device) for k, v in _pick(vals, s).items()}
-                site = poutine.trace(poutine.condition(program.fn, data=data)).get_trace(x=xt, n=None, **rows)
-                site = site.nodes[program.observed]
+                tr = poutine.trace(poutine.condition(program.fn, data=data)).get_trace(x=xt, n=None, **rows)
+                site: Site = tr.nodes[program.observed]
                 lp = site["fn"].log_prob(site["value"])
                 out.append((lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp).cpu().numpy())
         return np.stack(out)

@@ -24,9 +24,9 @@ standard error ``sd(w_i.) / (sqrt(K) mean(w_i.))`` (its bias is about ``-stderr^
 
 ``history["loss"]`` is the negative bound per example (nats). On the torch engine the loss is compiled
 (Pyro's ``JitTrace_ELBO`` / ``pyro.ops.jit``) and checked once against the uncompiled one, and
-``gm.optim.Adam`` runs as torch's fused Adam (one kernel per parameter); ``torch.compile`` of Pyro's
-ELBO was measured and does not pay (minutes to compile, graph breaks in the effect handlers, and a
-slower step than eager on a small VAE). On JAX the steps run inside the engine's ``lax.scan``.
+``gm.optim.Adam`` runs as torch's fused Adam (one kernel per parameter). ``torch.compile`` is not used:
+it breaks its graph at Pyro's effect handlers and compiles for minutes without a faster step (see the
+README's benchmarks). On JAX the steps run inside the engine's ``lax.scan``.
 
 ArviZ (``Fit.to_arviz(x)``, see ``ELBO.arviz_groups``): draw ``s`` is a joint draw of every example's
 latent from ``q``; ``log_likelihood`` holds ``log p(x_i | z_{s,i})`` per draw,
@@ -45,10 +45,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from gmppl._dims import site_dims
 from gmppl.engines.base import ModelInfo
 from gmppl.engines.calls import make_call
 from gmppl.errors import BackendError, ModelError, NotSupported, UnknownName
 from gmppl.inference.base import Backend
+from gmppl.inference.draws import has_draws
 from gmppl.models.guides import MODULE_NAME, AmortizedNormal, LatentSite
 
 log = logging.getLogger("gmppl")
@@ -253,9 +255,9 @@ class ELBO(Backend):
     ``jit``: compile the torch loss. ``eval_particles``: the default ``K`` of ``Fit.log_prob``.
 
     ``gm.load(path, model)`` rebuilds the default guide; a fit with any other guide loads with
-    ``gm.load(path, model, backend=ELBO(guide=<the same guide>))``. On CPU, small networks train faster
-    with one torch intra-op thread (``torch.set_num_threads(1)``; see ``benchmarks/bench_vae.py``):
-    gmppl leaves that process-wide setting to you.
+    ``gm.load(path, model, backend=ELBO(guide=<the same guide>))``. On CPU the torch engine runs the
+    program with one intra-op thread (``GMPPL_TORCH_THREADS`` overrides; see
+    ``gmppl.engines.pyro.torch_threads``).
 
     Example::
 
@@ -433,8 +435,6 @@ class ELBO(Backend):
         (Bayesian SVI: ``log_likelihood`` is then per parameter draw already), or for models with
         global latents (no per-example factorisation).
         """
-        from gmppl.arviz import _site_dims, has_draws
-
         if x is None or not log_likelihood or has_draws(fit):
             return {}, {}
         plans = fit.plans
@@ -470,7 +470,7 @@ class ELBO(Backend):
             },
         }
         dims = {
-            "posterior": {var: _site_dims(latent, t["z"].shape[2:], True, latent)},
+            "posterior": {var: site_dims(latent, t["z"].shape[2:], True, latent)},
             "log_likelihood": {obs: ["obs"]},
             "approximate_posterior": {"log_p": [], "log_q": [], "log_weight": ["obs"]},
             "log_marginal_likelihood": {obs: ["obs"], f"{obs}_stderr": ["obs"]},
@@ -666,10 +666,10 @@ class _Compiled:
     """A loss compiled by Pyro's jit (``pyro.ops.jit.trace``: ``torch.jit.trace`` with parameter plumbing).
 
     The first call traces; later calls run the TorchScript artifact directly with the parameter tensors
-    looked up once. (``pyro.ops.jit`` looks every parameter up through the effect-handler stack on each
-    call: about a tenth of a small VAE's step.) The optimiser, restores and loads all update parameters
-    in place, so the cached tensors stay the live ones. The graph runs without the TorchScript executor's
-    optimisations: its own autodiff made a small VAE's step slower than autograd over the same ops.
+    looked up once, where ``pyro.ops.jit`` looks every parameter up through the effect-handler stack on
+    each call (a sizeable part of a small network's step). The optimiser, restores and loads all update
+    parameters in place, so the cached tensors stay the live ones. The graph runs without the TorchScript
+    executor's optimisations: its own autodiff is slower than autograd over the same ops for small networks.
     """
 
     def __init__(self, first: Callable, compiled_function: Callable[[], Any], output: Callable):
@@ -687,6 +687,7 @@ class _Compiled:
         out = self.first(x)
         cf = self.compiled_function()
         (graph,) = cf.compiled.values()
+        # Pyro types pyro.param as returning a Tensor, but the tensor it returns also has .unconstrained()
         params = tuple(pyro.param(name).unconstrained() for name in cf._param_names)  # type: ignore[attr-defined]
         self.run = lambda x: graph(*params, x)
         return out

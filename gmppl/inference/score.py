@@ -134,7 +134,7 @@ class Score(Backend):
         lp = program.log_prob(x, inputs)
         g = torch.autograd.grad(lp.sum(), x, create_graph=True)[0]
         dims = tuple(range(1, x.dim()))
-        hess_term, proj2 = 0.0, 0.0
+        hess_term = proj2 = x.new_zeros(x.shape[0])  # per example, summed over the projections
         for _ in range(self.projections):
             v = torch.randn_like(x)
             gv = (g * v).sum(dims)

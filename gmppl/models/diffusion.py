@@ -19,6 +19,10 @@ The network is called on batches, ``score_net(x, t)`` with ``x`` of shape ``(bat
 and ``t`` of shape ``(batch,)`` in ``[0, 1]``; it is the only parameterised part, so register it with
 ``pyro.module``/``eqx_module`` in the program.
 
+The engine's class comes from ``diffusion_torch`` or ``diffusion_jax``, imported when a ``Diffusion``
+of that engine is built, so ``import gmppl`` loads neither torch nor JAX; what both share
+(``DiffusionOptions``, the event-shape probe) is in ``diffusion_options``.
+
 Example::
 
     s = gm.models.ScoreMLP(2)
@@ -31,42 +35,12 @@ Example::
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from gmppl.errors import ModelError, UnknownName
+from gmppl.errors import ModelError
+from gmppl.models.diffusion_options import DiffusionOptions
 from gmppl.models.sde import SDE, as_sde
-
-SAMPLERS = ("em", "pc", "ode")
-TRACES = ("auto", "exact", "hutchinson")
-
-
-@dataclass(frozen=True)
-class DiffusionOptions:
-    """How a ``Diffusion`` samples and evaluates its likelihood (shared by both engines)."""
-
-    sampler: str = "em"
-    steps: int = 500
-    snr: float = 0.16
-    corrector_steps: int = 1
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    trace: str = "auto"
-    probes: int = 1
-    exact_trace_max_dim: int = 16
-    max_steps: int = 4096
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise UnknownName(f"sampler={self.sampler!r} is unknown; use one of {SAMPLERS}.")
-        if self.trace not in TRACES:
-            raise UnknownName(f"trace={self.trace!r} is unknown; use one of {TRACES}.")
-        if self.steps < 1 or self.probes < 1:
-            raise ModelError(f"steps={self.steps} and probes={self.probes} must be positive.")
-
-    def use_exact_trace(self, dim: int, trace: str | None = None) -> bool:
-        trace = trace or self.trace
-        return trace == "exact" or (trace == "auto" and dim <= self.exact_trace_max_dim)
 
 
 def _is_torch_module(net: Any) -> bool:
@@ -139,18 +113,3 @@ def find_diffusion(fn: Any) -> Any:
     while d is not None and not getattr(type(d), "gmppl_score_model", False):
         d = getattr(d, "base_dist", None)
     return d
-
-
-def probe_event_shape(call: Any, max_dim: int = 256) -> tuple[int, ...]:
-    """Smallest ``d`` with ``call(d)`` returning a score of shape ``(1, d)``: the vector size the net accepts."""
-    for d in range(1, max_dim + 1):
-        try:
-            out = call(d)
-        except Exception:  # noqa: BLE001 - a wrong size raises whatever the network raises
-            continue
-        if tuple(out) == (1, d):
-            return (d,)
-    raise ModelError(
-        "could not find the data shape the score network takes (tried vectors of size 1.."
-        f"{max_dim}); pass Diffusion(score_net, event_shape=(...)) or give the network an event_shape attribute."
-    )

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpyro.distributions as ndist
 from numpyro.distributions import constraints
 
-from gmppl.models.diffusion import DiffusionOptions, probe_event_shape
+from gmppl.models.diffusion_options import DiffusionOptions, probe_event_shape
 from gmppl.models.sde import SDE
 
 

@@ -12,7 +12,7 @@ import pyro.distributions as pdist
 import torch
 from torch.distributions import constraints
 
-from gmppl.models.diffusion import DiffusionOptions, probe_event_shape
+from gmppl.models.diffusion_options import DiffusionOptions, probe_event_shape
 from gmppl.models.sde import SDE
 
 _SHAPES: dict[int, tuple[int, ...]] = {}
@@ -20,11 +20,12 @@ _SHAPES: dict[int, tuple[int, ...]] = {}
 
 def torch_event_shape(net: torch.nn.Module) -> tuple[int, ...]:
     """``net.event_shape`` if set, else the vector size found by probing (cached per network)."""
-    if getattr(net, "event_shape", None) is not None:
-        return tuple(net.event_shape)
+    shape = getattr(net, "event_shape", None)
+    if shape is not None:
+        return tuple(shape)
     if id(net) not in _SHAPES:
         p = next(iter(net.parameters()), None)
-        kw = {"dtype": p.dtype, "device": p.device} if p is not None else {}
+        kw: dict[str, Any] = {"dtype": p.dtype, "device": p.device} if p is not None else {}
 
         def call(d: int) -> tuple[int, ...]:
             with torch.no_grad():
@@ -172,6 +173,7 @@ class TorchDiffusion(pdist.TorchDistribution):
                         for i in range(flat.shape[1])
                     )
                 else:
+                    assert v is not None  # Hutchinson's probe, drawn when the trace is not exact
                     vjp = torch.autograd.grad((f * v).sum(), x)[0]
                     div = (vjp * v).reshape(f.shape[0], -1).sum(1)
             return f.detach(), div.detach()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from gmppl.errors import NotSupported, UnknownName
 
@@ -146,7 +146,8 @@ def _pyro_affine_autoregressive(dim: int, layers: int, hidden: list[int]) -> Any
     from pyro.nn import AutoRegressiveNN
 
     def make() -> Any:
-        return AffineAutoregressive(AutoRegressiveNN(dim, hidden, permutation=torch.arange(dim)))
+        order = cast(torch.LongTensor, torch.arange(dim))  # an int64 tensor; Pyro types it as the legacy class
+        return AffineAutoregressive(AutoRegressiveNN(dim, hidden, permutation=order))
 
     return _stack(make, layers, invert=True)
 
@@ -157,7 +158,8 @@ def _pyro_spline_autoregressive(dim: int, layers: int, hidden: list[int], bins: 
     from pyro.nn import AutoRegressiveNN
 
     def make() -> Any:
-        net = AutoRegressiveNN(dim, hidden, param_dims=[bins, bins, bins - 1], permutation=torch.arange(dim))
+        order = cast(torch.LongTensor, torch.arange(dim))  # an int64 tensor; Pyro types it as the legacy class
+        net = AutoRegressiveNN(dim, hidden, param_dims=[bins, bins, bins - 1], permutation=order)
         return SplineAutoregressive(dim, net, count_bins=bins, bound=bound, order="quadratic")
 
     return _stack(make, layers, invert=True)

@@ -7,6 +7,7 @@ example (``jax.vmap`` it over a batch). Hidden widths are equal, as in ``eqx.nn.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 #: Negative slope of ``activation="leaky_relu"`` on both engines: 0.2, the GAN critics' value (DCGAN);
@@ -45,7 +46,7 @@ def eqx_mlp(in_dim: int, out_dim: int, *, key: Any, width: int = 128, depth: int
     import equinox as eqx
     import jax
 
-    act = {
+    acts: dict[str, Callable[..., Any]] = {
         "relu": jax.nn.relu,
         "silu": jax.nn.silu,
         "softplus": jax.nn.softplus,
@@ -53,5 +54,5 @@ def eqx_mlp(in_dim: int, out_dim: int, *, key: Any, width: int = 128, depth: int
         "leaky_relu": functools.partial(jax.nn.leaky_relu, negative_slope=LEAKY_SLOPE),
         "elu": jax.nn.elu,
         "gelu": jax.nn.gelu,
-    }[activation]
-    return eqx.nn.MLP(in_dim, out_dim, width, depth, activation=act, key=key)
+    }
+    return eqx.nn.MLP(in_dim, out_dim, width, depth, activation=acts[activation], key=key)

@@ -1,4 +1,7 @@
-"""``Pushforward(prior, g)``: the law of ``g(z)``, ``z ~ prior`` — the seed's ``P_theta = g_theta # N(0, I)``.
+"""``Pushforward(prior, g)``: the law of ``g(z)``, ``z ~ prior`` — ``P_theta = g_theta # N(0, I)``.
+
+The model family of ``docs/design.md`` ("Divergences and latent variables"): a latent from a simple
+prior pushed through a network.
 
 With an invertible ``g`` (a torch/Pyro ``Transform`` or ``TransformModule``, a NumPyro
 ``Transform``, or a gmppl flow) it is a ``TransformedDistribution`` and has a density by change of

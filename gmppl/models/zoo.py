@@ -21,7 +21,8 @@ def _check(engine: str) -> None:
         raise UnknownName(f"engine={engine!r} is unknown; use one of {ENGINES}.")
 
 
-def _n(x: Any, n: int | None) -> int:
+def _n(x: Any, n: int | None) -> int | None:
+    """The data plate's size: ``x``'s number of examples, else ``n``."""
     return x.shape[0] if x is not None else n
 
 
@@ -99,7 +100,7 @@ def vae(
             with pyro.plate("data", _n(x, n)):
                 z = pyro.sample("z", dist.Normal(torch.zeros(latent_dim), 1.0).to_event(1))
                 out = d(z)
-                if likelihood == "normal":
+                if scale is not None:  # likelihood == "normal"
                     px = dist.Normal(out, scale)
                 elif likelihood == "bernoulli":
                     px = dist.Bernoulli(logits=out)

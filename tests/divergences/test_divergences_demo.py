@@ -27,4 +27,4 @@ def test_demo_writes_table_and_plot(tmp_path, capsys):
     row = re.search(r"\| KL \| ([0-9.]+) \| ([0-9.]+) ± ([0-9.]+) \|", report)
     quad, mc, se = map(float, row.groups())
     assert abs(quad - mc) < 4 * se
-    assert "| KL | 0.1837868974 | 0.1837868974 |" in report  # the seed's worked example
+    assert "| KL | 0.1837868974 | 0.1837868974 |" in report  # the Bernoulli worked example (docs/design.md)

@@ -1,4 +1,4 @@
-"""The variational (Fenchel) bound: the seed's Bernoulli worked example, for every f.
+"""The variational (Fenchel) bound: the Bernoulli worked example of ``docs/design.md``, for every f.
 
 Maximising ``J(a, b) = (1-p) a + p b - (1-q) f*(a) - q f*(b)`` numerically (BFGS, float64)
 must give the closed form to ``1e-6`` and the critic ``T* = f'(p/q)`` to ``1e-5``. Monte Carlo

@@ -13,7 +13,7 @@ Target ``P = 0.7 N(-1.5, 0.5^2) + 0.3 N(1.5, 0.5^2)``, 20000 data points. Tolera
   supremum, and the 5% covers that approximation gap.
 * Total variation runs on the backend's defaults for it (critic ``T = v / (2 (1 + |v|))`` and an
   output penalty ``1e-4 E[V^2]``): the penalty smooths the step-shaped optimal critic and moves the
-  minimiser by ~0.02 here (measured), inside ``ATOL``. With the seed's ``tanh`` and no penalty it
+  minimiser by ~0.02 here (measured), inside ``ATOL``. With f-GAN's ``tanh(v) / 2`` and no penalty it
   stalled 0.5-0.9 away.
 """
 
@@ -214,7 +214,7 @@ def test_every_f_divergence_finds_the_quadrature_minimiser_jax(name: str, jax_fi
 
 
 def test_mode_covering_and_mode_seeking() -> None:
-    """KL and Pearson spread over both modes; reverse KL and Neyman sit on one (the seed's picture)."""
+    """KL and Pearson spread over both modes; reverse KL and Neyman sit on one (mode covering vs seeking)."""
     for name in ("kl", "pearson"):
         a, b = reference_minimiser(name, START)
         assert a > 1.4 and -0.7 < b < -0.5, (name, a, b)  # the mixture's std is 1.55, mean -0.6
@@ -332,8 +332,8 @@ def _affine_params(fit) -> np.ndarray:
 @pytest.mark.parametrize("engine", ["pyro", "numpyro"])
 def test_ema_is_the_stated_average_of_the_iterates(engine: str, x_data: np.ndarray, monkeypatch) -> None:
     """``ema=e`` returns ``bar_T`` with ``bar_0 = theta_0``, ``bar_t = d_t bar_{t-1} + (1 - d_t) theta_t``,
-    ``d_t = min(e, (1 + t) / (10 + t))``, where ``theta_t`` is the last iterate after ``t`` steps (the same
-    seed's fit with ``ema=None``: its first ``t`` steps are the same; JAX runs one step per dispatch here
+    ``d_t = min(e, (1 + t) / (10 + t))``, where ``theta_t`` is the last iterate after ``t`` steps (the fit
+    with the same seed and ``ema=None``: its first ``t`` steps are the same; JAX runs one step per dispatch here
     so that the keys are too). Exact up to float32 rounding."""
     from gmppl.engines.numpyro import JaxLoop
 

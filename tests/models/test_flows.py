@@ -1,4 +1,4 @@
-"""Contract test over every flow on every engine (zuko's tests/test_flows.py, STYLE.md practice 5).
+"""Contract test over every flow on every engine, after zuko's ``tests/test_flows.py`` (docs/design.md, "Practices").
 
 For each flow: shapes; ``f^{-1}(f(z)) = z``; the log-determinant against the autodiff Jacobian;
 ``Pushforward(base, f).log_prob`` against the change of variables with the autodiff Jacobian of
