@@ -581,15 +581,16 @@ def _torch_norm(grads: list) -> Any:
 
 def _torch_gradient_penalty(critic: Any, real: Any, fake: Any, *, one_sided: bool = False) -> Any:
     """``E[(|grad_x T(x_hat)| - 1)^2]``, ``x_hat = e x + (1 - e) y``, ``e ~ U(0, 1)`` per example;
-    ``one_sided``: ``E[max(0, |grad_x T(x_hat)| - 1)^2]``."""
+    ``one_sided``: ``E[max(0, |grad_x T(x_hat)| - 1)^2]`` (the arithmetic is ``gmppl.divergences.lipschitz``'s)."""
+    import array_api_compat.torch as xp
     import torch
 
+    from gmppl.divergences.lipschitz import interpolate, penalty_from_grad
+
     eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
-    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    x_hat = interpolate(real, fake, eps).requires_grad_(True)
     (g,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
-    norm = torch.sqrt(g.reshape(g.shape[0], -1).square().sum(1) + 1e-12)
-    excess = (norm - 1.0).clamp(min=0.0) if one_sided else norm - 1.0
-    return excess.square().mean()
+    return penalty_from_grad(xp, g, one_sided=one_sided)
 
 
 def _jax_gradient_penalty(critic: Any, real: Any, fake: Any, key: Any, *, one_sided: bool = False) -> Any:
@@ -597,9 +598,8 @@ def _jax_gradient_penalty(critic: Any, real: Any, fake: Any, key: Any, *, one_si
     import jax
     import jax.numpy as jnp
 
+    from gmppl.divergences.lipschitz import interpolate, penalty_from_grad
+
     eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), dtype=real.dtype)
-    x_hat = eps * real + (1 - eps) * fake
-    g = jax.grad(lambda x: critic(x).sum())(x_hat)
-    norm = jnp.sqrt(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) + 1e-12)
-    excess = jnp.maximum(norm - 1.0, 0.0) if one_sided else norm - 1.0
-    return jnp.mean(excess**2)
+    g = jax.grad(lambda x: critic(x).sum())(interpolate(real, fake, eps))
+    return penalty_from_grad(jnp, g, one_sided=one_sided)

@@ -11,6 +11,7 @@
 * ``method="auto"`` (default): ``"dsm"`` when the observed site is a ``Diffusion``, else ``"sliced"``.
 
 Both are Fisher divergences up to a constant independent of ``theta``; ``history["loss"]`` records ``L``.
+The DSM arithmetic is ``gmppl.models.sde.dsm_loss``, shared by both engines; each draws its own ``t`` and ``z``.
 
 Caveats for ``"sliced"``, both from the Fisher divergence ``E_{P_X} ||grad log p_X - grad log p_theta||^2``:
 
@@ -29,10 +30,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import array_api_compat as aac
+
 from gmppl.engines.base import ModelInfo
 from gmppl.errors import BackendError, NotSupported, UnknownName
 from gmppl.inference.base import Backend
 from gmppl.models.diffusion import find_diffusion
+from gmppl.models.sde import dsm_loss
 
 METHODS = ("auto", "dsm", "sliced")
 WEIGHTINGS = ("sigma2", "likelihood")
@@ -40,7 +44,8 @@ WEIGHTINGS = ("sigma2", "likelihood")
 
 @dataclass(frozen=True)
 class ScorePlan:
-    """What a score fit knows of its program: the method, and (torch) the diffusion found at the first step."""
+    """What a score fit knows of its program: the method, and (torch) the diffusion, dtype and namespace found at
+    the first step."""
 
     method: str
     cache: dict = field(default_factory=dict)
@@ -106,6 +111,7 @@ class Score(Backend):
             # The torch network is a stateful module whose leaves are the param store's: find it once.
             d = plan.cache["diffusion"] = _torch_diffusion(program, batch)
             plan.cache["dtype"] = d._like(batch)["dtype"]
+            plan.cache["xp"] = aac.array_namespace(batch)
         return super().torch_init(program, plan, batch, inputs, optim)
 
     def torch_loss(self, program: Any, plan: ScorePlan, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
@@ -115,17 +121,12 @@ class Score(Backend):
             return self._torch_sliced(program, batch, inputs)
         d = plan.cache.get("diffusion") or _torch_diffusion(program, batch)
         dtype = plan.cache.get("dtype") or d._like(batch)["dtype"]
+        xp = plan.cache.get("xp") or aac.array_namespace(batch)
         x0 = batch if batch.dtype == dtype else batch.to(dtype)
         eps = d.sde.t_eps
-        t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device).mul_(1.0 - eps).add_(eps)
+        t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device).mul_(1.0 - eps).add_(eps)  # U(eps, 1)
         z = torch.randn_like(x0)
-        shape = (-1,) + (1,) * (x0.dim() - 1)
-        alpha, sigma = (a.reshape(shape) for a in d.sde.marginal(t))
-        s = d.score_net(alpha * x0 + sigma * z, t)
-        per = (sigma * s + z).square().reshape(x0.shape[0], -1).sum(1)
-        if self.weighting == "likelihood":
-            per = per * d.sde.diffusion2(t) / sigma.reshape(-1) ** 2
-        return per.mean(), {}
+        return dsm_loss(xp, d.sde, d.score_net, x0, t, z, self.weighting).mean(), {}
 
     def _torch_sliced(self, program: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
         import torch
@@ -157,16 +158,9 @@ class Score(Backend):
         def loss(params: Any, batch: Any, key: Any, inputs: Any = None) -> tuple[Any, dict]:
             k_trace, k_t, k_z = jax.random.split(key, 3)
             d = _jax_diffusion(program, params, k_trace, batch)
-            eps = d.sde.t_eps
-            t = jax.random.uniform(k_t, (batch.shape[0],), batch.dtype, eps, 1.0)
+            t = jax.random.uniform(k_t, (batch.shape[0],), batch.dtype, d.sde.t_eps, 1.0)
             z = jax.random.normal(k_z, batch.shape, batch.dtype)
-            shape = (-1, *[1] * (batch.ndim - 1))
-            alpha, sigma = (a.reshape(shape) for a in d.sde.marginal(t))
-            s = d.score_net(alpha * batch + sigma * z, t)
-            per = jnp.square(sigma * s + z).reshape(batch.shape[0], -1).sum(1)
-            if weighting == "likelihood":
-                per = per * d.sde.diffusion2(t) / sigma.reshape(-1) ** 2
-            return per.mean(), {}
+            return dsm_loss(jnp, d.sde, d.score_net, batch, t, z, weighting).mean(), {}
 
         return loss
 

@@ -1,6 +1,7 @@
 """The JAX/NumPyro ``Diffusion`` distribution: pure, jittable samplers (``lax.scan``, diffrax) and ODE likelihood.
 
-See ``gmppl.models.diffusion`` for the maths; ODEs are solved with ``diffrax`` (Dopri5, PID step control).
+See ``gmppl.models.diffusion`` for the maths; the per-step arithmetic is ``gmppl.models.sde``'s, shared with
+torch. ODEs are solved with ``diffrax`` (Dopri5, PID step control).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpyro.distributions as ndist
 from numpyro.distributions import constraints
 
 from gmppl.models.diffusion_options import DiffusionOptions, probe_event_shape
-from gmppl.models.sde import SDE
+from gmppl.models.sde import SDE, langevin_step, probability_flow_drift, reverse_step
 
 
 def jax_event_shape(net: Any) -> tuple[int, ...]:
@@ -75,7 +76,7 @@ class JaxDiffusion(ndist.Distribution):
 
     def ode_drift(self, x: Any, t: Any) -> Any:
         """``f~(x, t) = f(t) x - g(t)^2 s_theta(x, t) / 2``."""
-        return self.sde.drift_coef(t) * x - 0.5 * self.sde.diffusion2(t) * self.score(x, t)
+        return probability_flow_drift(jnp, self.sde, x, t, self.score(x, t))
 
     # ------------------------------------------------------------------ sampling
     def sample(self, key: Any, sample_shape: tuple = ()) -> Any:
@@ -114,21 +115,14 @@ class JaxDiffusion(ndist.Distribution):
         def body(x: Any, inp: Any) -> tuple[Any, Any]:
             i, k = inp
             t, dt = grid[i], grid[i] - grid[i + 1]
-            g2 = self.sde.diffusion2(t)
             kc, kp = jax.random.split(k)
             if sampler == "pc":
-                for kk in jax.random.split(kc, o.corrector_steps):
+                for kk in jax.random.split(kc, o.corrector_steps):  # Langevin corrector at t
                     s = self.score(x, t)
-                    z = jax.random.normal(kk, x.shape)
-                    alpha = 1.0 if self.sde.kind == "ve" else 1.0 - g2 * dt
-                    ratio = _norm(z).mean() / jnp.maximum(_norm(s).mean(), 1e-12)  # batch means, as Song et al.
-                    step = 2 * alpha * (o.snr * ratio) ** 2
-                    x = x + step * s + jnp.sqrt(2 * step) * z
+                    x = langevin_step(jnp, self.sde, x, t, dt, s, jax.random.normal(kk, x.shape), o.snr)
             s = self.score(x, t)
-            mean = x - (self.sde.drift_coef(t) * x - g2 * s) * dt
-            noise = jnp.sqrt(g2 * dt) * jax.random.normal(kp, x.shape)
-            new = jnp.where(i < steps - 1, mean + noise, mean)
-            return new, (x if record else None)
+            noise = jnp.where(i < steps - 1, jax.random.normal(kp, x.shape), 0.0)  # the last step is the mean
+            return reverse_step(jnp, self.sde, x, t, dt, s, noise), (x if record else None)
 
         x, traj = jax.lax.scan(body, x, (jnp.arange(steps), jax.random.split(key, steps)))
         nfe = steps * (1 + (o.corrector_steps if sampler == "pc" else 0))
@@ -202,7 +196,3 @@ def _generate_jit(d: JaxDiffusion, key: Any, n: int) -> Any:
     its own ``lax.scan`` of the reverse process; now they, and later fits of the same model, reuse one.
     """
     return d.generate(key, n)[0]
-
-
-def _norm(x: Any) -> Any:
-    return jnp.sqrt(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1))

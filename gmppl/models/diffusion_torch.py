@@ -1,6 +1,7 @@
 """The torch/Pyro ``Diffusion`` distribution: reverse-SDE and probability-flow-ODE sampling, ODE likelihood.
 
-See ``gmppl.models.diffusion`` for the maths; ODEs are solved with ``torchdiffeq.odeint`` (Dopri5).
+See ``gmppl.models.diffusion`` for the maths; the per-step arithmetic is ``gmppl.models.sde``'s, shared with
+JAX. ODEs are solved with ``torchdiffeq.odeint`` (Dopri5).
 """
 
 from __future__ import annotations
@@ -8,12 +9,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import array_api_compat.torch as xp
 import pyro.distributions as pdist
 import torch
 from torch.distributions import constraints
 
 from gmppl.models.diffusion_options import DiffusionOptions, probe_event_shape
-from gmppl.models.sde import SDE
+from gmppl.models.sde import SDE, langevin_step, probability_flow_drift, reverse_step
 
 _SHAPES: dict[int, tuple[int, ...]] = {}
 
@@ -85,7 +87,7 @@ class TorchDiffusion(pdist.TorchDistribution):
 
     def ode_drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``f~(x, t) = f(t) x - g(t)^2 s_theta(x, t) / 2``, the probability-flow ODE's velocity."""
-        return self.sde.drift_coef(t) * x - 0.5 * self.sde.diffusion2(t) * self.score(x, t)
+        return probability_flow_drift(xp, self.sde, x, t, self.score(x, t))
 
     # ------------------------------------------------------------------ sampling
     def sample(self, sample_shape: Any = torch.Size()) -> torch.Tensor:
@@ -124,20 +126,14 @@ class TorchDiffusion(pdist.TorchDistribution):
             if i in keep:
                 info["trajectory"].append(x.clone())
             t, dt = ts[i], ts[i] - ts[i + 1]
-            g2 = self.sde.diffusion2(t)
             if sampler == "pc":
-                for _ in range(o.corrector_steps):  # Langevin corrector at t (Song et al. 2021, alg. 4)
+                for _ in range(o.corrector_steps):  # Langevin corrector at t
                     s = self.score(x, t)
-                    z = torch.randn_like(x)
-                    alpha = 1.0 if self.sde.kind == "ve" else 1.0 - g2 * dt
-                    ratio = _norm(z).mean() / _norm(s).mean().clamp_min(1e-12)  # batch means, as Song et al.
-                    step = 2 * alpha * (o.snr * ratio) ** 2
-                    x = x + step * s + torch.sqrt(2 * step) * z
+                    x = langevin_step(xp, self.sde, x, t, dt, s, torch.randn_like(x), o.snr)
                     info["nfe"] += 1
             s = self.score(x, t)
             info["nfe"] += 1
-            mean = x - (self.sde.drift_coef(t) * x - g2 * s) * dt
-            x = mean + torch.sqrt(g2 * dt) * torch.randn_like(x) if i < steps - 1 else mean
+            x = reverse_step(xp, self.sde, x, t, dt, s, torch.randn_like(x) if i < steps - 1 else None)
         if record:
             info["trajectory"].append(x.clone())
         return x, info
@@ -190,7 +186,3 @@ class TorchDiffusion(pdist.TorchDistribution):
         mean = lp.mean(0).reshape(batch)
         se = None if probes < 2 else (lp.std(0) / math.sqrt(probes)).reshape(batch)
         return mean, se, nfe[0]
-
-
-def _norm(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)

@@ -1,4 +1,4 @@
-"""The forward SDEs of score-based diffusion, written once for torch and JAX (array API).
+"""The forward SDEs of score-based diffusion and the maths run on them, written once for torch and JAX (array API).
 
 All three are linear, ``dx = f(t) x dt + g(t) dW`` on ``t in [0, 1]``, so the perturbation kernel
 is Gaussian: ``x_t | x_0 ~ N(alpha_t x_0, sigma_t^2 I)`` (Song et al. 2021, appendix B).
@@ -8,12 +8,25 @@ is Gaussian: ``x_t | x_0 ~ N(alpha_t x_0, sigma_t^2 I)`` (Song et al. 2021, appe
 * ``"subvp"``: same drift, ``g^2 = beta (1 - exp(-2 B(t)))``; ``sigma_t^2 = (1 - alpha_t^2)^2``.
 * ``"ve"`` (SMLD): ``s(t) = s0 (s1/s0)^t``, ``f = 0``, ``g^2 = d s^2/dt = 2 s^2 log(s1/s0)``;
   ``alpha_t = 1``, ``sigma_t^2 = s(t)^2 - s0^2``; prior ``N(0, s1^2 I)``.
+
+On them, each engine's training loss and samplers call the same arithmetic; only the random draws
+(``torch.rand``/``randn`` or ``jax.random``) and the loops (Python or ``lax.scan``) are the engine's:
+
+* :func:`dsm_loss` — denoising score matching at drawn ``t`` and ``z``;
+* :func:`reverse_step` — one Euler–Maruyama step of the reverse-time SDE;
+* :func:`langevin_step` — one Langevin corrector step of the predictor–corrector sampler;
+* :func:`probability_flow_drift` — the velocity of the probability-flow ODE.
+
+Each takes the array namespace ``xp`` first (``array_api_compat.array_namespace`` of the arrays),
+resolved once by the caller rather than per call.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import array_api_compat as aac
@@ -58,9 +71,9 @@ class SDE:
         """``f(t)`` in ``f(x, t) = f(t) x``."""
         return 0.0 * t if self.kind == "ve" else -0.5 * self._beta(t)
 
-    def diffusion2(self, t: Any) -> Any:
-        """``g(t)^2``."""
-        xp = aac.array_namespace(t)
+    def diffusion2(self, t: Any, xp: ModuleType | None = None) -> Any:
+        """``g(t)^2``; ``xp``, the namespace of ``t``, when the caller has it."""
+        xp = aac.array_namespace(t) if xp is None else xp
         if self.kind == "vp":
             return self._beta(t)
         if self.kind == "subvp":
@@ -68,9 +81,9 @@ class SDE:
         s = self.sigma_min * (self.sigma_max / self.sigma_min) ** t
         return 2.0 * s**2 * math.log(self.sigma_max / self.sigma_min)
 
-    def marginal(self, t: Any) -> tuple[Any, Any]:
-        """``(alpha_t, sigma_t)`` of ``x_t | x_0 ~ N(alpha_t x_0, sigma_t^2 I)``."""
-        xp = aac.array_namespace(t)
+    def marginal(self, t: Any, xp: ModuleType | None = None) -> tuple[Any, Any]:
+        """``(alpha_t, sigma_t)`` of ``x_t | x_0 ~ N(alpha_t x_0, sigma_t^2 I)``; ``xp`` as in ``diffusion2``."""
+        xp = aac.array_namespace(t) if xp is None else xp
         if self.kind == "ve":
             s = self.sigma_min * (self.sigma_max / self.sigma_min) ** t
             return 1.0 + 0.0 * t, xp.sqrt(s**2 - self.sigma_min**2)
@@ -94,3 +107,55 @@ def as_sde(sde: Any, **kwargs: Any) -> SDE:
     if not isinstance(sde, str):
         raise UnknownName(f"sde={sde!r} must be one of {SDES} or a gmppl.models.sde.SDE.")
     return SDE(kind=sde.lower(), **kwargs)
+
+
+# ------------------------------------------------------------------ training and sampling arithmetic
+def dsm_loss(
+    xp: ModuleType, sde: SDE, score_net: Callable[[Any, Any], Any], x0: Any, t: Any, z: Any, weighting: str = "sigma2"
+) -> Any:
+    """Per-example denoising score-matching loss, shape ``(B,)``, at drawn ``t`` ``(B,)`` and ``z ~ N(0, I)``.
+
+    ``x_t = alpha_t x0 + sigma_t z`` and ``l = ||sigma_t s_theta(x_t, t) + z||^2
+    = sigma_t^2 ||s_theta(x_t, t) - grad log p(x_t | x0)||^2``, since ``grad log p(x_t | x0) = -z / sigma_t``;
+    ``weighting="likelihood"`` multiplies by ``g(t)^2 / sigma_t^2`` (the weight ``lambda = g^2``).
+    """
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    alpha, sigma = (xp.reshape(a, shape) for a in sde.marginal(t, xp))
+    s = score_net(alpha * x0 + sigma * z, t)
+    per = xp.sum(xp.reshape((sigma * s + z) ** 2, (x0.shape[0], -1)), axis=1)
+    if weighting == "likelihood":
+        per = per * sde.diffusion2(t, xp) / xp.reshape(sigma, (-1,)) ** 2
+    return per
+
+
+def reverse_step(xp: ModuleType, sde: SDE, x: Any, t: Any, dt: Any, s: Any, noise: Any = None) -> Any:
+    """One Euler–Maruyama step, from ``t`` to ``t - dt``, of the reverse SDE ``dx = [f x - g^2 s] dt + g dW_bar``.
+
+    ``x - (f(t) x - g(t)^2 s) dt + sqrt(g(t)^2 dt) noise`` with ``s = s_theta(x, t)`` and
+    ``noise ~ N(0, I)``; ``noise=None`` gives the mean (the sampler's last, noise-free step).
+    """
+    g2 = sde.diffusion2(t, xp)
+    mean = x - (sde.drift_coef(t) * x - g2 * s) * dt
+    return mean if noise is None else mean + xp.sqrt(g2 * dt) * noise
+
+
+def langevin_step(xp: ModuleType, sde: SDE, x: Any, t: Any, dt: Any, s: Any, z: Any, snr: float) -> Any:
+    """One Langevin corrector step at ``t`` (Song et al. 2021, algorithm 4): ``x + e s + sqrt(2 e) z``.
+
+    The step size ``e = 2 a (snr ||z|| / ||s||)^2`` uses batch means of the per-example norms (as Song
+    et al.), ``||s||`` floored at ``1e-12``; ``a = 1`` for VE, else ``1 - g(t)^2 dt``.
+    """
+    a = 1.0 if sde.kind == "ve" else 1.0 - sde.diffusion2(t, xp) * dt
+    ratio = xp.mean(_norms(xp, z)) / xp.clip(xp.mean(_norms(xp, s)), min=1e-12)
+    step = 2 * a * (snr * ratio) ** 2
+    return x + step * s + xp.sqrt(2 * step) * z
+
+
+def probability_flow_drift(xp: ModuleType, sde: SDE, x: Any, t: Any, s: Any) -> Any:
+    """``f~(x, t) = f(t) x - g(t)^2 s / 2``, the probability-flow ODE's velocity, with ``s = s_theta(x, t)``."""
+    return sde.drift_coef(t) * x - 0.5 * sde.diffusion2(t, xp) * s
+
+
+def _norms(xp: ModuleType, x: Any) -> Any:
+    """Per-example Euclidean norms of a batch ``(B, ...)``."""
+    return xp.linalg.vector_norm(xp.reshape(x, (x.shape[0], -1)), axis=1)

@@ -539,6 +539,44 @@ def test_gradient_penalty_of_a_linear_critic_is_exact() -> None:
         assert got_t == pytest.approx(want, rel=1e-6, abs=1e-12) and got_j == pytest.approx(want, rel=1e-5, abs=1e-9)
 
 
+def test_interpolate_and_penalty_from_grad_are_exact_on_both_engines() -> None:
+    """The shared arithmetic against numpy in float64 (roundoff ~1e-16, checked to 1e-12).
+
+    ``g_i = n_i u_i`` with unit ``u_i`` (a 3-4-5 direction spread over a 2x2 "image"), so
+    ``|g_i| = sqrt(n_i^2 + 1e-12)`` exactly; the two-sided penalty is ``mean (|g_i| - 1)^2``, the one-sided
+    ``mean max(0, |g_i| - 1)^2``, and its gradient ``2 (|g_i| - 1)_(+) g_i / (B |g_i|)``.
+    """
+    import array_api_compat.torch as xp_torch
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from gmppl.divergences.lipschitz import interpolate, penalty_from_grad
+
+    n = np.array([0.0, 0.5, 1.0, 2.0, 3.0])
+    u = np.array([[0.6, 0.0], [0.0, 0.8]])  # |u| = 1
+    g = n[:, None, None] * u
+    norm = np.sqrt(n**2 + 1e-12)
+    real, fake = np.random.default_rng(0).normal(size=(2, 5, 2, 2))
+    e = np.random.default_rng(1).uniform(size=(5, 1, 1))
+    with jax.enable_x64(True):
+        for one_sided in (False, True):
+            excess = np.maximum(norm - 1, 0) if one_sided else norm - 1
+            want, want_grad = np.mean(excess**2), 2 * (excess / norm)[:, None, None] * g / len(n)
+            gt = torch.tensor(g, requires_grad=True)
+            pen_t = penalty_from_grad(xp_torch, gt, one_sided=one_sided)
+            (grad_t,) = torch.autograd.grad(pen_t, gt)
+            pen_j, grad_j = jax.value_and_grad(lambda v, o=one_sided: penalty_from_grad(jnp, v, one_sided=o))(
+                jnp.asarray(g)
+            )
+            for got, got_grad in ((pen_t.detach().numpy(), grad_t.numpy()), (pen_j, grad_j)):
+                np.testing.assert_allclose(float(got), want, rtol=1e-12)
+                np.testing.assert_allclose(np.asarray(got_grad), want_grad, rtol=1e-12, atol=1e-15)
+        want = e * real + (1 - e) * fake
+        np.testing.assert_allclose(interpolate(*map(torch.as_tensor, (real, fake, e))).numpy(), want, rtol=1e-15)
+        np.testing.assert_allclose(np.asarray(interpolate(*map(jnp.asarray, (real, fake, e)))), want, rtol=1e-15)
+
+
 def test_spectral_normalisation_gives_unit_top_singular_values_and_a_1_lipschitz_critic(moons) -> None:
     import jax
     import jax.numpy as jnp
