@@ -9,15 +9,18 @@ stop-and-restore, progress, validation and early stopping, callbacks and the his
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from gmppl import checkpoint as ckpt
 from gmppl._data import split_data
+from gmppl.checkpoint import check_directory
 from gmppl.engines import ENGINES, check_signature, detect_engine, make_loop, make_program
-from gmppl.errors import BackendError, DataError, ModelError, TrainingError, UnknownName
+from gmppl.errors import BackendError, CheckpointError, DataError, ModelError, TrainingError, UnknownName
 from gmppl.inference.base import Backend, SamplerBackend
 from gmppl.optim import as_optim
 from gmppl.progress import Progress
@@ -47,6 +50,9 @@ def fit(
     validate_every: int | None = None,
     patience: int | None = None,
     callbacks: Sequence[Callable[..., Any]] = (),
+    checkpoint: Any = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> Fit:
     """Fit a Pyro or NumPyro program ``model(x=None, n=None)`` to ``data`` with an inference ``backend``.
@@ -69,6 +75,11 @@ def fit(
       step's values (averaged over chains), ``params`` the fitted values as in ``Fit.params``. A callback
       that raises stops the fit; the error carries the fit so far as ``error.fit``.
     - ``chains=C``: C independently seeded fits (seeds ``seed + c``), an ensemble.
+    - ``checkpoint=DIR``: every ``checkpoint_every`` steps (default ``steps // 10``) and at the end, write
+      everything the next step needs (parameters, optimiser states, averaged iterates, data order and
+      position, random states, history) atomically into DIR; ``resume=True`` continues from the newest
+      one to ``steps`` in total (on CPU, bitwise the uninterrupted fit). A checkpoint of another fit
+      (other data, model or settings) is refused. Ctrl-C stops at once and returns the fit so far.
 
     Example::
 
@@ -86,11 +97,18 @@ def fit(
         )
     for name, value in (("steps", steps), ("batch_size", batch_size), ("chains", chains)):
         _check_positive(name, value)
-    for name, optional in (("validate_every", validate_every), ("patience", patience)):
+    for name, optional in (
+        ("validate_every", validate_every),
+        ("patience", patience),
+        ("checkpoint_every", checkpoint_every),
+    ):
         if optional is not None:
             _check_positive(name, optional)
     if (validate_every is not None or patience is not None) and validation is None:
         raise BackendError("validate_every= and patience= need held-out data: pass validation=x_val.")
+    if (checkpoint_every is not None or resume) and checkpoint is None:
+        raise BackendError("checkpoint_every= and resume=True need a directory: pass checkpoint=DIR.")
+    ckpt_dir = None if checkpoint is None else check_directory(checkpoint)
     if engine is not None and engine not in ENGINES:
         raise UnknownName(f"engine={engine!r} is unknown; use one of {ENGINES} (or None to detect).")
     if not callable(model):
@@ -169,6 +187,11 @@ def fit(
         )
 
     if isinstance(backend, SamplerBackend):
+        if ckpt_dir is not None:
+            raise BackendError(
+                f"{type(backend).__name__} draws its samples in one call to the PPL's sampler, which gmppl cannot "
+                "checkpoint; drop checkpoint=, or fit with an optimising backend."
+            )
         num = backend.num_draws(int(steps))
         results = [
             backend.draw(p, plan, x, num_samples=num, seed=s, inputs=inputs)
@@ -184,6 +207,31 @@ def fit(
     loop = make_loop(engine, programs, backend, plans, x, batch_size=batch_size, steps=int(steps), inputs=inputs)
     state = loop.init(seeds, optim)
     rows: list[dict[str, np.ndarray]] = []
+    every = None
+    if ckpt_dir is not None:
+        from gmppl.io import backend_config
+
+        every = int(checkpoint_every or max(1, int(steps) // 10))
+        fp = ckpt.fingerprint(
+            x,
+            inputs,
+            engine=engine,
+            backend=type(backend).__name__,
+            backend_config=backend_config(backend),
+            seed=int(seed),
+            chains=chains,
+            batch_size=batch_size,
+            observed=observed,
+            optim=repr(optim),
+            validation=None if x_val is None else ckpt.fingerprint(x_val, val_inputs)["data"],
+        )
+        fp = json.loads(json.dumps(fp))  # as it reads back
+        existing = ckpt.steps(ckpt_dir)
+        if existing and not resume:
+            raise CheckpointError(
+                f"{ckpt_dir} holds checkpoints of a fit (the newest at step {existing[-1]}): pass resume=True to "
+                "continue it, or choose another directory."
+            )
     val_every = None if x_val is None else int(validate_every or max(1, int(steps) // 10))
     validators = None
     if x_val is not None:  # one per chain, by program
@@ -193,8 +241,33 @@ def fit(
     val_loss: list[np.ndarray] = []
     val_step: list[int] = []
     best, best_value, since_best = None, np.inf, 0
-    good = loop.snapshot(state)
     done = 0
+    if every is not None and resume and existing:
+        assert ckpt_dir is not None
+        arrays, meta = ckpt.read(ckpt_dir, existing[-1])
+        if meta["fingerprint"] != fp:
+            diff = sorted(k for k in set(fp) | set(meta["fingerprint"]) if fp.get(k) != meta["fingerprint"].get(k))
+            raise CheckpointError(
+                f"the checkpoint in {ckpt_dir} is from another fit (its {', '.join(diff)} differ): resume it with "
+                "the same data, model, backend and settings, or choose another directory."
+            )
+        if meta["step"] > steps:
+            raise CheckpointError(f"the checkpoint in {ckpt_dir} is at step {meta['step']}, past steps={steps}.")
+        part = {k[6:]: v for k, v in arrays.items() if k.startswith("state/")}
+        state = loop.from_arrays(state, part, meta["loop"])
+        done = int(meta["step"])
+        rows = [{k[5:]: v for k, v in arrays.items() if k.startswith("hist/")}] if done else []
+        val_step = list(meta["val_step"])
+        val_loss = list(arrays["val/loss"]) if val_step else []
+        best_value, since_best = float(meta["best_value"]), int(meta["since_best"])
+        if meta.get("best"):
+            part = {k[5:]: v for k, v in arrays.items() if k.startswith("best/")}
+            best = loop.snapshot(loop.from_arrays(loop.init(seeds, optim), part, meta["best"]))
+            state = loop.from_arrays(
+                state, {k[6:]: v for k, v in arrays.items() if k.startswith("state/")}, meta["loop"]
+            )
+        log.info("resuming from %s at step %d", ckpt_dir, done)
+    good = loop.snapshot(state)
 
     def histories() -> list[dict[str, np.ndarray]]:
         hist = [{k: np.concatenate([r[k][c] for r in rows]) for k in rows[0]} for c in range(chains)] if rows else []
@@ -210,11 +283,41 @@ def fit(
         error.fit = make_fit(histories())
         return error
 
+    def save_checkpoint() -> None:
+        assert ckpt_dir is not None
+        arrays, loop_meta = loop.to_arrays(state)
+        out = {f"state/{k}": v for k, v in arrays.items()}
+        if rows:
+            out.update({f"hist/{k}": np.concatenate([r[k] for r in rows], axis=1) for k in rows[0]})
+        if val_step:
+            out["val/loss"] = np.stack(val_loss)
+        best_meta = None
+        if best is not None:
+            best_arrays, best_meta = loop.to_arrays(best)
+            out.update({f"best/{k}": v for k, v in best_arrays.items()})
+        meta = {
+            "fingerprint": fp,
+            "loop": loop_meta,
+            "val_step": val_step,
+            "best_value": best_value,
+            "since_best": since_best,
+            "best": best_meta if best is not None else None,
+        }
+        ckpt.write(ckpt_dir, done, out, meta)
+
     while done < steps:
         k = min(LOG_EVERY, loop.chunk, int(steps) - done)
         if val_every is not None:
             k = min(k, val_every - done % val_every)
-        state, metrics = loop.run_chunk(state, k)
+        if every is not None:
+            k = min(k, every - done % every)
+        try:
+            state, metrics = loop.run_chunk(state, k, done)
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d: returning the fit so far", done)
+            state = loop.restore(state, good)
+            config["interrupted"] = True
+            break
         loss = metrics["loss"]
         bad = ~np.isfinite(loss)
         if bad.any():
@@ -246,10 +349,16 @@ def fit(
         if callbacks:
             try:
                 _call(callbacks, done, {k: float(np.mean(v[:, -1])) for k, v in metrics.items()}, loop, state)
+            except KeyboardInterrupt:
+                log.warning("interrupted at step %d: returning the fit so far", done)
+                config["interrupted"] = stopping = True
             except Exception as e:
                 raise stop(TrainingError(f"a callback raised at step {done}: {type(e).__name__}: {e}")) from e
+        if every is not None and (done % every == 0 or done == steps or stopping):
+            save_checkpoint()
         if stopping:
-            log.info("early stop at step %d: no improvement in %d validations", done, patience)
+            if not config.get("interrupted"):
+                log.info("early stop at step %d: no improvement in %d validations", done, patience)
             break
     if best is not None:
         state = loop.restore(state, best)

@@ -22,7 +22,7 @@ from numpyro.distributions.transforms import biject_to
 from gmppl.engines.base import ModelInfo
 from gmppl.engines.calls import Call, make_call
 from gmppl.engines.sites import check_event_shape, check_support, info_from_traces, invert_pushforward
-from gmppl.errors import DataError, DeviceError, ModelError, NotSupported
+from gmppl.errors import CheckpointError, DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_optax
 
 
@@ -227,11 +227,13 @@ def make_optimizer(optim: Any) -> Any:
 
 
 class JaxLoop:
-    """Training steps on JAX: ``chunk`` steps per dispatch in one jitted ``lax.scan`` with minibatches
+    """Training steps on JAX: up to ``chunk`` steps per dispatch in one jitted ``lax.scan`` with minibatches
     drawn on the device; the chains of an ensemble in one program, ``jax.vmap`` over the scan.
 
-    Each chain draws the random stream it would draw alone (its own seed), so an ensemble equals its
-    chains fit one by one up to float reassociation, compiled once instead of once per chain.
+    Step ``t`` of a chain draws from ``fold_in(key, t)`` of the chain's key, so the random stream does not
+    depend on how the steps are cut into chunks (validation, checkpoints, a resumed fit), and each chain
+    draws the stream it would draw alone: an ensemble equals its chains fit one by one up to float
+    reassociation, compiled once instead of once per chain.
     """
 
     chunk = 100
@@ -265,36 +267,51 @@ class JaxLoop:
             step = step or step_c  # the same pure function for every chain: chain 0's closure
             states.append(state)
             keys.append(key)
-        assert step is not None  # at least one chain
+        assert step is not None
         runner = _chunk_runner(step, b, self.length)
         c = self.chains
         if c == 1:
             self._run = jax.jit(runner)
             carry = (states[0], jnp.arange(n), jnp.int32(n), keys[0])
         else:
-            self._run = jax.jit(jax.vmap(runner, in_axes=((0, 0, 0), None, None, 0, None)))
+            self._run = jax.jit(jax.vmap(runner, in_axes=((0, 0, 0, 0), None, None, None, None)))
             stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
             carry = (stacked, jnp.tile(jnp.arange(n), (c, 1)), jnp.full((c,), n, jnp.int32), jnp.stack(keys))
         # Commit every array of the carry to the device: the chunk's outputs are committed, and a carry
         # that was not (optax's step count, perm) would make the second chunk compile all over again.
         return jax.tree.map(lambda a: jax.device_put(a, self.device) if isinstance(a, jax.Array) else a, carry)
 
-    def run_chunk(self, state: tuple, k: int) -> tuple[tuple, dict[str, np.ndarray]]:
-        train, perm, offset, key = state
-        if self.chains == 1:
-            key, kc = jax.random.split(key)
-        else:
-            pair = jax.vmap(jax.random.split)(key)
-            key, kc = pair[:, 0], pair[:, 1]
-        (train, perm, offset), metrics = self._run((train, perm, offset), self.x, self.inputs, kc, jnp.int32(k))
+    def run_chunk(self, state: tuple, k: int, start: int = 0) -> tuple[tuple, dict[str, np.ndarray]]:
+        """``k`` steps from step ``start`` (the steps already taken: it seeds each step's key)."""
+        carry, metrics = self._run(state, self.x, self.inputs, jnp.int32(start), jnp.int32(k))
         out = {name: np.asarray(v, dtype=np.float64).reshape(self.chains, -1)[:, :k] for name, v in metrics.items()}
-        return (train, perm, offset, key), out
+        return carry, out
 
     def snapshot(self, state: tuple) -> tuple:
         return state  # immutable arrays: keeping the reference keeps the values
 
     def restore(self, state: tuple, snap: tuple) -> tuple:
         return snap
+
+    def to_arrays(self, state: tuple) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Every array of the training state (parameters, optimiser states, averages, data order, keys)."""
+        return {f"leaf{i:05d}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(state))}, {}
+
+    def from_arrays(self, template: tuple, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None) -> tuple:
+        """The training state from ``to_arrays`` onto the structure of ``template`` (a fresh ``init``)."""
+        leaves, treedef = jax.tree.flatten(template)
+        if len(arrays) != len(leaves):
+            raise CheckpointError(f"the checkpoint holds {len(arrays)} state arrays, this fit {len(leaves)}.")
+        new = []
+        for i, leaf in enumerate(leaves):
+            a = arrays[f"leaf{i:05d}"]
+            if a.shape != np.shape(leaf) or a.dtype != np.asarray(leaf).dtype:
+                raise CheckpointError(
+                    f"state array {i} is {a.dtype}{list(a.shape)} in the checkpoint but "
+                    f"{np.asarray(leaf).dtype}{list(np.shape(leaf))} in this fit: it is another fit's checkpoint."
+                )
+            new.append(jax.device_put(a, self.device))
+        return jax.tree.unflatten(treedef, new)
 
     def fitted(self, state: tuple) -> list:
         """The fitted parameters of every chain (the backend's: an average of iterates where it keeps one)."""
@@ -324,16 +341,16 @@ def _chunk_runner(step: Callable, batch_size: int, length: int) -> Callable:
 
     Minibatches are drawn without replacement: each epoch walks a fresh permutation of the data
     (the tail that does not fill a batch is skipped that epoch), so ``batch_size == len(data)`` is
-    full-batch gradient descent.
+    full-batch gradient descent. Step ``t`` uses ``fold_in(key, t)``.
     """
 
-    def run(carry: Any, x: Any, inputs: Any, key: Any, active: Any) -> tuple[Any, Any]:
+    def run(carry: Any, x: Any, inputs: Any, start: Any, active: Any) -> tuple[Any, Any]:
         n = x.shape[0]
+        state, perm, offset, key = carry
 
-        def body(carry: Any, inp: Any) -> tuple[Any, Any]:
+        def body(carry: Any, i: Any) -> tuple[Any, Any]:
             state, perm, offset = carry
-            i, k = inp
-            k1, k2 = jax.random.split(k)
+            k1, k2 = jax.random.split(jax.random.fold_in(key, start + i))
             fresh = offset + batch_size > n
             perm = jax.lax.cond(fresh, lambda: jax.random.permutation(k1, n), lambda: perm)
             offset = jnp.where(fresh, 0, offset)
@@ -343,6 +360,7 @@ def _chunk_runner(step: Callable, batch_size: int, length: int) -> Callable:
             new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
             return (new, perm, jnp.where(keep, offset + batch_size, offset)), metrics
 
-        return jax.lax.scan(body, carry, (jnp.arange(length), jax.random.split(key, length)))
+        (state, perm, offset), metrics = jax.lax.scan(body, (state, perm, offset), jnp.arange(length))
+        return (state, perm, offset, key), metrics
 
     return run

@@ -22,7 +22,7 @@ from pyro.params.param_store import StateDict
 from gmppl.engines.base import ModelInfo
 from gmppl.engines.calls import Call, make_call
 from gmppl.engines.sites import Site, check_event_shape, check_support, info_from_traces, invert_pushforward
-from gmppl.errors import DataError, DeviceError, ModelError, NotSupported
+from gmppl.errors import CheckpointError, DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_torch
 
 # Which Fit last loaded its values into a shared leaf tensor (a module fitted twice).
@@ -320,7 +320,9 @@ class TorchLoop:
             )
         return state
 
-    def run_chunk(self, state: list[dict[str, Any]], k: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    def run_chunk(
+        self, state: list[dict[str, Any]], k: int, start: int = 0
+    ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         x, b = self.x, self.batch_size
         n = x.shape[0]
         out: list[dict[str, np.ndarray]] = []
@@ -375,6 +377,84 @@ class TorchLoop:
                 program.freeze()
         return state
 
+    def to_arrays(self, state: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Everything the next step needs, as named arrays and JSON: parameters, every optimiser's state, averaged
+        iterates, the data order and position, the random states (torch's and the permutation generator's)."""
+        arrays: dict[str, np.ndarray] = {}
+        meta: list[dict[str, Any]] = []
+        for c, (program, chain) in enumerate(zip(self.programs, state, strict=True)):
+            p = f"chain{c}/"
+            for name, v in program.store["params"].items():
+                arrays[p + "param/" + name] = _numpy(v)
+            for i, t in enumerate(self.backend.torch_tensors(chain["step"])):
+                arrays[p + f"extra/{i}"] = _numpy(t)
+            groups = []
+            for j, opt in enumerate(self.backend.torch_optimizers(chain["step"])):
+                sd = opt.state_dict()
+                scalars: dict[str, Any] = {}
+                for idx, st in sd["state"].items():
+                    for key, val in st.items():
+                        if isinstance(val, torch.Tensor):
+                            arrays[p + f"opt{j}/{idx}/{key}"] = _numpy(val)
+                        else:
+                            scalars[f"{idx}/{key}"] = val
+                groups.append({"param_groups": sd["param_groups"], "scalars": scalars})
+            for i, r in enumerate(chain["rng"]):
+                arrays[p + f"rng/{i}"] = _numpy(r)
+            arrays[p + "gen"] = _numpy(chain["gen"].get_state())
+            arrays[p + "perm"] = _numpy(chain["perm"])
+            meta.append(
+                {
+                    "offset": int(chain["offset"]),
+                    "optimizers": groups,
+                    "counters": self.backend.torch_counters(chain["step"]),
+                }
+            )
+        return arrays, {"chains": meta}
+
+    def from_arrays(
+        self, state: list[dict[str, Any]], arrays: dict[str, np.ndarray], meta: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Load ``to_arrays``'s output into a freshly initialised ``state`` (same model, backend and settings)."""
+        for c, (program, chain, info) in enumerate(zip(self.programs, state, meta["chains"], strict=True)):
+            p = f"chain{c}/"
+            params = program.store["params"]
+            saved = {k[len(p + "param/") :] for k in arrays if k.startswith(p + "param/")}
+            if saved != set(params):
+                raise CheckpointError(
+                    f"the checkpoint's parameters {sorted(saved ^ set(params))[:5]} differ from this fit's: it is "
+                    "another model's checkpoint."
+                )
+            with torch.no_grad():
+                for name, v in params.items():
+                    a = arrays[p + "param/" + name]
+                    if tuple(a.shape) != tuple(v.shape):
+                        raise CheckpointError(
+                            f"parameter {name!r} is {a.shape} in the checkpoint, {tuple(v.shape)} here."
+                        )
+                    v.copy_(torch.as_tensor(a, device=v.device, dtype=v.dtype))
+                for i, t in enumerate(self.backend.torch_tensors(chain["step"])):
+                    t.copy_(torch.as_tensor(arrays[p + f"extra/{i}"], device=t.device, dtype=t.dtype))
+            for j, opt in enumerate(self.backend.torch_optimizers(chain["step"])):
+                saved_opt = info["optimizers"][j]
+                st: dict[int, dict[str, Any]] = {}
+                prefix = p + f"opt{j}/"
+                for key, a in arrays.items():
+                    if key.startswith(prefix):
+                        idx, name = key[len(prefix) :].split("/", 1)
+                        st.setdefault(int(idx), {})[name] = torch.as_tensor(a)
+                for key, val in saved_opt["scalars"].items():
+                    idx, name = key.split("/", 1)
+                    st.setdefault(int(idx), {})[name] = val
+                opt.load_state_dict({"state": st, "param_groups": saved_opt["param_groups"]})
+            self.backend.torch_set_counters(chain["step"], info["counters"])
+            chain["rng"] = [torch.as_tensor(arrays[p + f"rng/{i}"]) for i in range(len(chain["rng"]))]
+            chain["gen"].set_state(torch.as_tensor(arrays[p + "gen"]))
+            chain["perm"] = torch.as_tensor(arrays[p + "perm"], device=program.device)
+            chain["offset"] = int(info["offset"])
+            program.freeze()
+        return state
+
     def evaluate(self, state: list[dict[str, Any]], fn: Callable[[Any, Any], Any]) -> list[Any]:
         """``fn(program, plan)`` per chain at the fitted values (e.g. a generator's average), then back."""
         out = []
@@ -388,6 +468,10 @@ class TorchLoop:
             with program.scope():
                 self.backend.torch_finish(chain["step"])
             program.freeze()
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().contiguous().numpy().copy()
 
 
 def _stack(rows: list[dict[str, torch.Tensor]], k: int) -> dict[str, np.ndarray]:

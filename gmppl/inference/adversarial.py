@@ -417,6 +417,15 @@ class Adversarial(Backend):
             metrics["output_penalty"] = out_pen.detach()
         return state, metrics
 
+    def torch_optimizers(self, state: Any) -> list:
+        return [o for o in (state.gen_opt, state.critic_opt) if o is not None]
+
+    def torch_counters(self, state: Any) -> dict[str, int]:
+        return {"t": int(state.t)}
+
+    def torch_set_counters(self, state: Any, counters: dict[str, int]) -> None:
+        state.t = int(counters.get("t", 0))
+
     def torch_tensors(self, state: Any) -> list:
         return list(state.ema) if state.ema is not None else []
 

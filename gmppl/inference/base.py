@@ -103,6 +103,17 @@ class Backend:
         (an average of iterates)."""
         return []
 
+    def torch_optimizers(self, state: Any) -> list:
+        """The torch optimisers of a training state (a checkpoint keeps each one's state)."""
+        return [state.optimizer]
+
+    def torch_counters(self, state: Any) -> dict[str, int]:
+        """Plain numbers of a training state that the next step needs (a step count)."""
+        return {}
+
+    def torch_set_counters(self, state: Any, counters: dict[str, int]) -> None:
+        """Put back what ``torch_counters`` returned."""
+
     def torch_fitted(self, state: Any) -> Any:
         """A context in which the program holds the fitted values (an average of iterates) mid-training."""
         return contextlib.nullcontext()

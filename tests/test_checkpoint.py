@@ -1,0 +1,139 @@
+"""Checkpoints: a resumed fit is bitwise the uninterrupted one on CPU (every backend that optimises, both engines),
+a killed process resumes, and checkpoints of another fit, corrupt ones and bad settings are refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gmppl as gm
+from gmppl.errors import BackendError, CheckpointError
+from gmppl.models import zoo
+
+HERE = Path(__file__).parent
+ENGINES = ["pyro", "numpyro"]
+
+
+def gauss(engine: str):
+    from test_fit import numpyro_gauss, pyro_gauss
+
+    return pyro_gauss() if engine == "pyro" else numpyro_gauss()
+
+
+def vae(engine: str):
+    return zoo.vae(2, latent_dim=2, engine=engine)
+
+
+def gan(engine: str):
+    return zoo.gan(2, latent_dim=2, engine=engine)
+
+
+CASES = {
+    "likelihood": (gauss, lambda: gm.inference.Likelihood()),
+    "elbo": (vae, lambda: gm.inference.ELBO()),
+    "adversarial": (gan, lambda: gm.inference.Adversarial("js", critic_steps=2)),  # two optimisers and an EMA
+}
+
+
+def _params(fit) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in fit.params.items()}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_resume_is_bitwise_the_uninterrupted_fit(case: str, engine: str, moons: np.ndarray, tmp_path: Path) -> None:
+    """60 steps in one go, against 25 steps (checkpoints at 10, 20 and the end, 25) then a resume to 60: the same
+    parameters and history, bit for bit (the random stream of each step does not depend on where the fit was
+    cut, and the checkpoint holds every state the next step reads)."""
+    make, backend = CASES[case]
+    kw = dict(steps=60, batch_size=64, seed=3, progress=False)
+    whole = gm.fit(make(engine), moons, backend(), **kw)
+    d = tmp_path / "ck"
+    part = gm.fit(make(engine), moons, backend(), **{**kw, "steps": 25}, checkpoint=d, checkpoint_every=10)
+    assert len(part.history["loss"]) == 25
+    again = gm.fit(make(engine), moons, backend(), **kw, checkpoint=d, checkpoint_every=10, resume=True)
+    for name, value in _params(whole).items():
+        np.testing.assert_array_equal(_params(again)[name], value, err_msg=name)
+    np.testing.assert_array_equal(again.history["loss"], whole.history["loss"])
+
+
+def test_a_killed_process_resumes(moons: np.ndarray, tmp_path: Path) -> None:
+    """SIGKILL a fitting process once it has written a checkpoint (possibly mid-write of the next), then resume:
+    the result equals the uninterrupted fit."""
+    from checkpoint_job import STEPS, run
+
+    d = tmp_path / "ck"
+    script = HERE / "checkpoint_job.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    proc = subprocess.Popen([sys.executable, str(script), str(d)], env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(d.glob("step-*/meta.json")):
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = max(int(p.name[5:]) for p in d.glob("step-*") if (p / "meta.json").is_file())
+    assert 0 < done < STEPS
+    resumed = run(d, STEPS, resume=True)
+    whole = run(None, STEPS)
+    for name, value in _params(whole).items():
+        np.testing.assert_array_equal(_params(resumed)[name], value, err_msg=name)
+
+
+def test_checkpoints_of_another_fit_and_corrupt_ones_are_refused(moons: np.ndarray, tmp_path: Path) -> None:
+    d = tmp_path / "ck"
+    kw = dict(steps=20, batch_size=64, progress=False, checkpoint=d, checkpoint_every=10)
+    gm.fit(gauss("pyro"), moons, **kw)
+    with pytest.raises(CheckpointError, match="resume=True"):
+        gm.fit(gauss("pyro"), moons, **kw)  # would overwrite them
+    with pytest.raises(CheckpointError, match="seed"):
+        gm.fit(gauss("pyro"), moons, **kw, seed=1, resume=True)
+    with pytest.raises(CheckpointError, match="data"):
+        gm.fit(gauss("pyro"), moons[:100], **kw, resume=True)
+    state = sorted(d.glob("step-*"))[-1] / "state.safetensors"
+    raw = bytearray(state.read_bytes())
+    raw[-3] ^= 0xFF
+    state.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        gm.fit(gauss("pyro"), moons, **{**kw, "steps": 30}, resume=True)
+
+
+def test_bad_checkpoint_settings_are_refused_before_training(moons: np.ndarray, tmp_path: Path) -> None:
+    f = tmp_path / "a-file"
+    f.write_text("")
+    with pytest.raises(CheckpointError, match="is a file"):
+        gm.fit(gauss("pyro"), moons, steps=5, checkpoint=f, progress=False)
+    with pytest.raises(BackendError, match="checkpoint=DIR"):
+        gm.fit(gauss("pyro"), moons, steps=5, resume=True, progress=False)
+    with pytest.raises(BackendError, match="checkpoint_every"):
+        gm.fit(gauss("pyro"), moons, steps=5, checkpoint=tmp_path / "d", checkpoint_every=0, progress=False)
+
+
+def test_resume_with_no_checkpoint_starts_afresh_and_resume_at_the_end_returns_the_fit(
+    moons: np.ndarray, tmp_path: Path
+) -> None:
+    d = tmp_path / "ck"
+    a = gm.fit(gauss("numpyro"), moons, steps=20, progress=False, checkpoint=d, resume=True)
+    b = gm.fit(gauss("numpyro"), moons, steps=20, progress=False, checkpoint=d, resume=True)
+    np.testing.assert_array_equal(a.params["mu"], b.params["mu"])
+    np.testing.assert_array_equal(a.history["loss"], b.history["loss"])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ctrl_c_returns_the_fit_so_far(engine: str, moons: np.ndarray) -> None:
+    def interrupt(step: int, metrics: dict) -> None:
+        if step >= 200:
+            raise KeyboardInterrupt
+
+    fit = gm.fit(gauss(engine), moons, steps=1000, callbacks=[interrupt], progress=False)
+    assert fit.config["interrupted"] and len(fit.history["loss"]) == 200
+    assert np.isfinite(np.asarray(fit.log_prob(moons[:5]))).all()
