@@ -19,7 +19,7 @@ import numpy as np
 from gmppl import checkpoint as ckpt
 from gmppl._data import split_data
 from gmppl.checkpoint import check_directory
-from gmppl.engines import ENGINES, check_signature, detect_engine, make_loop, make_program
+from gmppl.engines import ENGINES, check_signature, detect_engine, make_loop, make_program, resolve_devices
 from gmppl.errors import BackendError, CheckpointError, DataError, ModelError, TrainingError, UnknownName
 from gmppl.inference.base import Backend, SamplerBackend
 from gmppl.optim import as_optim
@@ -53,6 +53,7 @@ def fit(
     checkpoint: Any = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    devices: Any = None,
     progress: bool = True,
 ) -> Fit:
     """Fit a Pyro or NumPyro program ``model(x=None, n=None)`` to ``data`` with an inference ``backend``.
@@ -75,6 +76,9 @@ def fit(
       step's values (averaged over chains), ``params`` the fitted values as in ``Fit.params``. A callback
       that raises stops the fit; the error carries the fit so far as ``error.fit``.
     - ``chains=C``: C independently seeded fits (seeds ``seed + c``), an ensemble.
+    - ``devices=N`` (or a list of JAX devices), NumPyro programs: each minibatch (``batch_size`` is the
+      global batch) is split over a 1-D device mesh, parameters replicated, in the same jitted scan; the
+      gradient is the global batch's mean, so the fit is the one-device fit up to reduction order.
     - ``checkpoint=DIR``: every ``checkpoint_every`` steps (default ``steps // 10``) and at the end, write
       everything the next step needs (parameters, optimiser states, averaged iterates, data order and
       position, random states, history) atomically into DIR; ``resume=True`` continues from the newest
@@ -139,6 +143,7 @@ def fit(
         engine = detect_engine(model, example, observed=observed, inputs=example_inputs)
     batch_size = min(int(batch_size), len(x))
     optim = as_optim(optim, backend.default_optim)
+    mesh = resolve_devices(devices, engine, batch_size)
     seeds = [int(seed) + c for c in range(chains)]
 
     programs, plans, info = [], [], None
@@ -204,7 +209,9 @@ def fit(
         _call(callbacks, num, {k: float(np.mean([h[k].mean() for h in stats])) for k in stats[0]}, result)
         return result
 
-    loop = make_loop(engine, programs, backend, plans, x, batch_size=batch_size, steps=int(steps), inputs=inputs)
+    loop = make_loop(
+        engine, programs, backend, plans, x, batch_size=batch_size, steps=int(steps), inputs=inputs, devices=mesh
+    )
     state = loop.init(seeds, optim)
     rows: list[dict[str, np.ndarray]] = []
     every = None

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from gmppl.engines.calls import Call, make_call
-from gmppl.errors import ModelError, UnknownName
+from gmppl.errors import DeviceError, ModelError, UnknownName
 
 ENGINES = ("pyro", "numpyro")
 
@@ -83,13 +83,45 @@ def make_loop(
     batch_size: int,
     steps: int,
     inputs: dict | None = None,
+    devices: list | None = None,
 ) -> Any:
     """The engine's training loop (``gmppl.engines.base.Loop``) over ``programs``, one per chain; the inputs'
-    rows are minibatched with the data's."""
+    rows are minibatched with the data's; JAX ``devices`` share each batch."""
     if engine == "pyro":
         from gmppl.engines.pyro import TorchLoop
 
         return TorchLoop(programs, backend, plans, data, batch_size=batch_size, steps=steps, inputs=inputs)
     from gmppl.engines.numpyro import JaxLoop
 
-    return JaxLoop(programs, backend, plans, data, batch_size=batch_size, steps=steps, inputs=inputs)
+    return JaxLoop(programs, backend, plans, data, batch_size=batch_size, steps=steps, inputs=inputs, devices=devices)
+
+
+def resolve_devices(devices: Any, engine: str, batch_size: int) -> list | None:
+    """``devices=N`` or a list of JAX devices: the devices a NumPyro fit shards each batch over (None: one)."""
+    if devices is None:
+        return None
+    if engine != "numpyro":
+        raise DeviceError(
+            "devices= shards a NumPyro program's batches over JAX devices; data-parallel Pyro fits are not "
+            "supported yet: fit on one device (device='cuda') or write the program in NumPyro."
+        )
+    import jax
+
+    available = jax.devices()
+    if isinstance(devices, int | np.integer) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(available):
+            raise DeviceError(
+                f"devices={devices}: JAX sees {len(available)} device(s) here ({available[0].platform}); on CPU, "
+                "XLA_FLAGS=--xla_force_host_platform_device_count=N (set before JAX starts) makes N."
+            )
+        chosen = list(available[: int(devices)])
+    elif isinstance(devices, list | tuple) and devices and all(isinstance(d, jax.Device) for d in devices):
+        chosen = list(devices)
+    else:
+        raise DeviceError(f"devices={devices!r}: pass a number of devices or a list of jax devices.")
+    if batch_size % len(chosen):
+        raise DeviceError(
+            f"batch_size={batch_size} does not split over {len(chosen)} devices; pass a multiple of {len(chosen)} "
+            "(batch_size is the global batch)."
+        )
+    return chosen

@@ -248,14 +248,24 @@ class JaxLoop:
         batch_size: int,
         steps: int,
         inputs: dict | None = None,
+        devices: list | None = None,
     ):
         self.programs, self.backend, self.plans = programs, backend, plans
         self.chains = len(programs)
         self.batch_size = batch_size
         self.length = min(self.chunk, steps)
-        self.x = programs[0].as_array(data)
-        self.inputs = jax.device_put(programs[0].as_inputs(inputs), programs[0].device)
-        self.device = programs[0].device
+        self.device: Any = programs[0].device
+        self.shard = None
+        if devices and len(devices) > 1:  # data-parallel: each batch split over a 1-D mesh, the rest replicated
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+            mesh = Mesh(np.asarray(devices), ("batch",))
+            self.device = NamedSharding(mesh, PartitionSpec())
+            self.shard = lambda a: jax.lax.with_sharding_constraint(
+                a, NamedSharding(mesh, PartitionSpec("batch", *[None] * (a.ndim - 1)))
+            )
+        self.x = jax.device_put(programs[0].as_array(data), self.device)
+        self.inputs = jax.device_put(programs[0].as_inputs(inputs), self.device)
 
     def init(self, seeds: list[int], optim: Any) -> tuple:
         n, b = self.x.shape[0], self.batch_size
@@ -268,7 +278,7 @@ class JaxLoop:
             states.append(state)
             keys.append(key)
         assert step is not None
-        runner = _chunk_runner(step, b, self.length)
+        runner = _chunk_runner(step, b, self.length, self.shard)
         c = self.chains
         if c == 1:
             self._run = jax.jit(runner)
@@ -336,13 +346,15 @@ class JaxLoop:
             program.params = params
 
 
-def _chunk_runner(step: Callable, batch_size: int, length: int) -> Callable:
+def _chunk_runner(step: Callable, batch_size: int, length: int, shard: Callable | None = None) -> Callable:
     """``length`` steps of ``step``; steps past ``active`` leave the state unchanged (one compile for all).
 
     Minibatches are drawn without replacement: each epoch walks a fresh permutation of the data
     (the tail that does not fill a batch is skipped that epoch), so ``batch_size == len(data)`` is
-    full-batch gradient descent. Step ``t`` uses ``fold_in(key, t)``.
+    full-batch gradient descent. Step ``t`` uses ``fold_in(key, t)``. With ``shard``, each minibatch is
+    split over the devices (one program, XLA's SPMD partitioner averages the gradient over the global batch).
     """
+    place = shard or (lambda a: a)
 
     def run(carry: Any, x: Any, inputs: Any, start: Any, active: Any) -> tuple[Any, Any]:
         n = x.shape[0]
@@ -355,7 +367,7 @@ def _chunk_runner(step: Callable, batch_size: int, length: int) -> Callable:
             perm = jax.lax.cond(fresh, lambda: jax.random.permutation(k1, n), lambda: perm)
             offset = jnp.where(fresh, 0, offset)
             idx = jax.lax.dynamic_slice(perm, (offset,), (batch_size,))
-            new, metrics = step(state, x[idx], k2, {k: v[idx] for k, v in inputs.items()})
+            new, metrics = step(state, place(x[idx]), k2, {k: place(v[idx]) for k, v in inputs.items()})
             keep = i < active
             new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
             return (new, perm, jnp.where(keep, offset + batch_size, offset)), metrics

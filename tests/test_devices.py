@@ -1,0 +1,39 @@
+"""``devices=N`` on NumPyro programs: each batch split over a device mesh gives the one-device fit up to reduction
+order (2 forced host devices in a subprocess); bad device requests are refused before training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gmppl as gm
+
+HERE = Path(__file__).parent
+
+
+def test_two_devices_give_the_one_device_fit() -> None:
+    """Adam steps on 1 and on 2 devices: the same parameters up to float32 reassociation of the batch mean
+    (relative 1e-3: the difference is rounding, amplified by the optimiser's steps; 100 steps for one objective,
+    10 for the adversarial game, whose feedback amplifies it faster)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    run = subprocess.run(
+        [sys.executable, str(HERE / "devices_job.py")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 2
+    for name in ("likelihood", "elbo", "adversarial"):
+        assert out[name] < 1e-3, (name, out[name])
+    assert any("JAX sees 2" in e for e in out["errors"]) and any("does not split" in e for e in out["errors"])
+
+
+def test_devices_on_a_pyro_program_is_refused(moons) -> None:
+    from gmppl.models import zoo
+
+    with pytest.raises(gm.DeviceError, match="NumPyro"):
+        gm.fit(zoo.ppca(2, 1, engine="pyro"), moons, steps=1, devices=2, progress=False)
