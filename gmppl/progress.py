@@ -1,4 +1,5 @@
-"""Progress bar with loss and steps/s on interactive terminals; quiet under CI or ``progress=False``."""
+"""Progress bar with loss and steps/s on interactive terminals and in Jupyter (``tqdm.auto``); quiet under CI or
+``progress=False``."""
 
 from __future__ import annotations
 
@@ -10,12 +11,19 @@ import time
 log = logging.getLogger("gmppl")
 
 
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (stderr is no terminal there, but tqdm.auto draws a widget)."""
+    shell = sys.modules.get("IPython")
+    ip = getattr(shell, "get_ipython", lambda: None)() if shell else None
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
 class Progress:
     """A tqdm bar when ``enabled`` and stderr is a terminal (and not under CI); log lines otherwise."""
 
     def __init__(self, total: int, *, enabled: bool = True, desc: str = "fit"):
         self.total, self.desc, self.start = total, desc, time.perf_counter()
-        interactive = sys.stderr.isatty() and not os.environ.get("CI")
+        interactive = (sys.stderr.isatty() or _in_notebook()) and not os.environ.get("CI")
         self.bar = None
         if enabled and interactive:
             from tqdm.auto import tqdm

@@ -162,3 +162,21 @@ def test_the_jax_chunk_compiles_once(data: np.ndarray) -> None:
         state, metrics = loop.run_chunk(state, k)
         assert metrics["loss"].shape == (1, k)
     assert loop._run._cache_size() == 1
+
+
+def test_progress_bar_shows_in_a_notebook(monkeypatch) -> None:
+    """In a Jupyter kernel stderr is no terminal, yet ``tqdm.auto`` draws a widget there: the bar is on."""
+    import sys
+    import types
+
+    from gmppl import progress
+
+    class ZMQInteractiveShell:  # the kernel's shell class, by name
+        pass
+
+    shell = ZMQInteractiveShell()
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    monkeypatch.delenv("CI", raising=False)
+    assert progress._in_notebook()
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
+    assert not progress._in_notebook()
