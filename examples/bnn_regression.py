@@ -20,8 +20,21 @@ outside [-1, 1], with binomial standard errors; the held-out log predictive dens
 ``az.loo`` on the training data. Writes ``--out``/``bnn.png`` (data, held-out points, the predictive mean
 and 90% band, one ``fit.sample(inputs={"X": X_test})`` draw per row) and ``metrics.json``.
 
-One run (upstream's settings, the defaults here: 1000 warmup, 2000 draws, 1 chain, ``D_H = 5``; 2 shared,
-heavily loaded CPU cores): see the README's examples table.
+One run (upstream's settings, the defaults here: 1 chain, 1000 warmup + 2000 draws, ``D_H = 5``, seed 0; 157 s
+of NUTS on 2 shared, heavily loaded CPU cores):
+
+| quantity | value |
+|---|---:|
+| 90% band coverage, held out, x in [-1, 1] | 0.961 +- 0.010 (369 of 384) |
+| 90% band coverage, held out, 1 < abs(x) <= 1.3 | 1.000 (116 of 116) |
+| held-out log predictive density, x in [-1, 1] | 0.195 +- 0.023 nats per point |
+| ``az.loo`` on the 100 training points | elpd 13.77 +- 4.59, p_loo 7.00, max Pareto k 0.52 |
+| posterior mean of sigma_obs (standardised scale) | 0.236 (the generator's: 0.189) |
+
+(+- binomial standard errors of the held-out draws, given the fit.) The band over-covers, by 6 standard
+errors: the posterior puts the noise sd at 0.236 where the generator's is 0.189, and a band of
++-1.645 x 0.236 around the truth covers ``P(abs(N(0, 1)) < 1.645 x 0.236 / 0.189) = 0.96`` of fresh points.
+Outside the training range the band widens and covers everything.
 
     python examples/bnn_regression.py --out bnn-out
 """
@@ -208,8 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
     ax.plot(x, one_draw, ".", color="C0", ms=2, alpha=0.5, label="fit.sample(inputs={'X': X_test})")
     ax.plot(x, y, ".", color="0.5", ms=3, label="held out (same generator)")
     ax.plot(X[:, 1], Y[:, 0], "kx", ms=5, label="training data")
-    ax.axvspan(-1.3, -1, color="0.9")
-    ax.axvspan(1, 1.3, color="0.9")
+    ax.axvspan(-1.3, -1, color="0.9", zorder=0)
+    ax.axvspan(1, 1.3, color="0.9", zorder=0)
     ax.set(
         xlabel="x",
         ylabel="Y (standardised)",

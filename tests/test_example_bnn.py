@@ -40,7 +40,7 @@ def test_data_are_upstreams_generator():
 
 def test_bnn_regression_runs(tmp_path, capsys):
     metrics = load_example().main(
-        ["--warmup", "15", "--samples", "30", "--max-tree-depth", "3", "--out", str(tmp_path)]
+        ["--warmup", "50", "--samples", "50", "--max-tree-depth", "5", "--out", str(tmp_path)]
     )
     for name in ("bnn.png", "metrics.json"):
         assert (tmp_path / name).stat().st_size > 0, name
