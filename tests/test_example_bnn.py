@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "bnn_regression.py"
 
@@ -38,6 +39,7 @@ def test_data_are_upstreams_generator():
     assert 0.04 < resid.std() < 0.06  # fresh noise of sd 0.05 (500 draws: sd of the estimate 0.0016)
 
 
+@pytest.mark.slow  # NUTS compiles ~300 XLA programs whatever the draws: ~25 s CPU; the closed-form NUTS tests are in the default suite
 def test_bnn_regression_runs(tmp_path, capsys):
     metrics = load_example().main(
         ["--warmup", "50", "--samples", "50", "--max-tree-depth", "5", "--out", str(tmp_path)]
