@@ -18,7 +18,7 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Fit deep generative models written in Pyro or NumPyro."
 )
 
-BACKENDS = ("likelihood", "elbo", "adversarial", "score", "nuts")
+BACKENDS = ("likelihood", "elbo", "adversarial", "score", "flow_matching", "nuts")
 
 
 def load_model(spec: str) -> Any:
@@ -56,6 +56,8 @@ def make_backend(name: str, divergence: str | None = None, method: str | None = 
         return inference.Adversarial(divergence=divergence or "js")
     if key == "score":
         return inference.Score() if method is None else inference.Score(method=method)
+    if key == "flow_matching":
+        return inference.FlowMatching()
     if key == "nuts":
         return inference.NUTS()
     from gmppl.errors import UnknownName

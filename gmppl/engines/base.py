@@ -63,6 +63,11 @@ class ModelInfo:
             d = getattr(d, "base_dist", None)
         if d is not None:
             caps.add("score_network")
+        d = self.obs_dist  # a ContinuousFlow, through the same wrappers
+        while d is not None and not getattr(d, "gmppl_velocity_model", False):
+            d = getattr(d, "base_dist", None)
+        if d is not None:
+            caps.add("velocity_field")
         return frozenset(caps)
 
 

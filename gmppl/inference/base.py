@@ -26,6 +26,7 @@ CAPABILITY_TEXT = {
     "reparameterized_sample": "reparameterised samples of the observed site "
     "(a deterministic site, a Pushforward, or a distribution with rsample)",
     "score_network": "a score network (the observed site a gm.models.Diffusion)",
+    "velocity_field": "a velocity field (the observed site a gm.models.ContinuousFlow)",
 }
 
 
