@@ -183,7 +183,8 @@ class FlowMatching(Backend):
         if unknown:
             raise BackendError(f"FlowMatching.log_prob got unknown keywords {sorted(unknown)}; use trace=, probes=.")
         if program.engine == "pyro":
-            lp, se, _ = _torch_flow(program, x).log_prob_estimate(x, **kwargs)
+            with program.scope():  # this chain's weights (chains may share a module), threads, device
+                lp, se, _ = _torch_flow(program, x).log_prob_estimate(x, **kwargs)
         else:
             lp, se = _jax_log_prob(program, plan, kwargs.get("trace"), kwargs.get("probes"))(program.params, x)
         return (lp, se) if return_stderr else lp
@@ -193,8 +194,9 @@ class FlowMatching(Backend):
     ) -> Any:
         """``z = x(0)`` given ``x(1) = x`` (the flow's inverse; exact, so every draw is the same)."""
         if program.engine == "pyro":
-            d = _torch_flow(program, x)
-            z = d.invert(x, d.context_rows((x.shape[0],)))
+            with program.scope():
+                d = _torch_flow(program, x)
+                z = d.invert(x, d.context_rows((x.shape[0],)))
             return z[None].expand(num_samples, *z.shape)
         import jax.numpy as jnp
 

@@ -33,7 +33,8 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+import numbers
+from dataclasses import dataclass
 from typing import Any
 
 from gmppl.errors import ModelError, UnknownName
@@ -63,13 +64,14 @@ class FlowOptions:
         if self.trace not in TRACES:
             raise UnknownName(f"trace={self.trace!r} is unknown; use one of {TRACES}.")
         for name in ("steps", "probes", "exact_trace_max_dim", "max_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ModelError(f"ContinuousFlow({name}={value!r}) must be a positive integer.")
+            if not _positive_int(getattr(self, name)):
+                raise ModelError(f"ContinuousFlow({name}={getattr(self, name)!r}) must be a positive integer.")
+            object.__setattr__(self, name, int(getattr(self, name)))  # numpy integers in, hashable ints kept
         for name in ("rtol", "atol"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
                 raise ModelError(f"ContinuousFlow({name}={value!r}) must be a positive number.")
+            object.__setattr__(self, name, float(value))
 
     def trace_and_probes(self, dim: int, trace: str | None = None, probes: int | None = None) -> tuple[bool, int]:
         """Whether the divergence is traced exactly for ``dim`` dimensions, and the Hutchinson probes (1 if exact)."""
@@ -78,9 +80,9 @@ class FlowOptions:
             raise UnknownName(f"trace={trace!r} is unknown; use one of {TRACES}.")
         exact = trace == "exact" or (trace == "auto" and dim <= self.exact_trace_max_dim)
         probes = self.probes if probes is None else probes
-        if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+        if not _positive_int(probes):
             raise ModelError(f"probes={probes!r} must be a positive integer.")
-        return exact, 1 if exact else probes
+        return exact, 1 if exact else int(probes)
 
     def solver_and_steps(self, solver: str | None, steps: int | None) -> tuple[str, int]:
         """The sampling solver and its number of steps, defaults from these options (checked)."""
@@ -88,9 +90,9 @@ class FlowOptions:
         steps = self.steps if steps is None else steps
         if solver not in SOLVERS:
             raise UnknownName(f"solver={solver!r} is unknown; use one of {SOLVERS}.")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if not _positive_int(steps):
             raise ModelError(f"steps={steps!r} must be a positive integer.")
-        return solver, steps
+        return solver, int(steps)
 
 
 def ContinuousFlow(  # noqa: N802 - a distribution constructor
@@ -142,13 +144,6 @@ def ContinuousFlow(  # noqa: N802 - a distribution constructor
     return JaxContinuousFlow(velocity_net, shape, batch, options, context=context)
 
 
-def with_flow_options(d: Any, **changes: Any) -> Any:
-    """A copy of a ``ContinuousFlow`` distribution with some ``FlowOptions`` changed (e.g. the solver)."""
-    return type(d)(
-        d.velocity_net, tuple(d.event_shape), tuple(d.batch_shape), replace(d.options, **changes), context=d.context
-    )
-
-
 def find_flow(fn: Any) -> Any:
     """The ``ContinuousFlow`` inside a site's distribution (through ``Independent``/``Masked``/expand wrappers)."""
     d = fn
@@ -171,6 +166,22 @@ def probe_shape(call: Any, max_dim: int = 256) -> tuple[int, ...]:
         f"{max_dim}); pass ContinuousFlow(velocity_net, event_shape=(...)) or give the network an "
         "event_shape attribute."
     )
+
+
+def check_context_rows(rows: tuple[int, ...], batch_shape: tuple[int, ...]) -> None:
+    """Refuse context rows ``rows`` (the context's batch dims) that do not broadcast to ``batch_shape``."""
+    ok = len(rows) <= len(batch_shape) and all(
+        r in (1, b) for r, b in zip(reversed(rows), reversed(batch_shape), strict=False)
+    )
+    if not ok:
+        raise ModelError(
+            f"context has rows of shape {rows} but the flow's batch shape is {batch_shape}: pass one context row "
+            "per example (inside plate('data', n), n rows)."
+        )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def _given_shape(event_shape: Any) -> tuple[int, ...] | None:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpyro.distributions as ndist
 from numpyro.distributions import constraints
 
-from gmppl.models.continuous_flow import STAGES, FlowOptions, probe_shape
+from gmppl.models.continuous_flow import STAGES, FlowOptions, check_context_rows, probe_shape
 
 
 def jax_event_shape(net: Any, context: Any = None) -> tuple[int, ...]:
@@ -77,6 +77,7 @@ class JaxContinuousFlow(ndist.Distribution):
         batch_shape = tuple(batch_shape)
         context = self.context
         if context is not None:
+            check_context_rows(tuple(self.batch_shape), batch_shape)
             context = jnp.broadcast_to(context, batch_shape + self._context_row_shape)
         return JaxContinuousFlow(self.velocity_net, tuple(self.event_shape), batch_shape, self.options, context=context)
 

@@ -13,7 +13,7 @@ import pyro.distributions as pdist
 import torch
 from torch.distributions import constraints
 
-from gmppl.models.continuous_flow import FlowOptions, probe_shape
+from gmppl.models.continuous_flow import FlowOptions, check_context_rows, probe_shape
 
 _SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: torchdiffeq's names for the solvers.
@@ -72,6 +72,7 @@ class TorchContinuousFlow(pdist.TorchDistribution):
         batch_shape = tuple(batch_shape)
         context = self.context
         if context is not None:
+            check_context_rows(tuple(self.batch_shape), batch_shape)
             context = context.expand(*batch_shape, *self._context_row_shape)
         return TorchContinuousFlow(
             self.velocity_net, tuple(self.event_shape), batch_shape, self.options, context=context
