@@ -114,7 +114,9 @@ class FlowMatching(Backend):
         if isinstance(s, bool) or not isinstance(s, int | float) or not 0.0 <= s < 1.0:
             raise BackendError(f"FlowMatching(sigma_min={s!r}) must be a number in [0, 1).")
 
-    def prepare(self, program: Any, info: ModelInfo, example: Any, *, seed: int) -> FlowMatchingPlan:
+    def prepare(
+        self, program: Any, info: ModelInfo, example: Any, *, seed: int, inputs: dict | None = None
+    ) -> FlowMatchingPlan:
         d = find_flow(info.obs_dist)
         if self.coupling == "minibatch_ot" and d is not None and d.context is not None:
             raise BackendError(
@@ -124,18 +126,20 @@ class FlowMatching(Backend):
         return FlowMatchingPlan()
 
     # ------------------------------------------------------------------ torch
-    def torch_init(self, program: Any, plan: FlowMatchingPlan, batch: Any, optim: Any) -> Any:
+    def torch_init(self, program: Any, plan: FlowMatchingPlan, batch: Any, inputs: dict | None, optim: Any) -> Any:
         # The torch network is a stateful module whose leaves are the param store's: find it once (a
-        # conditional flow's context changes with the batch, so it is found at every step).
-        d = _torch_flow(program, batch)
+        # conditional flow's context is the batch's inputs, so it is found at every step).
+        d = _torch_flow(program, batch, inputs)
         if d.context is None:
             plan.cache["flow"] = d
-        return super().torch_init(program, plan, batch, optim)
+        return super().torch_init(program, plan, batch, inputs, optim)
 
-    def torch_loss(self, program: Any, plan: FlowMatchingPlan, batch: Any) -> tuple[Any, dict]:
+    def torch_loss(
+        self, program: Any, plan: FlowMatchingPlan, batch: Any, inputs: dict | None = None
+    ) -> tuple[Any, dict]:
         import torch
 
-        d = plan.cache.get("flow") or _torch_flow(program, batch)
+        d = plan.cache.get("flow") or _torch_flow(program, batch, inputs)
         x1 = batch.to(d._like(batch)["dtype"])
         x0 = torch.randn_like(x1)
         if self.coupling == "minibatch_ot":
@@ -155,9 +159,9 @@ class FlowMatching(Backend):
 
         path, sigma_min, ot = self.path, self.sigma_min, self.coupling == "minibatch_ot"
 
-        def loss(params: Any, batch: Any, key: Any) -> tuple[Any, dict]:
+        def loss(params: Any, batch: Any, key: Any, inputs: Any = None) -> tuple[Any, dict]:
             k_trace, k0, kt = jax.random.split(key, 3)
-            d = _jax_flow(program, params, k_trace, batch)
+            d = _jax_flow(program, params, k_trace, batch, inputs)
             x1 = batch
             x0 = jax.random.normal(k0, x1.shape, x1.dtype)
             if ot:
@@ -172,8 +176,10 @@ class FlowMatching(Backend):
         return loss
 
     # ------------------------------------------------------------------ evaluation
-    def log_prob(self, program: Any, plan: FlowMatchingPlan, x: Any, **kwargs: Any) -> Any:
-        """Per-example ``log p(x_i)`` by the instantaneous change of variables (exact ODE likelihood).
+    def log_prob(
+        self, program: Any, plan: FlowMatchingPlan, x: Any, *, inputs: dict | None = None, **kwargs: Any
+    ) -> Any:
+        """Per-example ``log p(x_i)`` (given each row's inputs) by the instantaneous change of variables.
 
         Keywords: ``trace="auto"|"exact"|"hutchinson"``, ``probes`` (Hutchinson probes per example),
         ``return_stderr=True`` to get ``(log p, standard error)`` (None for the exact trace).
@@ -184,23 +190,31 @@ class FlowMatching(Backend):
             raise BackendError(f"FlowMatching.log_prob got unknown keywords {sorted(unknown)}; use trace=, probes=.")
         if program.engine == "pyro":
             with program.scope():  # this chain's weights (chains may share a module), threads, device
-                lp, se, _ = _torch_flow(program, x).log_prob_estimate(x, **kwargs)
+                lp, se, _ = _torch_flow(program, x, inputs).log_prob_estimate(x, **kwargs)
         else:
-            lp, se = _jax_log_prob(program, plan, kwargs.get("trace"), kwargs.get("probes"))(program.params, x)
+            fn = _jax_log_prob(program, plan, kwargs.get("trace"), kwargs.get("probes"))
+            lp, se = fn(program.params, x, program.as_inputs(inputs))
         return (lp, se) if return_stderr else lp
 
     def posterior(
-        self, program: Any, plan: FlowMatchingPlan, x: Any, num_samples: int, *, seed: int | None = None
+        self,
+        program: Any,
+        plan: FlowMatchingPlan,
+        x: Any,
+        num_samples: int,
+        *,
+        seed: int | None = None,
+        inputs: dict | None = None,
     ) -> Any:
         """``z = x(0)`` given ``x(1) = x`` (the flow's inverse; exact, so every draw is the same)."""
         if program.engine == "pyro":
             with program.scope():
-                d = _torch_flow(program, x)
+                d = _torch_flow(program, x, inputs)
                 z = d.invert(x, d.context_rows((x.shape[0],)))
             return z[None].expand(num_samples, *z.shape)
         import jax.numpy as jnp
 
-        z = _jax_invert(program, plan)(program.params, x)
+        z = _jax_invert(program, plan)(program.params, x, program.as_inputs(inputs))
         return jnp.broadcast_to(z[None], (num_samples, *z.shape))
 
 
@@ -219,15 +233,15 @@ def jax_ot_pairing(x0: Any, x1: Any) -> Any:
     )
 
 
-def _torch_flow(program: Any, batch: Any) -> Any:
-    d = find_flow(program.trace(x=batch).nodes[program.observed]["fn"])
+def _torch_flow(program: Any, batch: Any, inputs: dict | None = None) -> Any:
+    d = find_flow(program.trace(x=batch, inputs=inputs).nodes[program.observed]["fn"])
     if d is None:
         raise NotSupported(f"the observed site {program.observed!r} is not a gm.models.ContinuousFlow.")
     return d
 
 
-def _jax_flow(program: Any, params: Any, key: Any, batch: Any) -> Any:
-    d = find_flow(program.trace(params, key, x=batch)[program.observed]["fn"])
+def _jax_flow(program: Any, params: Any, key: Any, batch: Any, inputs: Any = None) -> Any:
+    d = find_flow(program.trace(params, key, x=batch, inputs=inputs)[program.observed]["fn"])
     if d is None:
         raise NotSupported(f"the observed site {program.observed!r} is not a gm.models.ContinuousFlow.")
     return d
@@ -239,8 +253,8 @@ def _jax_log_prob(program: Any, plan: FlowMatchingPlan, trace: str | None, probe
     key = ("log_prob", trace, probes)
     if key not in plan.cache:
 
-        def fn(params: Any, x: Any) -> Any:
-            d = _jax_flow(program, params, jax.random.PRNGKey(0), x)
+        def fn(params: Any, x: Any, inputs: Any) -> Any:
+            d = _jax_flow(program, params, jax.random.PRNGKey(0), x, inputs)
             lp, se, _ = d.log_prob_estimate(x, trace=trace, probes=probes)
             return lp, se
 
@@ -253,8 +267,8 @@ def _jax_invert(program: Any, plan: FlowMatchingPlan) -> Any:
 
     if "invert" not in plan.cache:
 
-        def fn(params: Any, x: Any) -> Any:
-            d = _jax_flow(program, params, jax.random.PRNGKey(0), x)
+        def fn(params: Any, x: Any, inputs: Any) -> Any:
+            d = _jax_flow(program, params, jax.random.PRNGKey(0), x, inputs)
             return d.invert(x, d.context_rows((x.shape[0],)))
 
         plan.cache["invert"] = jax.jit(fn)

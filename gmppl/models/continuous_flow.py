@@ -69,7 +69,7 @@ class FlowOptions:
             object.__setattr__(self, name, int(getattr(self, name)))  # numpy integers in, hashable ints kept
         for name in ("rtol", "atol"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
                 raise ModelError(f"ContinuousFlow({name}={value!r}) must be a positive number.")
             object.__setattr__(self, name, float(value))
 
@@ -181,7 +181,7 @@ def check_context_rows(rows: tuple[int, ...], batch_shape: tuple[int, ...]) -> N
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
 
 
 def _given_shape(event_shape: Any) -> tuple[int, ...] | None:

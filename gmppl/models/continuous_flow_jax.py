@@ -88,7 +88,7 @@ class JaxContinuousFlow(ndist.Distribution):
 
     @property
     def _context_row_shape(self) -> tuple[int, ...]:
-        return tuple(self.context.shape[len(self.batch_shape) :])
+        return () if self.context is None else tuple(self.context.shape[len(self.batch_shape) :])
 
     def context_rows(self, lead: tuple[int, ...]) -> Any:
         """The context broadcast to the batch dims ``lead`` (ending with ``batch_shape``), one row per example."""
@@ -142,6 +142,7 @@ class JaxContinuousFlow(ndist.Distribution):
 
         o = self.options
         term = diffrax.ODETerm(lambda t, x, args: self.velocity(x, t, context))
+        control: Any
         if solver == "dopri5":
             ts = jnp.linspace(t0, t1, max(record, 2))
             control, dt0 = diffrax.PIDController(rtol=o.rtol, atol=o.atol), None

@@ -22,11 +22,12 @@ _METHODS = {"dopri5": "dopri5", "euler": "euler", "heun": "heun2", "midpoint": "
 
 def torch_event_shape(net: torch.nn.Module, context: torch.Tensor | None = None) -> tuple[int, ...]:
     """``net.event_shape`` if set, else the vector size found by probing (cached per network)."""
-    if getattr(net, "event_shape", None) is not None:
-        return tuple(net.event_shape)
+    given = getattr(net, "event_shape", None)
+    if given is not None:
+        return tuple(given)
     if net not in _SHAPES:
         p = next(iter(net.parameters()), None)
-        kw = {"dtype": p.dtype, "device": p.device} if p is not None else {}
+        kw: dict[str, Any] = {"dtype": p.dtype, "device": p.device} if p is not None else {}
         extra = () if context is None else (context[:1],)
 
         def call(d: int) -> tuple[int, ...]:
@@ -85,7 +86,7 @@ class TorchContinuousFlow(pdist.TorchDistribution):
 
     @property
     def _context_row_shape(self) -> tuple[int, ...]:
-        return tuple(self.context.shape[len(self.batch_shape) :])
+        return () if self.context is None else tuple(self.context.shape[len(self.batch_shape) :])
 
     def context_rows(self, lead: tuple[int, ...]) -> torch.Tensor | None:
         """The context broadcast to the batch dims ``lead`` (ending with ``batch_shape``), one row per example."""
@@ -147,7 +148,8 @@ class TorchContinuousFlow(pdist.TorchDistribution):
     ) -> tuple[torch.Tensor, dict]:
         from torchdiffeq import odeint
 
-        o, like = self.options, {"dtype": y.dtype, "device": y.device}
+        o = self.options
+        like: dict[str, Any] = {"dtype": y.dtype, "device": y.device}
         info: dict = {"nfe": 0, "trajectory": []}
 
         def f(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +195,7 @@ class TorchContinuousFlow(pdist.TorchDistribution):
                 x = state[0].detach().requires_grad_(True)
                 f = self.velocity(x, t, c)
                 flat = f.reshape(f.shape[0], -1)
-                if exact:
+                if e is None:  # the exact trace
                     div = sum(
                         torch.autograd.grad(flat[:, i].sum(), x, retain_graph=True)[0].reshape(f.shape[0], -1)[:, i]
                         for i in range(flat.shape[1])

@@ -64,35 +64,48 @@ class ExactVelocity(torch.nn.Module):
 
 
 def exact_program(engine: str, path: str, sigma_min: float, conditional: bool) -> object:
+    """``x ~ ContinuousFlow(exact velocity)``; conditional: ``model(x=None, y=None)`` with context ``y``
+    and target ``N(y, COV)`` per row."""
     if engine == "pyro":
         import pyro
 
         net = ExactVelocity(path, sigma_min)
 
-        def model(x=None, n=None):  # noqa: ANN001, ANN202
-            n = x.shape[0] if x is not None else n
-            c = torch.tensor(MU, dtype=torch.float32).expand(n, 2) if conditional else None
+        def flow(x, n, c):  # noqa: ANN001, ANN202
             with pyro.plate("data", n):
                 pyro.sample("x", gm.models.ContinuousFlow(net, c, solver="euler", steps=2), obs=x)
 
-        return model
-    import jax.numpy as jnp
-    import numpyro
+    else:
+        import jax.numpy as jnp
+        import numpyro
 
-    def v(x, t, c=None):  # noqa: ANN001, ANN202
-        a, da, b, db = (u[:, None, None] for u in path_coefficients(path, sigma_min, t))
-        eye, s = jnp.eye(2, dtype=x.dtype), jnp.asarray(COV, x.dtype)
-        m = jnp.broadcast_to(jnp.asarray(MU, x.dtype), x.shape) if c is None else c
-        k = (a * da * eye + b * db * s) @ jnp.linalg.inv(a**2 * eye + b**2 * s)
-        return db[:, 0] * m + (k @ (x - b[:, 0] * m)[..., None])[..., 0]
+        def v(x, t, c=None):  # noqa: ANN001, ANN202
+            a, da, b, db = (u[:, None, None] for u in path_coefficients(path, sigma_min, t))
+            eye, s = jnp.eye(2, dtype=x.dtype), jnp.asarray(COV, x.dtype)
+            m = jnp.broadcast_to(jnp.asarray(MU, x.dtype), x.shape) if c is None else c
+            k = (a * da * eye + b * db * s) @ jnp.linalg.inv(a**2 * eye + b**2 * s)
+            return db[:, 0] * m + (k @ (x - b[:, 0] * m)[..., None])[..., 0]
 
-    def model(x=None, n=None):  # noqa: ANN001, ANN202
-        n = x.shape[0] if x is not None else n
-        c = jnp.broadcast_to(jnp.asarray(MU, jnp.float32), (n, 2)) if conditional else None
-        with numpyro.plate("data", n):
-            numpyro.sample("x", gm.models.ContinuousFlow(v, c, event_shape=(2,), solver="euler", steps=2), obs=x)
+        def flow(x, n, c):  # noqa: ANN001, ANN202
+            with numpyro.plate("data", n):
+                numpyro.sample("x", gm.models.ContinuousFlow(v, c, event_shape=(2,), solver="euler", steps=2), obs=x)
 
-    return model
+    if conditional:
+        return lambda x=None, y=None: flow(x, y.shape[0], y)
+    return lambda x=None, n=None: flow(x, x.shape[0] if x is not None else n, None)
+
+
+def exact_setup(engine: str, backend: gm.inference.FlowMatching, conditional: bool, x: np.ndarray, y: np.ndarray):  # noqa: ANN201
+    """``(program, plan)`` of the exact program, checked and prepared as ``gm.fit`` does."""
+    from gmppl.engines import check_signature
+
+    model = exact_program(engine, backend.path, backend.sigma_min, conditional)
+    inputs = {"y": y[:8]} if conditional else None
+    call = check_signature(model, "x", ("y",) if conditional else ())
+    program = make_program(engine, model, observed="x", latent="z", device="cpu", call=call)
+    info = program.inspect(x[:8], inputs)
+    backend.check(info)
+    return program, backend.prepare(program, info, x[:8], seed=0, inputs=inputs)
 
 
 @pytest.mark.parametrize(
@@ -107,19 +120,19 @@ def exact_program(engine: str, path: str, sigma_min: float, conditional: bool) -
 def test_loss_at_the_exact_field_is_the_conditional_variance(
     engine: str, path: str, sigma_min: float, conditional: bool
 ) -> None:
+    """Conditional: ``x = y + N(0, COV)`` with ``y`` the input rows; given ``y`` the loss is the same ``L*``."""
     k, b = 100, 256
     rng = np.random.default_rng(0)
-    data = rng.multivariate_normal(MU, COV, size=(k, b)).astype(np.float32)  # fresh data for every batch
+    ys = (2 * rng.normal(size=(k, b, 2)) if conditional else np.broadcast_to(MU, (k, b, 2))).astype(np.float32)
+    data = (ys + rng.multivariate_normal(np.zeros(2), COV, size=(k, b))).astype(np.float32)  # fresh every batch
     backend = gm.inference.FlowMatching(path=path, sigma_min=sigma_min)
-    program = make_program(
-        engine, exact_program(engine, path, sigma_min, conditional), observed="x", latent="z", device="cpu"
-    )
-    info = program.inspect(data[0, :8])
-    backend.check(info)
-    plan = backend.prepare(program, info, data[0, :8], seed=0)
+    program, plan = exact_setup(engine, backend, conditional, data[0], ys[0])
     if engine == "pyro":
         torch.manual_seed(0)
-        losses = np.array([float(backend.torch_loss(program, plan, torch.tensor(x))[0]) for x in data])
+        rows = [{"y": torch.tensor(y)} if conditional else None for y in ys]
+        losses = np.array(
+            [float(backend.torch_loss(program, plan, torch.tensor(x), r)[0]) for x, r in zip(data, rows, strict=True)]
+        )
     else:
         import jax
         import jax.numpy as jnp
@@ -127,11 +140,28 @@ def test_loss_at_the_exact_field_is_the_conditional_variance(
         loss = jax.jit(backend.jax_loss(program, plan))
         keys = jax.random.split(jax.random.PRNGKey(0), k)
         losses = np.array(
-            [float(loss(program.params, jnp.asarray(x), kk)[0]) for x, kk in zip(data, keys, strict=True)]
+            [
+                float(loss(program.params, jnp.asarray(x), kk, {"y": jnp.asarray(y)} if conditional else None)[0])
+                for x, y, kk in zip(data, ys, keys, strict=True)
+            ]
         )
     truth = expected_loss(path, sigma_min)
     se = losses.std(ddof=1) / np.sqrt(k)
     assert abs(losses.mean() - truth) <= 4 * se, (losses.mean(), truth, se)
+
+
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+def test_log_prob_given_inputs_is_each_rows_density(engine: str) -> None:
+    """The exact conditional flow toward ``N(y, COV)``: ``log_prob(x | y)`` is each row's Gaussian density
+    (float32, solver rtol = atol = 1e-5: ``1e-3`` nats)."""
+    rng = np.random.default_rng(3)
+    y = (2 * rng.normal(size=(12, 2))).astype(np.float32)
+    x = (y + rng.multivariate_normal(np.zeros(2), COV, size=12)).astype(np.float32)
+    backend = gm.inference.FlowMatching()
+    program, plan = exact_setup(engine, backend, True, x, y)
+    lp = backend.log_prob(program, plan, program.as_array(x), inputs=program.as_inputs({"y": y}))
+    truth = np.array([gauss_logpdf(x[i : i + 1], y[i], COV)[0] for i in range(12)])
+    np.testing.assert_allclose(np.asarray(lp), truth, atol=1e-3)
 
 
 # ------------------------------------------------------------------ minibatch OT
@@ -304,6 +334,75 @@ def test_save_and_load_give_the_same_fit(chains: int, tmp_path: object) -> None:
     np.testing.assert_allclose(again.log_prob_chains(x[:16]), lp, atol=1e-5)
 
 
+@pytest.mark.parametrize("engine", ["pyro", pytest.param("numpyro", marks=pytest.mark.slow)])  # JAX: 3 compiles
+def test_a_resumed_minibatch_ot_fit_is_the_uninterrupted_one(engine: str, tmp_path: object) -> None:
+    """The OT pairing uses only the step's own noise and data, so a resumed fit is bitwise the whole one."""
+    x = gm.datasets.moons(256)
+    backend = gm.inference.FlowMatching(coupling="minibatch_ot")
+    kw = {"steps": 8, "batch_size": 64, "seed": 0, "progress": False}
+    model = tiny_program(engine)  # one set of initial weights (a fit leaves the caller's modules as they were)
+    whole = gm.fit(model, x, backend, **kw)
+    gm.fit(model, x, backend, **{**kw, "steps": 4}, checkpoint=tmp_path, checkpoint_every=2)
+    resumed = gm.fit(model, x, backend, **kw, checkpoint=tmp_path, checkpoint_every=2, resume=True)
+    for name, value in whole.params.items():
+        np.testing.assert_array_equal(resumed.params[name], value)
+
+
+def conditional_program(engine: str) -> object:
+    """``x | y ~ ContinuousFlow(v(x, t, y))``, ``v`` a small MLP of ``[x, t, y]``; Euler sampling."""
+    if engine == "pyro":
+        import pyro
+
+        mlp = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.SiLU(), torch.nn.Linear(32, 2))
+
+        class Velocity(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.mlp = mlp
+
+            def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+                return self.mlp(torch.cat([x, t[:, None], c], -1))
+
+        v = Velocity()
+
+        def model(x=None, y=None):  # noqa: ANN001, ANN202
+            net = pyro.module("velocity", v)
+            with pyro.plate("data", y.shape[0]):
+                pyro.sample("x", gm.models.ContinuousFlow(net, y, solver="euler", steps=4), obs=x)
+
+        return model
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    from numpyro.contrib.module import eqx_module
+
+    mlp = eqx.nn.MLP(5, 2, 32, 1, activation=jax.nn.silu, key=jax.random.PRNGKey(0))
+
+    def model(x=None, y=None):  # noqa: ANN001, ANN202
+        net = eqx_module("velocity", mlp)
+        v = lambda x, t, c: jax.vmap(net)(jnp.concatenate([x, t[:, None], c], -1))
+        with numpyro.plate("data", y.shape[0]):
+            numpyro.sample("x", gm.models.ContinuousFlow(v, y, event_shape=(2,), solver="euler", steps=4), obs=x)
+
+    return model
+
+
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+def test_a_conditional_flow_fits_with_inputs(engine: str) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(256, 2)).astype(np.float32)
+    x = (y + 0.3 * rng.normal(size=(256, 2))).astype(np.float32)
+    fit = gm.fit(conditional_program(engine), {"x": x, "y": y}, gm.inference.FlowMatching(), steps=5, batch_size=64)
+    assert np.isfinite(fit.history["loss"]).all()
+    assert np.asarray(fit.sample(inputs={"y": y[:7]})).shape == (7, 2)
+    lp = np.asarray(fit.log_prob({"x": x[:8], "y": y[:8]}))
+    assert lp.shape == (8,) and np.isfinite(lp).all()
+    assert np.asarray(fit.posterior({"x": x[:8], "y": y[:8]}, num_samples=2)).shape == (2, 8, 2)
+    tree = fit.to_arviz({"x": x[:8], "y": y[:8]}, num_samples=4, posterior_samples=2)
+    assert "y" in tree["constant_data"] and tree.log_likelihood["x"].shape == (1, 1, 8)
+
+
 def test_refusals_name_the_backends_that_would_work() -> None:
     import pyro
     import pyro.distributions as dist
@@ -334,6 +433,7 @@ def test_refusals_name_the_backends_that_would_work() -> None:
     for bad in (-0.1, 1.0, "0.1", True):
         with pytest.raises(gm.BackendError):
             gm.inference.FlowMatching(sigma_min=bad)
+    conditional = {"x": x, "y": x[::-1].copy()}
     with pytest.raises(gm.BackendError, match="context"):
-        gm.fit(exact_program("pyro", "ot", 0.0, True), x, gm.inference.FlowMatching(coupling="minibatch_ot"), steps=1)
+        gm.fit(exact_program("pyro", "ot", 0.0, True), conditional, gm.inference.FlowMatching(coupling="minibatch_ot"))
     assert make_backend("flow_matching") == gm.inference.FlowMatching()
