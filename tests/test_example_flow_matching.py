@@ -36,3 +36,4 @@ def test_flow_matching_moons_example(engine: str, tmp_path: Path) -> None:
     if engine == "pyro":
         diff = report["diffusion"]
         assert set(diff["em"]) == {"8", "32"} and np.isfinite(diff["em_reference"]["w1"])
+        assert np.isfinite(diff["heldout_loglik_nats"])

@@ -30,6 +30,7 @@ pairing across contexts would make ``x0 | c`` differ from the ``N(0, I)`` the fl
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -111,8 +112,9 @@ class FlowMatching(Backend):
         if self.coupling not in COUPLINGS:
             raise UnknownName(f"FlowMatching(coupling={self.coupling!r}) is unknown; use one of {COUPLINGS}.")
         s = self.sigma_min
-        if isinstance(s, bool) or not isinstance(s, int | float) or not 0.0 <= s < 1.0:
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0.0 <= float(s) < 1.0:
             raise BackendError(f"FlowMatching(sigma_min={s!r}) must be a number in [0, 1).")
+        object.__setattr__(self, "sigma_min", float(s))  # a plain float: saved with the fit, rebuilt on load
 
     def prepare(
         self, program: Any, info: ModelInfo, example: Any, *, seed: int, inputs: dict | None = None
