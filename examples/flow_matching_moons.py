@@ -38,12 +38,15 @@ SDE_GRID = (8, 16, 32, 64, 128, 256, 512)
 SDE_REFERENCE = 1000
 
 
-def build_model(engine: str, width: int, kind: str = "flow") -> Any:
-    """``x ~ ContinuousFlow(v_theta)`` (or ``Diffusion(s_theta)``) in ``plate("data")``, a ``ScoreMLP`` net."""
+def build_model(engine: str, width: int, kind: str = "flow", seed: int = 0) -> Any:
+    """``x ~ ContinuousFlow(v_theta)`` (or ``Diffusion(s_theta)``) in ``plate("data")``, a ``ScoreMLP`` net
+    initialised from ``seed``."""
     site = gm.models.ContinuousFlow if kind == "flow" else (lambda net: gm.models.Diffusion(net, sde="vp"))
     if engine == "pyro":
         import pyro
+        import torch
 
+        torch.manual_seed(seed)
         net0 = gm.models.ScoreMLP(2, width=width)
 
         def model(x: Any = None, n: int | None = None) -> None:
@@ -56,7 +59,7 @@ def build_model(engine: str, width: int, kind: str = "flow") -> Any:
     import numpyro
     from numpyro.contrib.module import eqx_module
 
-    net1 = gm.models.ScoreMLP(2, width=width, key=jax.random.PRNGKey(0))
+    net1 = gm.models.ScoreMLP(2, width=width, key=jax.random.PRNGKey(seed))
 
     def model(x: Any = None, n: int | None = None) -> None:
         net = eqx_module("net", net1)
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     x_test = gm.datasets.moons(max(args.n_eval, args.n_loglik), seed=args.seed + 1)
     held = x_test[: args.n_eval]
     backend = gm.inference.FlowMatching(path=args.path, sigma_min=args.sigma_min, coupling=args.coupling)
-    fit, speed = timed_fit(build_model(args.engine, args.width), x_train, backend, args)
+    fit, speed = timed_fit(build_model(args.engine, args.width, seed=args.seed), x_train, backend, args)
     report: dict = {"engine": args.engine, "steps": args.steps, "backend": repr(backend), **speed}
 
     t0 = time.perf_counter()
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
         report[f"{solver}_steps_to_target"] = steps_to_target(rows, report["dopri5"])
 
     if args.diffusion:
-        dfit, dspeed = timed_fit(build_model(args.engine, args.width, "diffusion"), x_train, gm.inference.Score(), args)
+        model = build_model(args.engine, args.width, "diffusion", seed=args.seed)
+        dfit, dspeed = timed_fit(model, x_train, gm.inference.Score(), args)
         dd = fitted_site(dfit, held[:8])
         ref = quality(sde_samples(dd, args.engine, len(held), sde_reference, args.seed), sde_reference)
         rows = {k: quality(sde_samples(dd, args.engine, len(held), k, args.seed), k) for k in sde_grid}
