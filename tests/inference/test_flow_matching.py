@@ -348,6 +348,24 @@ def test_a_resumed_minibatch_ot_fit_is_the_uninterrupted_one(engine: str, tmp_pa
         np.testing.assert_array_equal(resumed.params[name], value)
 
 
+def test_minibatch_ot_on_two_devices_gives_the_one_device_fit() -> None:
+    """The OT pairing (a host callback) sees the global batch whatever the mesh: 10 steps on 2 forced host
+    devices equal 1 device's up to float32 reassociation (relative 1e-3, as tests/test_devices.py)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    job = here / "flow_matching_devices_job.py"
+    run = subprocess.run([sys.executable, str(job)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 2 and out["gap"] < 1e-3, out
+
+
 def conditional_program(engine: str) -> object:
     """``x | y ~ ContinuousFlow(v(x, t, y))``, ``v`` a small MLP of ``[x, t, y]``; Euler sampling."""
     if engine == "pyro":
@@ -388,7 +406,8 @@ def conditional_program(engine: str) -> object:
     return model
 
 
-@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+# JAX's inputs path is in the default suite through the exact loss and log_prob tests above.
+@pytest.mark.parametrize("engine", ["pyro", pytest.param("numpyro", marks=pytest.mark.slow)])
 def test_a_conditional_flow_fits_with_inputs(engine: str) -> None:
     rng = np.random.default_rng(0)
     y = rng.normal(size=(256, 2)).astype(np.float32)
