@@ -148,12 +148,28 @@ def test_pyro_sample_without_seed_is_fresh(data: np.ndarray) -> None:
     np.testing.assert_array_equal(np.asarray(fit.sample(4, seed=1)), np.asarray(fit.sample(4, seed=1)))
 
 
-def test_the_jax_chunk_compiles_once(data: np.ndarray) -> None:
-    """Three chunks, the last one partial, run one compiled program (the carry stays committed to the device)."""
+def numpyro_scalar_gauss():
+    """Parameters started from Python floats: weakly typed arrays in the first carry."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model(x=None, n=None):
+        m = numpyro.param("m", 0.0)
+        s = numpyro.param("s", 1.0, constraint=dist.constraints.positive)
+        with numpyro.plate("data", x.shape[0] if x is not None else n):
+            numpyro.sample("x", dist.Normal(m, s).expand([2]).to_event(1), obs=x)
+
+    return model
+
+
+@pytest.mark.parametrize("make", [numpyro_gauss, numpyro_scalar_gauss])
+def test_the_jax_chunk_compiles_once(data: np.ndarray, make) -> None:
+    """Three chunks, the last one partial, run one compiled program (the carry stays committed to the device
+    and strongly typed)."""
     from gmppl.engines import make_loop, make_program
 
     backend = gm.inference.Likelihood()
-    program = make_program("numpyro", numpyro_gauss(), observed="x", latent="z", device=None)
+    program = make_program("numpyro", make(), observed="x", latent="z", device=None)
     info = program.inspect(data[:8])
     plan = backend.prepare(program, info, data[:8], seed=0)
     loop = make_loop("numpyro", [program], backend, [plan], data, batch_size=64, steps=250)

@@ -287,9 +287,13 @@ class JaxLoop:
             self._run = jax.jit(jax.vmap(runner, in_axes=((0, 0, 0, 0), None, None, None, None)))
             stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
             carry = (stacked, jnp.tile(jnp.arange(n), (c, 1)), jnp.full((c,), n, jnp.int32), jnp.stack(keys))
-        # Commit every array of the carry to the device: the chunk's outputs are committed, and a carry
-        # that was not (optax's step count, perm) would make the second chunk compile all over again.
-        return jax.tree.map(lambda a: jax.device_put(a, self.device) if isinstance(a, jax.Array) else a, carry)
+        # Commit every array of the carry to the device, with a strong dtype: the chunk's outputs are committed
+        # and never weakly typed, and a carry that differed (optax's step count, perm; a parameter started
+        # from a Python float, ``numpyro.param("w", 1.0)``) would make later chunks compile all over again.
+        return jax.tree.map(
+            lambda a: jax.device_put(jnp.asarray(a, dtype=a.dtype), self.device) if isinstance(a, jax.Array) else a,
+            carry,
+        )
 
     def run_chunk(self, state: tuple, k: int, start: int = 0) -> tuple[tuple, dict[str, np.ndarray]]:
         """``k`` steps from step ``start`` (the steps already taken: it seeds each step's key)."""
