@@ -57,3 +57,25 @@ def test_diffusion_digits_example(tmp_path: Path) -> None:
     # dequantisation round trip: quantise(dequantise(k)) == k
     k = mod.pixels()[:50]
     np.testing.assert_array_equal(mod.quantise(mod.dequantise(k, 0)), k)
+
+
+CONDITIONAL = Path(__file__).resolve().parents[1] / "examples" / "conditional_diffusion.py"
+
+
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+def test_conditional_diffusion_example(engine: str, tmp_path: Path) -> None:
+    """The class-conditional moons example with tiny settings: finite numbers per class, the PNG, the report."""
+    spec = importlib.util.spec_from_file_location("conditional_diffusion", CONDITIONAL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / engine
+    report = mod.main(
+        ["--engine", engine, "--steps", "20", "--out", str(out), "--n-eval", "32", "--n-loglik", "8", "--width", "32"]
+    )
+    assert json.loads((out / "report.json").read_text()) == report
+    assert (out / "samples.png").stat().st_size > 0
+    for k in range(mod.CLASSES):
+        for key in ("w1", "w1_guided", "w1_floor_data_vs_data"):
+            assert np.isfinite(report[f"class_{k}"][key]) and report[f"class_{k}"][key] > 0
+    for key in ("heldout_loglik_nats", "heldout_loglik_stderr", "heldout_loglik_wrong_label_nats"):
+        assert np.isfinite(report[key]), key

@@ -10,6 +10,16 @@
   with ``variance_reduction`` (SSM-VR) the second term is its expectation ``||grad_x log p||^2 / 2``.
 * ``method="auto"`` (default): ``"dsm"`` when the observed site is a ``Diffusion``, else ``"sliced"``.
 
+**Conditional diffusion.** With data ``{"x": x, "y": y}`` and a ``Diffusion(net, context=c)`` whose context
+the program computes from ``y``, DSM trains ``s_theta(x_t, t, c)``: the loss is the same expectation over
+the pairs ``(x_0, c)``, minimised by ``grad_x log p_t(x | c)``. ``guidance_dropout=p`` (classifier-free
+guidance, Ho & Salimans 2022) replaces each example's context by the diffusion's null context with
+probability ``p``, drawn per example per step, so one network also learns ``grad_x log p_t(x)``; sample with
+``Diffusion(..., guidance=w)``. The loss is then the DSM loss of the mixture
+``(1 - p) p(x | c) + p p(x)`` over contexts, not of ``p(x | c)`` alone; ``log_prob`` stays unguided.
+On torch the program is traced at every step when there are inputs (the context is whatever the program
+computes from the batch's rows), and once at the first step otherwise.
+
 Both are Fisher divergences up to a constant independent of ``theta``; ``history["loss"]`` records ``L``.
 The DSM arithmetic is ``gmppl.models.sde.dsm_loss``, shared by both engines; each draws its own ``t`` and ``z``.
 
@@ -36,6 +46,7 @@ from gmppl.engines.base import ModelInfo
 from gmppl.errors import BackendError, NotSupported, UnknownName
 from gmppl.inference.base import Backend
 from gmppl.models.diffusion import find_diffusion
+from gmppl.models.diffusion_options import context_rows, drop_context, null_context
 from gmppl.models.sde import dsm_loss
 
 METHODS = ("auto", "dsm", "sliced")
@@ -60,12 +71,17 @@ class Score(Backend):
         fit = gm.fit(diffusion_model, x, gm.inference.Score(), steps=5000, batch_size=256)
         fit.sample(1000); fit.log_prob(x_test)      # probability-flow ODE likelihood
         fit = gm.fit(flow_model, x, gm.inference.Score(method="sliced"), steps=2000)
+        fit = gm.fit(conditional, {"x": x, "y": y}, gm.inference.Score(guidance_dropout=0.1))
+
+    ``guidance_dropout``: the probability that an example's context is replaced by the null context during
+    DSM training (classifier-free guidance; 0, the default, trains the conditional score only).
     """
 
     method: str = "auto"
     weighting: str = "sigma2"
     projections: int = 1
     variance_reduction: bool = True
+    guidance_dropout: float = 0.0
 
     requires: ClassVar[frozenset[str]] = frozenset({"density"})
 
@@ -76,6 +92,10 @@ class Score(Backend):
             raise UnknownName(f"Score(weighting={self.weighting!r}) is unknown; use one of {WEIGHTINGS}.")
         if not isinstance(self.projections, int) or self.projections < 1:
             raise BackendError(f"Score(projections={self.projections!r}) must be a positive integer.")
+        if not isinstance(self.guidance_dropout, (int, float)) or not 0.0 <= self.guidance_dropout < 1.0:
+            raise BackendError(f"Score(guidance_dropout={self.guidance_dropout!r}) must be a probability in [0, 1).")
+        if self.guidance_dropout and self.method == "sliced":
+            raise BackendError("Score(guidance_dropout=...) trains a conditional diffusion; it needs method='dsm'.")
 
     # ------------------------------------------------------------------ capabilities
     def required(self) -> frozenset[str]:
@@ -98,18 +118,30 @@ class Score(Backend):
         self, program: Any, info: ModelInfo, example: Any, *, seed: int, inputs: dict | None = None
     ) -> ScorePlan:
         method = self.resolve(info)
-        if inputs and method == "dsm":
-            raise NotSupported(
-                f"Score(method='dsm') fits an unconditional gm.models.Diffusion; the data hold inputs {sorted(inputs)}. "
-                "Fit a conditional density by Likelihood, ELBO or Score(method='sliced'), or drop the inputs."
-            )
+        if self.guidance_dropout and method != "dsm":
+            raise BackendError("Score(guidance_dropout=...) trains a conditional gm.models.Diffusion by DSM.")
+        if self.guidance_dropout:
+            if program.engine == "pyro":
+                d = _torch_diffusion(program, program.as_array(example), inputs)
+            else:
+                import jax
+
+                d = _jax_diffusion(program, program.params, jax.random.PRNGKey(seed), program.as_array(example), inputs)
+            if d.context is None:
+                raise BackendError(
+                    "Score(guidance_dropout=...) drops the diffusion's context, but its Diffusion has none: give it "
+                    "context= computed from the inputs (data as {'x': x, 'y': y}), or leave guidance_dropout at 0."
+                )
         return ScorePlan(method=method)
 
     # ------------------------------------------------------------------ torch
     def torch_init(self, program: Any, plan: ScorePlan, batch: Any, inputs: dict | None, optim: Any) -> Any:
         if plan.method == "dsm":
-            # The torch network is a stateful module whose leaves are the param store's: find it once.
-            d = plan.cache["diffusion"] = _torch_diffusion(program, batch)
+            # The torch network is a stateful module whose leaves are the param store's: find it once. With
+            # inputs the context is computed by the program from each batch's rows, so it is traced per step.
+            d = _torch_diffusion(program, batch, inputs)
+            if not inputs:
+                plan.cache["diffusion"] = d
             plan.cache["dtype"] = d._like(batch)["dtype"]
             plan.cache["xp"] = aac.array_namespace(batch)
         return super().torch_init(program, plan, batch, inputs, optim)
@@ -119,14 +151,17 @@ class Score(Backend):
 
         if plan.method == "sliced":
             return self._torch_sliced(program, batch, inputs)
-        d = plan.cache.get("diffusion") or _torch_diffusion(program, batch)
+        d = plan.cache.get("diffusion") or _torch_diffusion(program, batch, inputs)
         dtype = plan.cache.get("dtype") or d._like(batch)["dtype"]
         xp = plan.cache.get("xp") or aac.array_namespace(batch)
         x0 = batch if batch.dtype == dtype else batch.to(dtype)
         eps = d.sde.t_eps
         t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device).mul_(1.0 - eps).add_(eps)  # U(eps, 1)
         z = torch.randn_like(x0)
-        return dsm_loss(xp, d.sde, d.score_net, x0, t, z, self.weighting).mean(), {}
+        drop = None
+        if self.guidance_dropout and d.context is not None:
+            drop = torch.rand(x0.shape[0], device=x0.device) < self.guidance_dropout
+        return dsm_loss(xp, d.sde, _conditioned(xp, d, x0.shape[0], drop), x0, t, z, self.weighting).mean(), {}
 
     def _torch_sliced(self, program: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
         import torch
@@ -153,14 +188,18 @@ class Score(Backend):
 
         if plan.method == "sliced":
             return self._jax_sliced(program)
-        weighting = self.weighting
+        weighting, p_drop = self.weighting, self.guidance_dropout
 
         def loss(params: Any, batch: Any, key: Any, inputs: Any = None) -> tuple[Any, dict]:
-            k_trace, k_t, k_z = jax.random.split(key, 3)
-            d = _jax_diffusion(program, params, k_trace, batch)
+            k_trace, k_t, k_z, k_drop = jax.random.split(key, 4)
+            d = _jax_diffusion(program, params, k_trace, batch, inputs)
             t = jax.random.uniform(k_t, (batch.shape[0],), batch.dtype, d.sde.t_eps, 1.0)
             z = jax.random.normal(k_z, batch.shape, batch.dtype)
-            return dsm_loss(jnp, d.sde, d.score_net, batch, t, z, weighting).mean(), {}
+            drop = None
+            if p_drop and d.context is not None:
+                drop = jax.random.uniform(k_drop, (batch.shape[0],)) < p_drop
+            score = _conditioned(jnp, d, batch.shape[0], drop)
+            return dsm_loss(jnp, d.sde, score, batch, t, z, weighting).mean(), {}
 
         return loss
 
@@ -188,7 +227,8 @@ class Score(Backend):
 
     # ------------------------------------------------------------------ evaluation
     def log_prob(self, program: Any, plan: ScorePlan, x: Any, *, inputs: dict | None = None, **kwargs: Any) -> Any:
-        """Per-example ``log p(x_i)``; for a diffusion, the probability-flow ODE likelihood.
+        """Per-example ``log p(x_i)``; for a diffusion, the probability-flow ODE likelihood (given each row's
+        context with ``inputs``; never guided).
 
         Keywords for a diffusion: ``trace="auto"|"exact"|"hutchinson"``, ``probes`` (Hutchinson
         probes per example), ``return_stderr=True`` to get ``(log p, standard error)``.
@@ -200,11 +240,12 @@ class Score(Backend):
         if unknown:
             raise BackendError(f"Score.log_prob got unknown keywords {sorted(unknown)}; use trace=, probes=.")
         if program.engine == "pyro":
-            d = _torch_diffusion(program, x)
+            d = _torch_diffusion(program, x, inputs)
             lp, se, _ = d.log_prob_estimate(x, **kwargs)
             lp = lp.detach()
         else:
-            lp, se = _jax_log_prob(program, plan, kwargs.get("trace"), kwargs.get("probes"))(program.params, x)
+            fn = _jax_log_prob(program, plan, kwargs.get("trace"), kwargs.get("probes"))
+            lp, se = fn(program.params, x, program.as_inputs(inputs))
         return (lp, se) if return_stderr else lp
 
     def posterior(
@@ -222,15 +263,27 @@ class Score(Backend):
         return super().posterior(program, plan, x, num_samples, seed=seed, inputs=inputs)
 
 
-def _torch_diffusion(program: Any, batch: Any) -> Any:
-    d = find_diffusion(program.trace(x=batch).nodes[program.observed]["fn"])
+def _conditioned(xp: Any, d: Any, n: int, drop: Any = None) -> Any:
+    """The network as ``(x, t) -> s``: ``score_net(x, t)``, or ``score_net(x, t, c)`` with the diffusion's context
+    (rows where ``drop`` holds replaced by its null context: classifier-free-guidance training)."""
+    if d.context is None:
+        return d.score_net
+    c = context_rows(xp, d.context, n)
+    if drop is not None:
+        c = drop_context(xp, c, null_context(xp, c, d.null_context), drop)
+    net = d.score_net
+    return lambda x, t: net(x, t, c)
+
+
+def _torch_diffusion(program: Any, batch: Any, inputs: dict | None = None) -> Any:
+    d = find_diffusion(program.trace(x=batch, inputs=inputs).nodes[program.observed]["fn"])
     if d is None:
         raise NotSupported(f"the observed site {program.observed!r} is not a gm.models.Diffusion.")
     return d
 
 
-def _jax_diffusion(program: Any, params: Any, key: Any, batch: Any) -> Any:
-    d = find_diffusion(program.trace(params, key, x=batch)[program.observed]["fn"])
+def _jax_diffusion(program: Any, params: Any, key: Any, batch: Any, inputs: dict | None = None) -> Any:
+    d = find_diffusion(program.trace(params, key, x=batch, inputs=inputs)[program.observed]["fn"])
     if d is None:
         raise NotSupported(f"the observed site {program.observed!r} is not a gm.models.Diffusion.")
     return d
@@ -243,8 +296,8 @@ def _jax_log_prob(program: Any, plan: ScorePlan, trace: str | None, probes: int 
     key = ("log_prob", trace, probes)
     if key not in cache:
 
-        def fn(params: Any, x: Any) -> Any:
-            d = _jax_diffusion(program, params, jax.random.PRNGKey(0), x)
+        def fn(params: Any, x: Any, inputs: Any = None) -> Any:
+            d = _jax_diffusion(program, params, jax.random.PRNGKey(0), x, inputs)
             lp, se, _ = d.log_prob_estimate(x, trace=trace, probes=probes)
             return lp, se
 

@@ -19,6 +19,26 @@ The network is called on batches, ``score_net(x, t)`` with ``x`` of shape ``(bat
 and ``t`` of shape ``(batch,)`` in ``[0, 1]``; it is the only parameterised part, so register it with
 ``pyro.module``/``eqx_module`` in the program.
 
+**Conditional models.** ``Diffusion(score_net, context=c)`` with ``c`` a batch of ``R`` rows (one per
+example, computed in the program from its inputs) is the conditional law ``p(x | c_i)`` of each row, batch
+shape ``(R,)``: the network is called as ``score_net(x, t, c)`` in training, in every sampler and in the
+ODE likelihood, and generating ``R`` examples gives one per row (``k R`` examples: row ``i mod R`` for draw
+``i``). ``Score`` fits it by DSM on data given as ``{"x": x, "y": y}``; the score minimising the DSM loss
+is then ``grad_x log p_t(x | c)`` for every ``c`` in the data.
+
+**Classifier-free guidance** (Ho & Salimans 2022). Train with ``Score(guidance_dropout=p)``: each
+example's context is replaced by the *null context* with probability ``p``, so the same network learns
+the unconditional score ``s(x, t, null) ~ grad log p_t(x)`` as well. The null context is zeros shaped
+like a context row unless ``null_context=`` gives one (a row or a full batch; pass a
+``pyro.param``/``numpyro.param`` to learn a null token): zeros is engine-free and needs no extra
+parameter, and is distinct from every real context when contexts are one-hot labels; for real-valued
+contexts where zero is a legitimate value, give a null token instead. ``guidance=w`` then samples with
+``(1 + w) s(x, t, c) - w s(x, t, null)``, the score of ``p_t(x | c)^(1+w) / p_t(x)^w``, up to
+normalisation. This does *not* sample the fitted ``p(x | c)``: it sharpens it towards regions where
+``c`` is more probable (larger ``w``: less diverse, more typical samples), and the product of the noised
+marginals is not itself the noised marginal of a fixed law, so it is a heuristic with no exact target.
+``log_prob`` stays the unguided model's ``p(x | c)``; ``w = 0`` (the default) is the unguided sampler.
+
 The engine's class comes from ``diffusion_torch`` or ``diffusion_jax``, imported when a ``Diffusion``
 of that engine is built, so ``import gmppl`` loads neither torch nor JAX; what both share
 (``DiffusionOptions``, the event-shape probe) is in ``diffusion_options``.
@@ -30,6 +50,13 @@ Example::
         net = pyro.module("score", s)
         with pyro.plate("data", x.shape[0] if x is not None else n):
             pyro.sample("x", gm.models.Diffusion(net, sde="vp"), obs=x)
+
+    c = gm.models.ScoreMLP(2, context_dim=3)           # net(x, t, c)
+    def conditional(x=None, y=None):                    # y: integer labels, one per row
+        net = pyro.module("score", c)
+        with pyro.plate("data", y.shape[0]):
+            onehot = torch.nn.functional.one_hot(y, 3).float()
+            pyro.sample("x", gm.models.Diffusion(net, sde="vp", context=onehot), obs=x)
 """
 
 from __future__ import annotations
@@ -65,6 +92,9 @@ def Diffusion(  # noqa: N802 - a distribution constructor
     trace: str = "auto",
     probes: int = 1,
     exact_trace_max_dim: int = 16,
+    context: Any = None,
+    null_context: Any = None,
+    guidance: float = 0.0,
     **sde_kwargs: Any,
 ) -> Any:
     """A diffusion model with score network ``score_net``: a Pyro ``TorchDistribution`` for a torch
@@ -73,6 +103,9 @@ def Diffusion(  # noqa: N802 - a distribution constructor
     ``event_shape`` is read from ``score_net.event_shape`` when the network has one (the default
     networks do), else found by calling the network on vectors of growing size; pass it for images.
     ``sde_kwargs`` set the SDE's ``beta_min``/``beta_max`` (VP, sub-VP) or ``sigma_min``/``sigma_max`` (VE).
+    ``context`` (an array of ``R`` rows) makes it conditional, ``score_net(x, t, c)``, batch shape ``(R,)``;
+    ``guidance=w`` samples with the classifier-free-guided score against ``null_context`` (default zeros);
+    see the module docstring.
     """
     options = DiffusionOptions(
         sampler=sampler,
@@ -84,13 +117,27 @@ def Diffusion(  # noqa: N802 - a distribution constructor
         trace=trace,
         probes=int(probes),
         exact_trace_max_dim=int(exact_trace_max_dim),
+        guidance=float(guidance),
     )
     sde = as_sde(sde, **sde_kwargs)
+    if context is None:
+        if guidance != 0 or null_context is not None:
+            raise ModelError(
+                f"Diffusion(guidance={guidance!r}, null_context=...) guides a conditional model; pass context=."
+            )
+        batch: tuple[int, ...] = ()
+    else:
+        if len(getattr(context, "shape", ())) < 1:
+            raise ModelError(
+                "Diffusion(context=...) takes an array with one row per example (shape (rows, ...)), got "
+                f"{type(context).__name__} of shape {getattr(context, 'shape', None)}."
+            )
+        batch = (int(context.shape[0]),)
     if _is_torch_module(score_net):
         from gmppl.models.diffusion_torch import TorchDiffusion, torch_event_shape
 
-        shape = tuple(event_shape) if event_shape is not None else torch_event_shape(score_net)
-        return TorchDiffusion(score_net, sde, shape, (), options)
+        shape = tuple(event_shape) if event_shape is not None else torch_event_shape(score_net, context)
+        return TorchDiffusion(score_net, sde, shape, batch, options, context=context, null_context=null_context)
     if not callable(score_net):
         raise ModelError(
             f"score_net={score_net!r} is not callable; pass a torch nn.Module, an equinox/flax module or a "
@@ -98,13 +145,21 @@ def Diffusion(  # noqa: N802 - a distribution constructor
         )
     from gmppl.models.diffusion_jax import JaxDiffusion, jax_event_shape
 
-    shape = tuple(event_shape) if event_shape is not None else jax_event_shape(score_net)
-    return JaxDiffusion(score_net, sde, shape, (), options)
+    shape = tuple(event_shape) if event_shape is not None else jax_event_shape(score_net, context)
+    return JaxDiffusion(score_net, sde, shape, batch, options, context=context, null_context=null_context)
 
 
 def with_options(d: Any, **changes: Any) -> Any:
     """A copy of a ``Diffusion`` distribution with some ``DiffusionOptions`` changed (e.g. the sampler)."""
-    return type(d)(d.score_net, d.sde, tuple(d.event_shape), tuple(d.batch_shape), replace(d.options, **changes))
+    return type(d)(
+        d.score_net,
+        d.sde,
+        tuple(d.event_shape),
+        tuple(d.batch_shape),
+        replace(d.options, **changes),
+        context=d.context,
+        null_context=d.null_context,
+    )
 
 
 def find_diffusion(fn: Any) -> Any:

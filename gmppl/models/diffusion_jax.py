@@ -15,29 +15,41 @@ import jax.numpy as jnp
 import numpyro.distributions as ndist
 from numpyro.distributions import constraints
 
-from gmppl.models.diffusion_options import DiffusionOptions, probe_event_shape
+from gmppl.models.diffusion_options import (
+    DiffusionOptions,
+    context_rows,
+    guided_score,
+    null_context,
+    probe_event_shape,
+)
 from gmppl.models.sde import SDE, langevin_step, probability_flow_drift, reverse_step
 
 
-def jax_event_shape(net: Any) -> tuple[int, ...]:
-    """``net.event_shape`` if set, else the vector size found by abstract evaluation (no compute)."""
+def jax_event_shape(net: Any, context: Any = None) -> tuple[int, ...]:
+    """``net.event_shape`` if set, else the vector size found by abstract evaluation (no compute); a conditional
+    network is probed as ``net(x, t, c)`` with ``c`` one context row."""
     if getattr(net, "event_shape", None) is not None:
         return tuple(net.event_shape)
+    extra = () if context is None else (jax.ShapeDtypeStruct((1, *context.shape[1:]), context.dtype),)
 
     def call(d: int) -> tuple[int, ...]:
         x = jax.ShapeDtypeStruct((1, d), jnp.float32)
         t = jax.ShapeDtypeStruct((1,), jnp.float32)
-        return tuple(jax.eval_shape(net, x, t).shape)
+        return tuple(jax.eval_shape(net, x, t, *extra).shape)
 
     return probe_event_shape(call)
 
 
 class JaxDiffusion(ndist.Distribution):
-    """A score-based diffusion model over ``event_shape``; build it with ``gm.models.Diffusion``."""
+    """A score-based diffusion model over ``event_shape``; build it with ``gm.models.Diffusion``.
+
+    With ``context`` (``R`` rows) it is the conditional law ``p(x | c_i)``, one per row (batch shape ``(R,)``),
+    and the network is called as ``score_net(x, t, c)``; ``null_context`` is the guidance's null row.
+    """
 
     arg_constraints: dict = {}
     reparametrized_params: list = []
-    pytree_data_fields = ("score_net",)
+    pytree_data_fields = ("score_net", "context", "null_context")
     pytree_aux_fields = ("sde", "options")
     gmppl_score_model = True
     # The ODE likelihood is for evaluation (solved without gradients to the parameters), so backends
@@ -52,9 +64,12 @@ class JaxDiffusion(ndist.Distribution):
         batch_shape: tuple[int, ...] = (),
         options: DiffusionOptions | None = None,
         validate_args: Any = None,
+        context: Any = None,
+        null_context: Any = None,
     ):
         self.score_net, self.sde = score_net, sde
         self.options = options or DiffusionOptions()
+        self.context, self.null_context = context, null_context
         super().__init__(tuple(batch_shape), tuple(event_shape), validate_args=False)
 
     @property
@@ -62,21 +77,42 @@ class JaxDiffusion(ndist.Distribution):
         return constraints.independent(constraints.real, len(self.event_shape))
 
     def expand(self, batch_shape: Any) -> JaxDiffusion:
-        return JaxDiffusion(self.score_net, self.sde, tuple(self.event_shape), tuple(batch_shape), self.options)
+        return JaxDiffusion(
+            self.score_net,
+            self.sde,
+            tuple(self.event_shape),
+            tuple(batch_shape),
+            self.options,
+            context=self.context,
+            null_context=self.null_context,
+        )
 
     # ------------------------------------------------------------------ pieces
     @property
     def dim(self) -> int:
         return math.prod(self.event_shape)
 
-    def score(self, x: Any, t: Any) -> Any:
-        """``s_theta(x, t)`` on a batch ``x`` of shape ``(B, *event_shape)`` with ``t`` scalar or ``(B,)``."""
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
-        return self.score_net(x, t)
+    @property
+    def guided(self) -> bool:
+        """Whether sampling uses the classifier-free-guided score (a context and ``guidance != 0``)."""
+        return self.context is not None and self.options.guidance != 0
 
-    def ode_drift(self, x: Any, t: Any) -> Any:
+    def score(self, x: Any, t: Any, *, guided: bool = False) -> Any:
+        """``s_theta(x, t)``, or ``s_theta(x, t, c)`` given the context, on a batch ``x`` of shape
+        ``(B, *event_shape)`` with ``t`` scalar or ``(B,)``; ``guided`` (with ``guidance=w != 0``):
+        ``(1 + w) s_theta(x, t, c) - w s_theta(x, t, null)``."""
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+        if self.context is None:
+            return self.score_net(x, t)
+        c = context_rows(jnp, self.context, x.shape[0])
+        s = self.score_net(x, t, c)
+        if guided and self.guided:
+            s = guided_score(s, self.score_net(x, t, null_context(jnp, c, self.null_context)), self.options.guidance)
+        return s
+
+    def ode_drift(self, x: Any, t: Any, *, guided: bool = False) -> Any:
         """``f~(x, t) = f(t) x - g(t)^2 s_theta(x, t) / 2``."""
-        return probability_flow_drift(jnp, self.sde, x, t, self.score(x, t))
+        return probability_flow_drift(jnp, self.sde, x, t, self.score(x, t, guided=guided))
 
     # ------------------------------------------------------------------ sampling
     def sample(self, key: Any, sample_shape: tuple = ()) -> Any:
@@ -87,8 +123,13 @@ class JaxDiffusion(ndist.Distribution):
     def generate(
         self, key: Any, n: int, *, sampler: str | None = None, steps: int | None = None, record: int = 0
     ) -> tuple[Any, dict]:
-        """``n`` draws and ``{"nfe": score evaluations, "trajectory": (record, n, ...)}``; pure and jittable."""
+        """``n`` draws and ``{"nfe": score evaluations, "trajectory": (record, n, ...)}``; pure and jittable.
+
+        With a context of ``R`` rows, draw ``i`` is given row ``i mod R`` (``n`` a multiple of ``R``); with
+        guidance each score evaluation counts twice (conditional and null).
+        """
         o = self.options
+        per = 2 if self.guided else 1
         sampler, steps = sampler or o.sampler, steps or o.steps
         eps = self.sde.t_eps
         k0, key = jax.random.split(key)
@@ -98,7 +139,7 @@ class JaxDiffusion(ndist.Distribution):
 
             ts = jnp.linspace(1.0, eps, max(record, 2))
             sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(lambda t, y, args: self.ode_drift(y, t)),
+                diffrax.ODETerm(lambda t, y, args: self.ode_drift(y, t, guided=True)),
                 diffrax.Dopri5(),
                 t0=1.0,
                 t1=eps,
@@ -108,7 +149,7 @@ class JaxDiffusion(ndist.Distribution):
                 stepsize_controller=diffrax.PIDController(rtol=o.rtol, atol=o.atol),
                 max_steps=o.max_steps,
             )
-            info = {"nfe": sol.stats["num_steps"] * 6 + 1, "trajectory": sol.ys if record else None}
+            info = {"nfe": (sol.stats["num_steps"] * 6 + 1) * per, "trajectory": sol.ys if record else None}
             return sol.ys[-1], info
         grid = jnp.linspace(1.0, eps, steps + 1)
 
@@ -118,14 +159,14 @@ class JaxDiffusion(ndist.Distribution):
             kc, kp = jax.random.split(k)
             if sampler == "pc":
                 for kk in jax.random.split(kc, o.corrector_steps):  # Langevin corrector at t
-                    s = self.score(x, t)
+                    s = self.score(x, t, guided=True)
                     x = langevin_step(jnp, self.sde, x, t, dt, s, jax.random.normal(kk, x.shape), o.snr)
-            s = self.score(x, t)
+            s = self.score(x, t, guided=True)
             noise = jnp.where(i < steps - 1, jax.random.normal(kp, x.shape), 0.0)  # the last step is the mean
             return reverse_step(jnp, self.sde, x, t, dt, s, noise), (x if record else None)
 
         x, traj = jax.lax.scan(body, x, (jnp.arange(steps), jax.random.split(key, steps)))
-        nfe = steps * (1 + (o.corrector_steps if sampler == "pc" else 0))
+        nfe = steps * (1 + (o.corrector_steps if sampler == "pc" else 0)) * per
         if record:
             idx = jnp.round(jnp.linspace(0, steps - 1, record - 1)).astype(jnp.int32)
             traj = jnp.concatenate([traj[idx], x[None]])
@@ -138,7 +179,9 @@ class JaxDiffusion(ndist.Distribution):
     def log_prob_estimate(
         self, value: Any, *, trace: str | None = None, probes: int | None = None, key: Any = None
     ) -> tuple[Any, Any, Any]:
-        """``(log p(x), Hutchinson standard error or None, score evaluations)``; pure and jittable."""
+        """``(log p(x), Hutchinson standard error or None, score evaluations)``; pure and jittable.
+
+        Always the unguided model's likelihood, ``p(x | c)`` given each example's context row."""
         import diffrax
 
         o = self.options

@@ -14,31 +14,43 @@ import pyro.distributions as pdist
 import torch
 from torch.distributions import constraints
 
-from gmppl.models.diffusion_options import DiffusionOptions, probe_event_shape
+from gmppl.models.diffusion_options import (
+    DiffusionOptions,
+    context_rows,
+    guided_score,
+    null_context,
+    probe_event_shape,
+)
 from gmppl.models.sde import SDE, langevin_step, probability_flow_drift, reverse_step
 
 _SHAPES: dict[int, tuple[int, ...]] = {}
 
 
-def torch_event_shape(net: torch.nn.Module) -> tuple[int, ...]:
-    """``net.event_shape`` if set, else the vector size found by probing (cached per network)."""
+def torch_event_shape(net: torch.nn.Module, context: torch.Tensor | None = None) -> tuple[int, ...]:
+    """``net.event_shape`` if set, else the vector size found by probing (cached per network); a conditional
+    network is probed as ``net(x, t, context[:1])``."""
     shape = getattr(net, "event_shape", None)
     if shape is not None:
         return tuple(shape)
     if id(net) not in _SHAPES:
         p = next(iter(net.parameters()), None)
         kw: dict[str, Any] = {"dtype": p.dtype, "device": p.device} if p is not None else {}
+        extra = () if context is None else (context[:1],)
 
         def call(d: int) -> tuple[int, ...]:
             with torch.no_grad():
-                return tuple(net(torch.zeros(1, d, **kw), torch.full((1,), 0.5, **kw)).shape)
+                return tuple(net(torch.zeros(1, d, **kw), torch.full((1,), 0.5, **kw), *extra).shape)
 
         _SHAPES[id(net)] = probe_event_shape(call)
     return _SHAPES[id(net)]
 
 
 class TorchDiffusion(pdist.TorchDistribution):
-    """A score-based diffusion model over ``event_shape``; build it with ``gm.models.Diffusion``."""
+    """A score-based diffusion model over ``event_shape``; build it with ``gm.models.Diffusion``.
+
+    With ``context`` (``R`` rows) it is the conditional law ``p(x | c_i)``, one per row (batch shape ``(R,)``),
+    and the network is called as ``score_net(x, t, c)``; ``null_context`` is the guidance's null row.
+    """
 
     arg_constraints: dict = {}
     has_rsample = False
@@ -55,9 +67,12 @@ class TorchDiffusion(pdist.TorchDistribution):
         batch_shape: tuple[int, ...] = (),
         options: DiffusionOptions | None = None,
         validate_args: Any = None,
+        context: torch.Tensor | None = None,
+        null_context: torch.Tensor | None = None,
     ):
         self.score_net, self.sde = score_net, sde
         self.options = options or DiffusionOptions()
+        self.context, self.null_context = context, null_context
         super().__init__(torch.Size(batch_shape), torch.Size(event_shape), validate_args=False)
 
     @constraints.dependent_property(is_discrete=False)
@@ -65,7 +80,15 @@ class TorchDiffusion(pdist.TorchDistribution):
         return constraints.independent(constraints.real, len(self.event_shape))
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> TorchDiffusion:
-        return TorchDiffusion(self.score_net, self.sde, tuple(self.event_shape), tuple(batch_shape), self.options)
+        return TorchDiffusion(
+            self.score_net,
+            self.sde,
+            tuple(self.event_shape),
+            tuple(batch_shape),
+            self.options,
+            context=self.context,
+            null_context=self.null_context,
+        )
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -80,14 +103,27 @@ class TorchDiffusion(pdist.TorchDistribution):
             return {"dtype": x.dtype, "device": x.device}
         return {"dtype": torch.get_default_dtype()}
 
-    def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``s_theta(x, t)`` on a batch ``x`` of shape ``(B, *event_shape)`` with ``t`` scalar or ``(B,)``."""
-        t = t.expand(x.shape[0]) if t.dim() == 0 else t
-        return self.score_net(x, t)
+    @property
+    def guided(self) -> bool:
+        """Whether sampling uses the classifier-free-guided score (a context and ``guidance != 0``)."""
+        return self.context is not None and self.options.guidance != 0
 
-    def ode_drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, t: torch.Tensor, *, guided: bool = False) -> torch.Tensor:
+        """``s_theta(x, t)``, or ``s_theta(x, t, c)`` given the context, on a batch ``x`` of shape
+        ``(B, *event_shape)`` with ``t`` scalar or ``(B,)``; ``guided`` (with ``guidance=w != 0``):
+        ``(1 + w) s_theta(x, t, c) - w s_theta(x, t, null)``."""
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        if self.context is None:
+            return self.score_net(x, t)
+        c = context_rows(xp, self.context, x.shape[0])
+        s = self.score_net(x, t, c)
+        if guided and self.guided:
+            s = guided_score(s, self.score_net(x, t, null_context(xp, c, self.null_context)), self.options.guidance)
+        return s
+
+    def ode_drift(self, x: torch.Tensor, t: torch.Tensor, *, guided: bool = False) -> torch.Tensor:
         """``f~(x, t) = f(t) x - g(t)^2 s_theta(x, t) / 2``, the probability-flow ODE's velocity."""
-        return probability_flow_drift(xp, self.sde, x, t, self.score(x, t))
+        return probability_flow_drift(xp, self.sde, x, t, self.score(x, t, guided=guided))
 
     # ------------------------------------------------------------------ sampling
     def sample(self, sample_shape: Any = torch.Size()) -> torch.Tensor:
@@ -102,8 +138,11 @@ class TorchDiffusion(pdist.TorchDistribution):
         """``n`` draws ``(n, *event_shape)`` and ``{"nfe": score evaluations, "trajectory": [...]}``.
 
         ``record > 0`` keeps ``record`` snapshots of the reverse process, from ``t = 1`` to ``t = eps``.
+        With a context of ``R`` rows, draw ``i`` is given row ``i mod R`` (``n`` a multiple of ``R``); with
+        guidance each score evaluation counts twice (conditional and null).
         """
         o = self.options
+        per = 2 if self.guided else 1
         sampler, steps = sampler or o.sampler, steps or o.steps
         like = self._like()
         eps = self.sde.t_eps
@@ -113,8 +152,8 @@ class TorchDiffusion(pdist.TorchDistribution):
             from torchdiffeq import odeint
 
             def velocity(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                info["nfe"] += 1
-                return self.ode_drift(y, t)
+                info["nfe"] += per
+                return self.ode_drift(y, t, guided=True)
 
             grid = torch.linspace(1.0, eps, max(record, 2), **like)
             ys = odeint(velocity, x, grid, rtol=o.rtol, atol=o.atol, method="dopri5")
@@ -128,11 +167,11 @@ class TorchDiffusion(pdist.TorchDistribution):
             t, dt = ts[i], ts[i] - ts[i + 1]
             if sampler == "pc":
                 for _ in range(o.corrector_steps):  # Langevin corrector at t
-                    s = self.score(x, t)
+                    s = self.score(x, t, guided=True)
                     x = langevin_step(xp, self.sde, x, t, dt, s, torch.randn_like(x), o.snr)
-                    info["nfe"] += 1
-            s = self.score(x, t)
-            info["nfe"] += 1
+                    info["nfe"] += per
+            s = self.score(x, t, guided=True)
+            info["nfe"] += per
             x = reverse_step(xp, self.sde, x, t, dt, s, torch.randn_like(x) if i < steps - 1 else None)
         if record:
             info["trajectory"].append(x.clone())
@@ -145,7 +184,9 @@ class TorchDiffusion(pdist.TorchDistribution):
     def log_prob_estimate(
         self, value: torch.Tensor, *, trace: str | None = None, probes: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """``(log p(x), its Hutchinson standard error or None, score evaluations)``, shaped like the batch."""
+        """``(log p(x), its Hutchinson standard error or None, score evaluations)``, shaped like the batch.
+
+        Always the unguided model's likelihood, ``p(x | c)`` given each example's context row."""
         o = self.options
         k = len(self.event_shape)
         batch = value.shape[: value.dim() - k]

@@ -1,6 +1,8 @@
 """Default score networks ``s(x, t)`` for ``Diffusion``, for torch and equinox, called on batches.
 
-* ``ScoreMLP(dim)``: ``[x, e(t)] -> MLP(depth x width, SiLU) -> R^dim`` for vectors;
+* ``ScoreMLP(dim)``: ``[x, e(t)] -> MLP(depth x width, SiLU) -> R^dim`` for vectors; with ``context_dim=k``
+  a conditional network ``s(x, t, c) = MLP([x, e(t), c])`` for ``Diffusion(..., context=c)``, ``c`` of
+  ``k`` entries per row (e.g. one-hot labels; zeros is the default null context of guidance);
 * ``ScoreUNet(channels)``: a two-level convolutional U-Net for images ``(C, H, W)`` (H, W even),
   the time embedding added to every block's features.
 
@@ -29,13 +31,21 @@ def _frequencies(embed_dim: int, xp: Any) -> Any:
 
 
 def ScoreMLP(  # noqa: N802 - a network constructor
-    dim: int, *, width: int = 128, depth: int = 3, embed_dim: int = 32, sde: Any = None, key: Any = None
+    dim: int,
+    *,
+    width: int = 128,
+    depth: int = 3,
+    embed_dim: int = 32,
+    sde: Any = None,
+    context_dim: int = 0,
+    key: Any = None,
 ) -> Any:
-    """An MLP score network for ``dim``-vectors: torch ``nn.Module``, or equinox when ``key`` is given."""
+    """An MLP score network for ``dim``-vectors: torch ``nn.Module``, or equinox when ``key`` is given;
+    ``context_dim > 0`` makes it conditional, called as ``net(x, t, c)`` with ``c`` of shape ``(B, context_dim)``."""
     sde = None if sde is None else as_sde(sde)
     if key is None:
-        return _torch_classes()[0](dim, width, depth, embed_dim, sde)
-    return _eqx_classes()[0](dim, width, depth, embed_dim, sde, key=key)
+        return _torch_classes()[0](dim, width, depth, embed_dim, sde, int(context_dim))
+    return _eqx_classes()[0](dim, width, depth, embed_dim, sde, int(context_dim), key=key)
 
 
 def ScoreUNet(  # noqa: N802 - a network constructor
@@ -72,21 +82,27 @@ def _torch_classes() -> tuple:
         return h / sde.marginal(t.to(h.dtype))[1].reshape(-1, *[1] * (h.dim() - 1))
 
     class TorchScoreMLP(nn.Module):
-        """``s(x, t) = MLP([x, e(t)])``."""
+        """``s(x, t) = MLP([x, e(t)])``, or ``s(x, t, c) = MLP([x, e(t), c])`` with a context."""
 
-        def __init__(self, dim: int, width: int, depth: int, embed_dim: int, sde: Any):
+        def __init__(self, dim: int, width: int, depth: int, embed_dim: int, sde: Any, context_dim: int = 0):
             super().__init__()
             self.event_shape, self.embed_dim, self.sde = (dim,), embed_dim, sde
+            self.context_dim = context_dim
             layers: list[nn.Module] = []
-            d = dim + 2 * (embed_dim // 2)
+            d = dim + 2 * (embed_dim // 2) + context_dim
             for _ in range(depth):
                 layers += [nn.Linear(d, width), nn.SiLU()]
                 d = width
             layers.append(nn.Linear(d, dim))
             self.net = nn.Sequential(*layers)
 
-        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return scale(self.net(torch.cat([x, embed(t, self.embed_dim)], -1)), t, self.sde)
+        def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+            parts = [x, embed(t, self.embed_dim)]
+            if self.context_dim:
+                if c is None:
+                    raise TypeError("this ScoreMLP is conditional (context_dim > 0): call it as net(x, t, c).")
+                parts.append(c.reshape(x.shape[0], -1).to(x.dtype))
+            return scale(self.net(torch.cat(parts, -1)), t, self.sde)
 
     class TorchScoreUNet(nn.Module):
         """conv -> down(stride 2) -> mid -> up(transposed) -> [skip] -> conv; ``+ W e(t)`` per block."""
@@ -131,20 +147,28 @@ def _eqx_classes() -> tuple:
         return h / sde.marginal(t.astype(h.dtype))[1].reshape(-1, *[1] * (h.ndim - 1))
 
     class EqxScoreMLP(eqx.Module):
-        """``s(x, t) = MLP([x, e(t)])`` on a batch."""
+        """``s(x, t) = MLP([x, e(t)])`` on a batch, or ``s(x, t, c) = MLP([x, e(t), c])`` with a context."""
 
         mlp: eqx.nn.MLP
         event_shape: tuple = eqx.field(static=True)
         embed_dim: int = eqx.field(static=True)
         sde: Any = eqx.field(static=True)
+        context_dim: int = eqx.field(static=True)
 
-        def __init__(self, dim: int, width: int, depth: int, embed_dim: int, sde: Any, *, key: Any):
-            self.event_shape, self.embed_dim, self.sde = (dim,), embed_dim, sde
-            self.mlp = eqx.nn.MLP(dim + 2 * (embed_dim // 2), dim, width, depth, activation=jax.nn.silu, key=key)
+        def __init__(
+            self, dim: int, width: int, depth: int, embed_dim: int, sde: Any, context_dim: int = 0, *, key: Any
+        ):
+            self.event_shape, self.embed_dim, self.sde, self.context_dim = (dim,), embed_dim, sde, context_dim
+            d_in = dim + 2 * (embed_dim // 2) + context_dim
+            self.mlp = eqx.nn.MLP(d_in, dim, width, depth, activation=jax.nn.silu, key=key)
 
-        def __call__(self, x: Any, t: Any) -> Any:
-            h = jax.vmap(self.mlp)(jnp.concatenate([x, embed(t, self.embed_dim).astype(x.dtype)], -1))
-            return scale(h, t, self.sde)
+        def __call__(self, x: Any, t: Any, c: Any = None) -> Any:
+            parts = [x, embed(t, self.embed_dim).astype(x.dtype)]
+            if self.context_dim:
+                if c is None:
+                    raise TypeError("this ScoreMLP is conditional (context_dim > 0): call it as net(x, t, c).")
+                parts.append(c.reshape(x.shape[0], -1).astype(x.dtype))
+            return scale(jax.vmap(self.mlp)(jnp.concatenate(parts, -1)), t, self.sde)
 
     class EqxScoreUNet(eqx.Module):
         """The equinox twin of the torch ``ScoreUNet``."""
