@@ -77,5 +77,6 @@ def test_conditional_diffusion_example(engine: str, tmp_path: Path) -> None:
     for k in range(mod.CLASSES):
         for key in ("w1", "w1_guided", "w1_floor_data_vs_data"):
             assert np.isfinite(report[f"class_{k}"][key]) and report[f"class_{k}"][key] > 0
-    for key in ("heldout_loglik_nats", "heldout_loglik_stderr", "heldout_loglik_wrong_label_nats"):
+    for key in ("heldout_loglik_nats", "heldout_loglik_stderr", "heldout_loglik_wrong_label_median_nats"):
         assert np.isfinite(report[key]), key
+    assert 0 <= report["likelihood_classifier_accuracy"] <= 1

@@ -372,3 +372,33 @@ def test_diffusion_of_a_fit_carries_the_context() -> None:
     y = torch.tensor(data["y"])
     d = find_diffusion(program.trace(x=torch.tensor(data["x"]), inputs={"y": y}).nodes["x"]["fn"])
     np.testing.assert_array_equal(d.context.numpy(), np.eye(2)[data["y"]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_conditional_fit_quality(engine: str) -> None:
+    """A longer fit (3000 steps) on ``x | y ~ N(MEANS[y], 0.4^2 I)``: per-class sample means within 4 standard
+    errors plus ``MODEL_BIAS`` of the class mean, sds within ``MODEL_BIAS`` of 0.4, and the held-out ODE
+    ``log p(x | y)`` within ``NATS`` of the true log-density's mean over the same points (a KL-like gap)."""
+    model_bias, nats, sd = 0.1, 0.2, 0.4
+    fit = gm.fit(
+        conditional_mlp(engine, width=64, steps=500),
+        two_classes(4000, 0),
+        gm.inference.Score(),
+        steps=3000,
+        batch_size=256,
+        optim=gm.optim.Adam(2e-3),
+        seed=0,
+        progress=False,
+    )
+    n = 1000
+    labels = np.repeat([0, 1], n)
+    s = np.asarray(fit.sample(inputs={"y": labels}, seed=1))
+    for k in (0, 1):
+        xs = s[labels == k]
+        assert (np.abs(xs.mean(0) - MEANS[k]) <= 4 * sd / np.sqrt(n) + model_bias).all(), (k, xs.mean(0))
+        assert (np.abs(xs.std(0) - sd) <= model_bias).all(), (k, xs.std(0))
+    test = two_classes(200, 1)
+    lp = np.asarray(fit.log_prob(test), dtype=np.float64)
+    truth = iso_logpdf(test["x"].astype(np.float64), MEANS[test["y"]], sd**2)  # paired with the same points
+    assert abs(lp.mean() - truth.mean()) <= nats, (lp.mean(), truth.mean())
