@@ -169,16 +169,20 @@ class PyroProgram:
                 value.data = value.data.to(self.device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach() for k, v in self.store["params"].items()}
+        """This program's parameter values (copies: a module shared with another fit holds that fit's values
+        outside this program's scope)."""
+        with self.scope():
+            return {k: v.detach().clone() for k, v in self.store["params"].items()}
 
     def constrained_params(self) -> dict[str, torch.Tensor]:
         """Every parameter as ``pyro.param(name)`` returns it inside the program (constrained)."""
         from torch.distributions import constraints, transform_to
 
         out = {}
-        for name, value in self.store["params"].items():
-            c = self.store["constraints"].get(name, constraints.real)
-            out[name] = (value if c is constraints.real else transform_to(c)(value)).detach()
+        with self.scope():  # this fit's values, also where a module is shared with another fit
+            for name, value in self.store["params"].items():
+                c = self.store["constraints"].get(name, constraints.real)
+                out[name] = (value if c is constraints.real else transform_to(c)(value)).detach().clone()
         return out
 
     def load_state_dict(self, values: dict[str, Any]) -> None:

@@ -306,21 +306,7 @@ def test_chains_minibatch_ot_validation_arviz_posterior_and_save(engine: str, tm
             np.testing.assert_array_equal(again.params[name], value)
 
 
-@pytest.mark.parametrize(
-    "chains",
-    [
-        1,
-        pytest.param(
-            2,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="engine: Fit.save reads PyroProgram.state_dict() outside the program's scope, so when the "
-                "chains share one module every chain but the last-used one is saved with that chain's weights "
-                "(Score fits too; Fit.params likewise)",
-            ),
-        ),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize("chains", [1, 2])  # two chains share one module: each saves its own values
 def test_save_and_load_give_the_same_fit(chains: int, tmp_path: object) -> None:
     x = gm.datasets.moons(200)
     model = tiny_program("pyro")
