@@ -197,6 +197,8 @@ def sample(
         if n < 1:
             raise BackendError(f"-n {n}: the number of samples must be at least 1.")
         check_seed(seed, name="--seed")
+        if not out.name.endswith(".npy"):  # as np.save names it
+            out = out.with_name(out.name + ".npy")
         _check_file_output(out)
         fit_ = gm.load(run_dir, load_model(model or _recorded_model(run_dir)))
         rows = None

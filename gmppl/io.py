@@ -289,6 +289,8 @@ def _files_digest(files: dict[str, str]) -> str:
 
 
 def _fsync(path: Path) -> None:
+    if os.name == "nt" and path.is_dir():  # Windows cannot open a directory to flush it
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

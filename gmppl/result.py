@@ -266,7 +266,11 @@ class Fit:
         return to_datatree(self, x, num_samples=num_samples, seed=seed, **kwargs)
 
     def save(self, path: Any) -> None:
-        """Write weights (safetensors) and metadata (JSON) to directory ``path``; loads without running code."""
+        """Write weights (safetensors) and metadata (JSON) to directory ``path``; loads without running code.
+
+        Atomic and verified: ``path`` ends up holding either its previous fit or this one, never a mix, and
+        ``gm.load`` checks every file's SHA-256 (``manifest.json``) first. ``path`` must be new, empty, or a
+        previous saved fit, which is replaced (see ``gmppl.io``)."""
         save(self, path)
 
 

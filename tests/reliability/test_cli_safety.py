@@ -158,5 +158,6 @@ def test_run_shipping_its_own_program_with_a_matching_hash_is_refused(setup):
 
 
 def test_sample_out_that_is_a_directory_fails_before_loading(setup):
-    res = runner.invoke(app, ["sample", str(setup / "nowhere"), "-n", "3", "--out", str(setup)])
+    (setup / "s.npy").mkdir()
+    res = runner.invoke(app, ["sample", str(setup / "nowhere"), "-n", "3", "--out", str(setup / "s.npy")])
     assert res.exit_code == 2 and "is a directory" in res.output, res.output
