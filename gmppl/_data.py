@@ -7,7 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from gmppl.errors import DataError
+from gmppl.errors import BackendError, DataError
+
+#: Seeds are ``0 <= seed < 2**32``: what numpy's generators, torch and JAX's keys all take as they are.
+SEED_LIMIT = 2**32
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -96,3 +99,17 @@ def split_data(data: Any, observed: str, *, name: str = "data") -> tuple[np.ndar
 def take(inputs: dict[str, Any], index: Any) -> dict[str, Any]:
     """The rows ``index`` of every input."""
     return {k: v[index] for k, v in inputs.items()}
+
+
+def check_seed(seed: Any, *, count: int = 1, name: str = "seed") -> int:
+    """``seed`` as an int, or `BackendError`: an integer with ``0 <= seed`` and ``seed + count - 1 < 2**32`` (chain
+    ``c`` of ``count`` uses ``seed + c``). Refuses floats (``1.5``), bools and out-of-range values, which torch,
+    JAX and numpy would otherwise each treat differently (wrap, overflow or raise deep inside)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise BackendError(f"{name}={seed!r} must be an integer in [0, 2**32), e.g. {name}=0.")
+    value = int(seed)
+    if value < 0 or value + max(int(count), 1) - 1 >= SEED_LIMIT:
+        top = SEED_LIMIT - max(int(count), 1)
+        per = f" (with {count} chains seeding {name} + c, at most {top})" if count > 1 else ""
+        raise BackendError(f"{name}={value} is out of range: use an integer in [0, 2**32){per}.")
+    return value

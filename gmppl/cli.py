@@ -1,10 +1,18 @@
-"""The ``gmppl`` command: ``fit``, ``sample``, ``report`` and ``demo``."""
+"""The ``gmppl`` command: ``fit``, ``sample``, ``report`` and ``demo``.
+
+Run directories are untrusted input: ``gmppl fit`` records the model file's absolute path and SHA-256 in
+``meta.json``, and ``sample``/``report`` import that file only when it lies outside the run directory and its
+SHA-256 still matches; otherwise they refuse and ask for ``--model PATH:FUNCTION``. The hash shows the file is
+the one the fit was made with; it cannot show that a run directory someone else wrote is honest, so a run from
+elsewhere should always be given ``--model``. Output paths are checked before any training
+(``gmppl.io.check_output``); a fit's files, its held-out data and DataTree included, are saved atomically.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +20,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from gmppl.errors import GmpplError, ModelError
+from gmppl.errors import BackendError, CheckpointError, GmpplError, ModelError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Fit deep generative models written in Pyro or NumPyro."
@@ -99,12 +107,25 @@ def fit(
     test_fraction: Annotated[float, typer.Option(help="held out for the report")] = 0.2,
     out: Annotated[Path, typer.Option(help="directory for the saved fit")] = Path("gmppl-fit"),
 ) -> None:
-    """Fit MODEL to DATA with BACKEND and save the fit (weights, metadata, DataTree) to OUT."""
+    """Fit MODEL to DATA with BACKEND and save the fit (weights, metadata, DataTree) to OUT.
+
+    OUT must be a new or empty directory, or a previous fit (replaced atomically once training is done); it
+    is checked before training. A .csv whose first row is not numeric takes it as a header and skips it.
+    """
     import gmppl as gm
+    from gmppl._data import check_seed
     from gmppl.datasets import load_arrays
+    from gmppl.io import check_output, sha256_file
 
     try:
+        check_output(out)
+        check_seed(seed, count=chains, name="--seed")
+        if lr is not None:
+            _check_lr(lr)
+        if not 0 <= test_fraction < 1:
+            raise BackendError(f"--test-fraction {test_fraction} must be in [0, 1), e.g. 0.2.")
         fn = load_model(model)
+        model_file = Path(model.rpartition(":")[0]).resolve()
         x = load_arrays(data)
         n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
         n_test = int(n * test_fraction)
@@ -128,20 +149,37 @@ def fit(
     except GmpplError as e:
         _fail(e)
     result.config["model_spec"] = model
-    result.save(out)
-    if isinstance(x_test, dict):
-        np.savez(out / "test_data.npz", **x_test)
-    elif x_test is not None:
-        np.save(out / "test_data.npy", x_test, allow_pickle=False)
+    result.config["model_path"] = str(model_file)
+    result.config["model_sha256"] = sha256_file(model_file)
     tree = result.to_arviz(_rows(x_test, slice(None, 200)) if x_test is not None else None)
-    tree.to_netcdf(out / "datatree.nc")
+
+    def extra(d: Path) -> None:  # written into the new fit's directory before it is hashed and put in place
+        if isinstance(x_test, dict):
+            np.savez(d / "test_data.npz", **x_test)
+        elif x_test is not None:
+            np.save(d / "test_data.npy", x_test, allow_pickle=False)
+        tree.to_netcdf(d / "datatree.nc")
+
+    from gmppl.io import save
+
+    try:
+        save(result, out, extra=extra)
+    except GmpplError as e:
+        _fail(e)
     typer.echo(f"saved {result!r} to {out}")
+
+
+def _check_lr(lr: float) -> None:
+    import math
+
+    if not math.isfinite(lr) or lr <= 0:
+        raise BackendError(f"--lr {lr} must be a positive learning rate, e.g. --lr 1e-3.")
 
 
 @app.command()
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="a directory written by `gmppl fit`")],
-    n: Annotated[int, typer.Option("-n", help="number of samples")] = 1000,
+    n: Annotated[int, typer.Option("-n", help="number of samples (at least 1)")] = 1000,
     seed: int = 0,
     model: Annotated[str | None, typer.Option(help="PATH:FUNCTION (default: the one the fit recorded)")] = None,
     inputs: Annotated[
@@ -149,12 +187,21 @@ def sample(
     ] = None,
     out: Annotated[Path, typer.Option(help=".npy file")] = Path("samples.npy"),
 ) -> None:
-    """Draw N samples (or one per row of --inputs) from a saved fit into an .npy file."""
+    """Draw N samples (or one per row of --inputs) from a saved fit into an .npy file.
+
+    Without --model, the program file the fit recorded is imported only if its SHA-256 still matches.
+    """
     import gmppl as gm
-    from gmppl._data import to_numpy
+    from gmppl._data import check_seed, to_numpy
     from gmppl.datasets import load_arrays
 
     try:
+        if n < 1:
+            raise BackendError(f"-n {n}: the number of samples must be at least 1.")
+        check_seed(seed, name="--seed")
+        if not out.name.endswith(".npy"):  # as np.save names it
+            out = out.with_name(out.name + ".npy")
+        _check_file_output(out)
         fit_ = gm.load(run_dir, load_model(model or _recorded_model(run_dir)))
         rows = None
         if inputs is not None:
@@ -163,18 +210,62 @@ def sample(
         x = to_numpy(fit_.sample(None if rows else n, seed=seed, inputs=rows))
     except GmpplError as e:
         _fail(e)
-    np.save(out, x, allow_pickle=False)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npy")
+    try:
+        np.save(tmp, x, allow_pickle=False)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     typer.echo(f"wrote {len(x)} samples to {out}")
 
 
+def _check_file_output(out: Path) -> None:
+    """An output file's path must not be a directory, and its directory must exist and be writable."""
+    if out.is_dir():
+        raise CheckpointError(f"--out {out} is a directory; give a file name such as samples.npy.")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise CheckpointError(f"--out {out}: the directory {parent} does not exist.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"--out {out}: the directory {parent} is not writable.")
+
+
 def _recorded_model(run_dir: Path) -> str:
-    meta = run_dir / "meta.json"
-    if not meta.is_file():
+    """The program the fit in ``run_dir`` recorded, as PATH:FUNCTION, if it may be imported; else `ModelError`.
+
+    Importing runs code, and a run directory is data that may come from anyone: the file is trusted only if
+    it lies outside ``run_dir`` and its SHA-256 matches the one ``gmppl fit`` recorded (the manifest is
+    checked first, so a corrupt meta.json is reported as such).
+    """
+    from gmppl.io import sha256_file, verify
+
+    meta = verify(run_dir) if (run_dir / "meta.json").is_file() else None
+    if meta is None:
         raise ModelError(f"{run_dir} is not a saved fit (no meta.json).")
-    spec = json.loads(meta.read_text()).get("config", {}).get("model_spec")
-    if not spec:
-        raise ModelError(f"{run_dir} does not record its model; pass --model PATH:FUNCTION.")
-    return spec
+    cfg = meta.get("config", {})
+    spec, path, digest = cfg.get("model_spec"), cfg.get("model_path"), cfg.get("model_sha256")
+    ask = "Pass --model PATH:FUNCTION naming a program file you trust."
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ModelError(f"{run_dir} does not record its model. {ask}")
+    if not isinstance(path, str) or not isinstance(digest, str):
+        raise ModelError(
+            f"{run_dir} names the program {spec!r} but records no SHA-256 of it, so gmppl will not import it "
+            f"(importing runs the file's code). {ask}"
+        )
+    file = Path(path)
+    if not file.is_file():
+        raise ModelError(f"{run_dir} names the program {path!r}, which does not exist. {ask}")
+    if file.resolve().is_relative_to(run_dir.resolve()):
+        raise ModelError(
+            f"{run_dir} names a program file inside the run directory ({path}); gmppl never imports code that "
+            f"comes with a run. {ask}"
+        )
+    if sha256_file(file) != digest:
+        raise ModelError(
+            f"{path} has changed since the fit (its SHA-256 differs from the one in {run_dir}/meta.json), so "
+            f"gmppl will not import it. {ask}"
+        )
+    return f"{path}:{spec.rpartition(':')[2]}"
 
 
 @app.command()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from gmppl.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def moons(n: int = 2000, *, noise: float = 0.05, seed: int = 0) -> np.ndarray:
@@ -68,9 +71,12 @@ def load_arrays(spec: str) -> np.ndarray | dict[str, np.ndarray]:
     and the inputs of a conditional model, by name)."""
     path = Path(spec)
     if spec not in BUNDLED and path.suffix.lower() == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            if len(z.files) > 1:
-                return {k: z[k] for k in z.files}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if len(z.files) > 1:
+                    return {k: z[k] for k in z.files}
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{spec}: cannot be read as .npz data ({type(e).__name__}: {e}).") from e
     return load(spec)
 
 
@@ -82,6 +88,15 @@ def load(spec: str, *, key: str | None = None) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"--data {spec!r}: no such file, and not one of the bundled sets {sorted(BUNDLED)}.")
     suffix = path.suffix.lower()
+    try:
+        return _load_file(path, spec, suffix, key)
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{spec}: cannot be read as {suffix} data ({type(e).__name__}: {e}).") from e
+
+
+def _load_file(path: Path, spec: str, suffix: str, key: str | None) -> np.ndarray:
     if suffix == ".npy":
         return np.load(path, allow_pickle=False)
     if suffix == ".npz":
@@ -93,5 +108,33 @@ def load(spec: str, *, key: str | None = None) -> np.ndarray:
                 raise DataError(f"{spec}: no array {key!r}; it holds {names}.")
             return z[key or names[0]]
     if suffix in (".csv", ".txt"):
-        return np.loadtxt(path, delimiter="," if suffix == ".csv" else None, dtype=np.float32, ndmin=2)
+        return _read_text(path, "," if suffix == ".csv" else None)
     raise DataError(f"{spec}: unknown data format {suffix!r}; use .npy, .npz or .csv.")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_text(path: Path, delimiter: str | None) -> np.ndarray:
+    """A numeric table; a first row that is not all numbers is a header (column names) and is skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot be read as text ({type(e).__name__}: {e}).") from e
+    fields = [v.strip() for v in (first.split(delimiter) if delimiter else first.split())]
+    header = any(v and not _is_number(v) for v in fields)
+    if header:
+        log.info("%s: skipping the header row %s", path, first.strip())
+    try:
+        return np.loadtxt(path, delimiter=delimiter, dtype=np.float32, ndmin=2, skiprows=int(header))
+    except ValueError as e:
+        raise DataError(
+            f"{path}: {e}. Every row (after an optional header row of column names) must hold numbers only, "
+            f"{'comma' if delimiter else 'whitespace'}-separated, the same count in each row."
+        ) from e

@@ -10,12 +10,28 @@ A saved fit is a directory::
     history.npz          per-step training metrics (``np.load(allow_pickle=False)``)
     observed_data.npy    the training data (``allow_pickle=False``)
     constant_data.npz    the training data's inputs, if any (``allow_pickle=False``)
+    manifest.json        the SHA-256 of every other file, and of its own list
+
+Saving is atomic and verified (`write_atomic`): the files go into a temporary sibling directory
+``.{name}.tmp-{pid}-{token}``, are fsynced, hashed into ``manifest.json``, and the directory is renamed onto
+the target; an existing fit there is first renamed aside (``.{name}.old-...``) and removed once the new one
+is in place. A save interrupted at any point leaves the old fit or the new one complete at ``path`` (or, in
+the instant between the two renames, the old one aside, which the next save or load puts back); stale
+temporaries of killed saves are removed by the next save. ``read`` checks every file against the manifest
+before using any of them, so a flipped bit is reported as ``<file> is corrupt (checksum mismatch)``.
+Saving refuses an existing file, or a non-empty directory that is not a saved fit (it would be replaced).
+Fits saved before the manifest (format 1) still load, unverified.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
 import json
+import os
+import secrets
+import shutil
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -26,7 +42,9 @@ import numpy as np
 from gmppl._data import to_numpy
 from gmppl.errors import CheckpointError
 
-FORMAT = 1
+FORMAT = 2  # 2: with manifest.json; 1 (no manifest) is still read
+_READS = (1, 2)
+MANIFEST = "manifest.json"
 _UNSAFE = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
 
 
@@ -99,11 +117,21 @@ def backend_config(backend: Any) -> dict[str, Any]:
     return cfg
 
 
-def save(fit: Any, path: Any) -> None:
+def save(fit: Any, path: Any, *, extra: Callable[[Path], None] | None = None) -> None:
+    """Write ``fit`` to the directory ``path`` atomically (see the module docstring); ``extra(dir)`` may write
+    more files into the new directory before it is hashed and put in place (the CLI's test data, DataTree)."""
+
+    def write(out: Path) -> None:
+        _write_fit(fit, out)
+        if extra is not None:
+            extra(out)
+
+    write_atomic(path, write)
+
+
+def _write_fit(fit: Any, out: Path) -> None:
     from safetensors.numpy import save_file
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     tensors, shapes = {}, []
     for c, program in enumerate(fit.programs):
         flat = flatten_params(program.state_dict())
@@ -164,17 +192,18 @@ def read(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
     from gmppl.inference.base import REGISTRY
 
     src = Path(path)
-    if not (src / "meta.json").is_file() or not (src / "weights.safetensors").is_file():
+    _recover(src)
+    if not (src / MANIFEST).is_file() and not (
+        (src / "meta.json").is_file() and (src / "weights.safetensors").is_file()
+    ):
         unsafe = sorted(p.name for p in src.glob("*") if p.suffix in _UNSAFE) if src.is_dir() else []
         why = f" It holds {unsafe}: pickled checkpoints can run code and are never loaded." if unsafe else ""
         raise CheckpointError(f"{src} is not a saved gmppl fit (meta.json and weights.safetensors).{why}")
+    meta = verify(src)
     try:
-        meta = json.loads((src / "meta.json").read_text())
         flat = load_file(str(src / "weights.safetensors"))
-    except (json.JSONDecodeError, SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{src}: the saved fit is corrupt ({type(e).__name__}: {e}).") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{src}: unknown format {meta.get('format')!r} (this gmppl reads {FORMAT}).")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{src}: weights.safetensors is corrupt ({type(e).__name__}: {e}).") from e
     if backend is None:
         cls = REGISTRY.get(meta["backend"]["class"])
         if cls is None:
@@ -239,3 +268,184 @@ def read(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
         "config": meta.get("config", {}),
         "draws": all_draws or None,
     }
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+#: Temporaries of saves in progress in this process (a same-pid temporary not listed here is stale).
+_ACTIVE: set[Path] = set()
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files_digest(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    if os.name == "nt" and path.is_dir():  # Windows cannot open a directory to flush it
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_fit(path: Path) -> bool:
+    return (path / "meta.json").is_file() or (path / MANIFEST).is_file()
+
+
+def check_output(path: Any) -> Path:
+    """Check that a fit can be saved at ``path`` (a new or empty directory, or a previous saved fit, in a
+    writable place) and return it as a ``Path``; raise ``CheckpointError`` saying why not. Writes nothing that
+    stays: the one probe is a temporary directory, removed at once."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"cannot save to {out}: it is an existing file, not a directory; choose another path.")
+    if out.is_dir() and not _is_fit(out) and any(out.iterdir()):
+        raise CheckpointError(
+            f"cannot save to {out}: it is a non-empty directory that is not a saved gmppl fit, and saving replaces "
+            "the whole directory; choose a new or empty directory."
+        )
+    parent = out.absolute().parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CheckpointError(f"cannot save to {out}: {existing} is a file, so no directory can be made under it.")
+    try:
+        os.rmdir(_mkdtemp(existing, ".gmppl-probe-"))
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot save to {out}: {existing} is not writable ({e.strerror or e}); choose a directory you can write."
+        ) from e
+    return out
+
+
+def _mkdtemp(parent: Path, prefix: str) -> Path:
+    path = parent / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir()
+    return path
+
+
+def _siblings(target: Path, kind: str) -> list[Path]:
+    parent = target.absolute().parent
+    return sorted(parent.glob(f".{glob.escape(target.name)}.{kind}-*")) if parent.is_dir() else []
+
+
+def _stale(path: Path) -> bool:
+    """Whether a temporary was left by a save that is no longer running (its process is gone)."""
+    try:
+        pid = int(path.name.rsplit("-", 2)[-2])
+    except (ValueError, IndexError):
+        return True
+    if pid == os.getpid():
+        return path.absolute() not in _ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _recover(target: Path) -> None:
+    """Undo a save killed between its two renames: the previous fit, renamed aside, goes back to ``target``."""
+    if target.exists():
+        return
+    olds = [p for p in _siblings(target, "old") if _stale(p) and _is_fit(p)]
+    if olds:
+        os.rename(max(olds, key=lambda p: p.stat().st_mtime), target)
+
+
+def write_atomic(path: Any, write: Callable[[Path], None]) -> None:
+    """Run ``write(dir)`` on a fresh temporary sibling of ``path``, then make it ``path`` atomically.
+
+    Every file ``write`` leaves is fsynced and hashed into ``manifest.json`` (which `verify` checks), the
+    directory is renamed onto ``path`` (a previous fit there is renamed aside first and removed after), and the
+    parent directory is fsynced. If ``write`` raises, or the process dies, ``path`` still holds what it held.
+    """
+    target = Path(os.path.abspath(check_output(path)))
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _recover(target)
+    for stale in _siblings(target, "tmp") + _siblings(target, "old"):
+        if _stale(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = _mkdtemp(parent, f".{target.name}.tmp-")
+    _ACTIVE.add(tmp)
+    try:
+        write(tmp)
+        files = {}
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync(f)
+            files[f.relative_to(tmp).as_posix()] = sha256_file(f)
+        files.pop(MANIFEST, None)
+        manifest = {"format": FORMAT, "files": files, "sha256": _files_digest(files)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _fsync(tmp / MANIFEST)
+        _fsync(tmp)
+        if target.exists():
+            aside = parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            _ACTIVE.add(aside)
+            try:
+                os.rename(target, aside)
+                os.rename(tmp, target)
+                _fsync(parent)
+                shutil.rmtree(aside, ignore_errors=True)
+            finally:
+                _ACTIVE.discard(aside)
+        else:
+            os.rename(tmp, target)
+            _fsync(parent)
+    finally:
+        _ACTIVE.discard(tmp)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def verify(src: Any) -> dict[str, Any]:
+    """Check every file of a saved fit against its ``manifest.json`` and return its parsed ``meta.json``.
+
+    Raises ``CheckpointError`` naming the first file that is missing or whose SHA-256 differs. A fit saved
+    before manifests (format 1) is read unverified.
+    """
+    src = Path(src)
+    manifest_path = src / MANIFEST
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            files = manifest["files"]
+            ok = isinstance(files, dict) and manifest["sha256"] == _files_digest(files)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{src}: {MANIFEST} is corrupt ({type(e).__name__}: {e}).") from e
+        if not ok:
+            raise CheckpointError(f"{src}: {MANIFEST} is corrupt (checksum mismatch).")
+        for name, digest in files.items():
+            f = src / name
+            if not f.is_file():
+                raise CheckpointError(f"{src}: {name} is missing (the manifest lists it); the saved fit is incomplete.")
+            if sha256_file(f) != digest:
+                raise CheckpointError(
+                    f"{src}: {name} is corrupt (checksum mismatch); the file changed after it was saved."
+                )
+    try:
+        meta = json.loads((src / "meta.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, OSError) as e:
+        raise CheckpointError(f"{src}: meta.json is corrupt ({type(e).__name__}: {e}).") from e
+    fmt = meta.get("format")
+    if fmt not in _READS:
+        raise CheckpointError(f"{src}: unknown format {fmt!r} (this gmppl reads {list(_READS)}).")
+    if fmt >= 2 and not manifest_path.is_file():
+        raise CheckpointError(f"{src}: {MANIFEST} is missing, so the saved fit cannot be verified.")
+    return meta

@@ -25,6 +25,17 @@ class Adam:
     eps: float = 1e-8
     clip_norm: float | None = None
 
+    def __post_init__(self) -> None:
+        import math
+        from numbers import Real
+
+        for name in ("lr", "eps") + (("clip_norm",) if self.clip_norm is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or v <= 0:
+                raise BackendError(f"Adam {name}={v!r} must be a positive finite number, e.g. lr=1e-3.")
+        if len(self.betas) != 2 or not all(isinstance(b, Real) and 0 <= b < 1 for b in self.betas):
+            raise BackendError(f"Adam betas={self.betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999).")
+
     def torch(self, params: Any, *, fused: bool | None = None) -> Any:
         """``torch.optim.Adam`` over ``params`` (``fused=True``: one kernel per parameter), clipping in
         a step pre-hook when ``clip_norm`` is set."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from gmppl._data import check_inputs, split_data, take, to_numpy
+from gmppl._data import check_inputs, check_seed, split_data, take, to_numpy
 from gmppl.engines.base import ModelInfo
 from gmppl.errors import DataError
 from gmppl.io import flatten_params, read, save
@@ -163,6 +163,8 @@ class Fit:
         row (``n`` may be omitted); a conditional model needs them.
         """
         rows: dict[str, np.ndarray] = {}
+        if seed is not None:
+            seed = check_seed(seed, count=self.chains)
         if inputs is not None or self.input_names:
             if inputs is None:
                 raise DataError(f"this model is conditional on {self.input_names}. {_pass(self.input_names)}")
@@ -174,6 +176,9 @@ class Fit:
         if n is None:
             raise DataError("sample() needs n, the number of examples (or inputs= for a conditional model).")
         n = _count(n, "n")
+        if n == 0:  # no draws: an empty array of the examples' shape, in the engine's array type
+            dtype = self.data.dtype if self.data is not None else np.float32
+            return self.programs[chain or 0].as_array(np.zeros((0, *self.info.x_event_shape), dtype))
         if chain is not None or self.chains == 1:
             return self._sample_chain(chain or 0, n, seed, rows)
         rng = np.random.default_rng(seed)
@@ -241,6 +246,8 @@ class Fit:
         """Draws of the latent ``z`` given ``x``: shape ``(num_samples, len(x), *z_shape)``."""
         arr, inputs = self._split(x)
         num_samples = _count(num_samples, "num_samples")
+        if seed is not None:
+            seed = check_seed(seed)
         program = self.programs[chain]
         if self.draws is not None and not hasattr(self.backend, "fitted_guide"):  # a sampler's latent draws
             from gmppl.inference.draws import latent_draws
@@ -259,7 +266,11 @@ class Fit:
         return to_datatree(self, x, num_samples=num_samples, seed=seed, **kwargs)
 
     def save(self, path: Any) -> None:
-        """Write weights (safetensors) and metadata (JSON) to directory ``path``; loads without running code."""
+        """Write weights (safetensors) and metadata (JSON) to directory ``path``; loads without running code.
+
+        Atomic and verified: ``path`` ends up holding either its previous fit or this one, never a mix, and
+        ``gm.load`` checks every file's SHA-256 (``manifest.json``) first. ``path`` must be new, empty, or a
+        previous saved fit, which is replaced (see ``gmppl.io``)."""
         save(self, path)
 
 

@@ -92,11 +92,11 @@ def test_save_load_same_log_prob_in_a_fresh_process(models, tmp_path, name):
 
 def test_corrupt_checkpoint_is_refused(models, tmp_path):
     fit = gm.fit(models.numpyro_ppca, X, gm.inference.Likelihood(), steps=5, progress=False)
-    fit.save(tmp_path)
-    w = tmp_path / "weights.safetensors"
+    fit.save(tmp_path / "fit")
+    w = tmp_path / "fit" / "weights.safetensors"
     w.write_bytes(w.read_bytes()[:40])
     with pytest.raises(gm.CheckpointError, match="corrupt"):
-        gm.load(tmp_path, models.numpyro_ppca)
+        gm.load(tmp_path / "fit", models.numpyro_ppca)
 
 
 def test_checkpoint_from_another_model_is_refused(models, tmp_path):
@@ -105,7 +105,7 @@ def test_checkpoint_from_another_model_is_refused(models, tmp_path):
     import numpyro.distributions as dist
 
     fit = gm.fit(models.numpyro_ppca, X, gm.inference.Likelihood(), steps=5, progress=False)
-    fit.save(tmp_path)
+    fit.save(tmp_path / "fit")
 
     def other(x=None, n=None):
         W = numpyro.param("W", 0.1 * jnp.ones((2, 2)))  # another shape
@@ -114,7 +114,7 @@ def test_checkpoint_from_another_model_is_refused(models, tmp_path):
             numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(2), W @ W.T + jnp.eye(2)), obs=x)
 
     with pytest.raises(gm.CheckpointError, match="another model"):
-        gm.load(tmp_path, other)
+        gm.load(tmp_path / "fit", other)
 
 
 def test_pickle_is_never_loaded(models, tmp_path):
@@ -131,7 +131,7 @@ def test_pickle_is_never_loaded(models, tmp_path):
 
 def test_history_and_data_files_load_without_pickle(models, tmp_path):
     fit = gm.fit(models.pyro_gauss, X, gm.inference.Likelihood(), steps=5, progress=False)
-    fit.save(tmp_path)
-    with np.load(tmp_path / "history.npz", allow_pickle=False) as h:
+    fit.save(tmp_path / "fit")
+    with np.load(tmp_path / "fit" / "history.npz", allow_pickle=False) as h:
         assert "chain0/loss" in h.files
-    assert np.load(tmp_path / "observed_data.npy", allow_pickle=False).shape == X.shape
+    assert np.load(tmp_path / "fit" / "observed_data.npy", allow_pickle=False).shape == X.shape

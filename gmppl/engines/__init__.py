@@ -47,9 +47,16 @@ def detect_engine(
         except Exception as e:  # the program may need the other engine's arrays
             errors.append(f"{type(e).__name__}: {e}")
             continue
+        pyro_sites = [k for k, site in traced.msngr.trace.nodes.items() if site["type"] in ("sample", "param")]
+        if ntr and pyro_sites:
+            raise ModelError(
+                f"the program mixes Pyro and NumPyro: it makes NumPyro calls ({', '.join(list(ntr)[:5])}) and Pyro "
+                f"calls ({', '.join(pyro_sites[:5])}). gmppl trains one engine's parameters, so the other's would "
+                "silently stay untrained; write every pyro.*/numpyro.* call (sample, param, module, plate) in one PPL."
+            )
         if ntr:
             return "numpyro"
-        if any(site["type"] in ("sample", "param") for site in traced.msngr.trace.nodes.values()):
+        if pyro_sites:
             return "pyro"
     detail = f" Running it raised: {errors[-1]}" if errors else ""
     raise ModelError(

@@ -144,9 +144,14 @@ class PyroProgram:
             return poutine.trace(self.fn).get_trace(x=x, n=n, **rows)
 
     def as_array(self, x: Any) -> torch.Tensor:
-        if isinstance(x, torch.Tensor):
-            return x.to(self.device)
-        return torch.as_tensor(np.asarray(x), device=self.device)
+        """``x`` as a tensor on this program's device; floating values in the dtype of the program's floating
+        parameters, once it has any (numpy's float64 or float16 data into float32 modules would fail deep in
+        torch with "mat1 and mat2 must have the same dtype"). Integer and boolean arrays keep their dtype."""
+        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+        if t.is_floating_point():
+            dtype = next((v.dtype for v in self.store["params"].values() if v.is_floating_point()), t.dtype)
+            return t.to(device=self.device, dtype=dtype)
+        return t.to(self.device)
 
     def as_inputs(self, inputs: dict | None) -> dict[str, torch.Tensor]:
         """Inputs as tensors on this program's device (integer labels keep their dtype)."""
