@@ -40,7 +40,7 @@ def reinitialise(program: Any, *, seed: int) -> None:
 
         params = {k: v for k, v in program.params().items() if "$$$" in k or k in _pyro_module_params(program)}
         new = _redraw([(k, tuple(v.shape)) for k, v in params.items()], rng)
-        with torch.no_grad():
+        with torch.no_grad(), program.scope():  # this chain's values, not the caller's module
             for k, v in params.items():
                 v.copy_(torch.as_tensor(new[k], dtype=v.dtype))
         return

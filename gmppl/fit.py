@@ -20,6 +20,7 @@ from gmppl import checkpoint as ckpt
 from gmppl._data import split_data
 from gmppl.checkpoint import check_directory
 from gmppl.engines import ENGINES, check_signature, detect_engine, make_loop, make_program, resolve_devices
+from gmppl.engines.base import serial
 from gmppl.errors import BackendError, CheckpointError, DataError, ModelError, TrainingError, UnknownName
 from gmppl.inference.base import Backend, SamplerBackend
 from gmppl.optim import as_optim
@@ -32,6 +33,7 @@ log = logging.getLogger("gmppl")
 LOG_EVERY = 100
 
 
+@serial
 def fit(
     model: Callable,
     data: Any,
@@ -157,8 +159,6 @@ def fit(
             from gmppl.ensemble import reinitialise
 
             reinitialise(program, seed=seeds[c])
-        if chains > 1 and hasattr(program, "freeze"):  # modules shared by chains: each keeps its own values
-            program.freeze()
         programs.append(program)
     assert info is not None
 
@@ -338,9 +338,19 @@ def fit(
                     "(gm.optim.Adam(clip_norm=...)) or check the model."
                 )
             )
+        snap = loop.snapshot(state)
+        if not loop.finite(snap):  # a parameter (or optimiser moment) went non-finite while the loss stayed finite
+            state = loop.restore(state, good)
+            raise stop(
+                TrainingError(
+                    f"a parameter became non-finite in steps {done}..{done + k - 1} while the loss stayed finite; the "
+                    f"parameters were kept from step {done}. Lower the learning rate (optim=gm.optim.Adam(lr=...)), "
+                    "clip gradients (gm.optim.Adam(clip_norm=...)) or check the model."
+                )
+            )
         rows.append(metrics)
         done += k
-        good = loop.snapshot(state)
+        good = snap
         bar.update(done, float(np.mean(loss[:, -1])))
         stopping = False
         if validators is not None and (done % val_every == 0 or done == steps):

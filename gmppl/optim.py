@@ -31,8 +31,19 @@ class Adam:
 
         for name in ("lr", "eps") + (("clip_norm",) if self.clip_norm is not None else ()):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or v <= 0:
-                raise BackendError(f"Adam {name}={v!r} must be a positive finite number, e.g. lr=1e-3.")
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, Real)
+                or not math.isfinite(v)
+                or v < 0
+                or (v == 0 and name != "lr")
+            ):
+                low = (
+                    "a finite number >= 0 (0 holds the parameters still)"
+                    if name == "lr"
+                    else "a positive finite number"
+                )
+                raise BackendError(f"Adam {name}={v!r} must be {low}, e.g. {name}={getattr(Adam, name, 1e-3) or 1.0}.")
         if len(self.betas) != 2 or not all(isinstance(b, Real) and 0 <= b < 1 for b in self.betas):
             raise BackendError(f"Adam betas={self.betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.999).")
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from gmppl._data import check_inputs, check_seed, split_data, take, to_numpy
-from gmppl.engines.base import ModelInfo
-from gmppl.errors import DataError
+from gmppl.engines.base import ModelInfo, serial
+from gmppl.errors import DataError, NotSupported
 from gmppl.io import flatten_params, read, save
 
 
@@ -84,6 +84,20 @@ class Fit:
             return per[0]
         return {k: np.stack([d[k] for d in per]) for k in per[0]}
 
+    @serial
+    def write_back(self, chain: int = 0) -> None:
+        """Write one chain's fitted values into the caller's modules (Pyro ``nn.Module`` weights), for a user who
+        goes on with them; a fit otherwise leaves them as they were. NumPyro modules hold no values: their
+        fitted parameters are ``params``."""
+        if self.engine != "pyro":
+            raise NotSupported(
+                "NumPyro modules are functional and hold no values to write; the fitted parameters are fit.params "
+                "(a mapping of arrays), which you pass to the module's apply."
+            )
+        if not 0 <= chain < self.chains:
+            raise DataError(f"chain={chain} is out of range: this fit has {self.chains} chain(s).")
+        self.programs[chain].write_back()
+
     @staticmethod
     def numpy_params(program: Any) -> dict[str, np.ndarray]:
         """One program's constrained values as a flat ``{name: numpy array}``."""
@@ -154,6 +168,7 @@ class Fit:
         return self._split(x)[0]
 
     # ------------------------------------------------------------------ generation
+    @serial
     def sample(
         self, n: int | None = None, seed: int | None = None, *, inputs: Any = None, chain: int | None = None
     ) -> Any:
@@ -208,6 +223,7 @@ class Fit:
         return self.backend.sample(program, self.plans[c], None if inputs else n, seed=seed, inputs=inputs or None)
 
     # ------------------------------------------------------------------ densities
+    @serial
     def log_prob(self, x: Any, **kwargs: Any) -> Any:
         """Per-example ``log p(x_i)``: exact for flows and diffusion; an estimate for ELBO fits.
 
@@ -223,6 +239,7 @@ class Fit:
         stacked = np.stack([to_numpy(getattr(v, "value", v)) for v in values])
         return np.logaddexp.reduce(stacked, axis=0) - np.log(len(values))
 
+    @serial
     def log_prob_chains(self, x: Any, **kwargs: Any) -> np.ndarray:
         """``log p_c(x_i)`` for every chain ``c``: shape ``(chains, len(x))``."""
         arr, inputs = self._split(x)
@@ -242,6 +259,7 @@ class Fit:
         rows = program.as_inputs(inputs) or None
         return self.backend.log_prob(program, self.plans[c], program.as_array(arr), inputs=rows, **kwargs)
 
+    @serial
     def posterior(self, x: Any, num_samples: int = 100, seed: int | None = None, *, chain: int = 0) -> Any:
         """Draws of the latent ``z`` given ``x``: shape ``(num_samples, len(x), *z_shape)``."""
         arr, inputs = self._split(x)
@@ -259,12 +277,14 @@ class Fit:
         )
 
     # ------------------------------------------------------------------ outputs
+    @serial
     def to_arviz(self, x: Any = None, *, num_samples: int = 200, seed: int = 0, **kwargs: Any) -> Any:
         """An ArviZ ``DataTree``: posterior_predictive, log_likelihood, posterior, sample_stats, observed_data."""
         from gmppl.arviz import to_datatree
 
         return to_datatree(self, x, num_samples=num_samples, seed=seed, **kwargs)
 
+    @serial
     def save(self, path: Any) -> None:
         """Write weights (safetensors) and metadata (JSON) to directory ``path``; loads without running code.
 
@@ -274,6 +294,7 @@ class Fit:
         save(self, path)
 
 
+@serial
 def load(path: Any, model: Callable, backend: Any = None, *, device: Any = None) -> Fit:
     """``gm.load``: restore a fit saved by ``Fit.save`` for the same ``model``; weights load without running code.
 

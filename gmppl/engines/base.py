@@ -9,8 +9,27 @@ everything around it (progress, NaN handling, validation, callbacks, history).
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+#: One engine call at a time, process-wide. Pyro's param store, both PPLs' effect-handler stacks and
+#: torch's random state are globals, so fits and fitted models used from several threads take turns:
+#: each gets its own parameters and the answer it would get alone (a fit holds the lock while it runs).
+ENGINE_LOCK = threading.RLock()
+
+
+def serial[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` holding :data:`ENGINE_LOCK`."""
+
+    @functools.wraps(fn)
+    def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+        with ENGINE_LOCK:
+            return fn(*args, **kwargs)
+
+    return locked
 
 
 @dataclass(frozen=True)
@@ -115,5 +134,7 @@ class Loop(Protocol):
     def snapshot(self, state: Any) -> Any: ...
 
     def restore(self, state: Any, snap: Any) -> Any: ...
+
+    def finite(self, snap: Any) -> bool: ...
 
     def finish(self, state: Any) -> None: ...

@@ -226,6 +226,11 @@ def make_optimizer(optim: Any) -> Any:
     return build_optax(optim)
 
 
+@jax.jit
+def _all_finite(leaves: list) -> Any:
+    return jnp.all(jnp.stack([jnp.isfinite(a).all() for a in leaves]))
+
+
 class JaxLoop:
     """Training steps on JAX: up to ``chunk`` steps per dispatch in one jitted ``lax.scan`` with minibatches
     drawn on the device; the chains of an ensemble in one program, ``jax.vmap`` over the scan.
@@ -306,6 +311,11 @@ class JaxLoop:
 
     def restore(self, state: tuple, snap: tuple) -> tuple:
         return snap
+
+    def finite(self, snap: tuple) -> bool:
+        """Whether every floating array of the state (parameters, optimiser moments, averages) is finite."""
+        leaves = [a for a in jax.tree.leaves(snap) if jnp.issubdtype(a.dtype, jnp.floating)]
+        return bool(_all_finite(leaves)) if leaves else True
 
     def to_arrays(self, state: tuple) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Every array of the training state (parameters, optimiser states, averages, data order, keys)."""

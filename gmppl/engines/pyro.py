@@ -19,14 +19,15 @@ import pyro.poutine as poutine
 import torch
 from pyro.params.param_store import StateDict
 
-from gmppl.engines.base import ModelInfo
+from gmppl.engines.base import ENGINE_LOCK, ModelInfo
 from gmppl.engines.calls import Call, make_call
 from gmppl.engines.sites import Site, check_event_shape, check_support, info_from_traces, invert_pushforward
 from gmppl.errors import CheckpointError, DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_torch
 
-# Which Fit last loaded its values into a shared leaf tensor (a module fitted twice).
-_OWNER: dict[int, int] = {}
+# One program's scope at a time: the param store, the default device, torch's thread count and the values
+# swapped into the caller's modules are all global.
+_LOCK = ENGINE_LOCK
 
 
 def torch_threads(device: torch.device) -> int | None:
@@ -81,52 +82,80 @@ class PyroProgram:
         self.latent = latent
         self.device = resolve_device(device)
         self.store: StateDict = {"params": {}, "constraints": {}}
-        self._token = id(self)
-        self._frozen: dict[str, torch.Tensor] | None = None
+        self._values: dict[str, torch.Tensor] = {}  # this program's values of leaves it shares with the caller
+        self._owned: set[int] = set()  # leaves of modules gmppl built for this program (``adopt``)
         self.threads = torch_threads(self.device)
 
     # ------------------------------------------------------------------ running
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
-        """Run inside this program's parameter store, on its device (re-entrant: a nested call, such as
-        each training step's trace inside the trainer's scope, costs nothing)."""
+        """Run inside this program's parameter store, on its device, with this program's parameter values.
+
+        A ``pyro.module`` registers the caller's own ``nn.Parameter`` tensors, so the program keeps its values
+        apart and swaps them in for the scope and the caller's back out after it: a fit never trains the
+        caller's module in place, two fits of one module object start from the same weights, and the chains
+        of an ensemble sharing a module each keep their own. Re-entrant for the innermost program (each
+        training step's trace inside the trainer's scope costs nothing); thread-safe by taking turns.
+        """
         if _ACTIVE and _ACTIVE[-1] is self:
             yield
             return
         # torch.device(...) as a context intercepts every torch call in Python (a TorchFunctionMode, which
         # slows op-heavy flows' steps): enter it only when the default device differs.
         on_device = contextlib.nullcontext() if self.device == torch.get_default_device() else torch.device(self.device)
-        previous = torch.get_num_threads()
-        if self.threads and previous != self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            with pyro.get_param_store().scope(self.store), on_device:
-                self._reclaim()
-                _ACTIVE.append(self)
-                try:
-                    yield
-                finally:
-                    _ACTIVE.pop()
-        finally:
-            if torch.get_num_threads() != previous:
-                torch.set_num_threads(previous)
+        with _LOCK:
+            previous = torch.get_num_threads()
+            if self.threads and previous != self.threads:
+                torch.set_num_threads(self.threads)
+            try:
+                with pyro.get_param_store().scope(self.store), on_device:
+                    callers = self._swap_in()
+                    _ACTIVE.append(self)
+                    try:
+                        yield
+                    finally:
+                        _ACTIVE.pop()
+                        self._swap_out(callers)
+            finally:
+                if torch.get_num_threads() != previous:
+                    torch.set_num_threads(previous)
 
-    def _reclaim(self) -> None:
-        # A module shared with another fit: put this fit's values back before use.
-        if self._frozen is None:
-            return
-        for name, value in self.store["params"].items():
-            if _OWNER.get(id(value)) != self._token and name in self._frozen:
-                with torch.no_grad():
-                    value.copy_(self._frozen[name])
-                _OWNER[id(value)] = self._token
+    def _swap_in(self) -> dict[str, torch.Tensor]:
+        """Put this program's values into its leaf tensors; return what they held (the caller's values)."""
+        callers: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name, value in self.store["params"].items():
+                mine = self._values.get(name)
+                if mine is not None and mine is not value:
+                    callers[name] = value.detach().clone()
+                    value.copy_(mine)
+        return callers
 
-    def freeze(self) -> None:
-        """Snapshot parameter values, so later fits of the same modules cannot change this one."""
-        params = self.store["params"]
-        self._frozen = {k: v.detach().clone() for k, v in params.items()}
-        for v in params.values():
-            _OWNER[id(v)] = self._token
+    def _swap_out(self, callers: dict[str, torch.Tensor]) -> None:
+        """Keep this program's values and give the caller's back. A parameter first registered in this scope
+        holds the caller's value still (registration does not train), so it becomes this program's value
+        and stays; a leaf the program created itself (``pyro.param`` with an initial value, a guide) is its
+        own and is kept by reference, with no copy."""
+        with torch.no_grad():
+            for name, value in self.store["params"].items():
+                if name in callers:
+                    self._values[name] = value.detach().clone()
+                    value.copy_(callers[name])
+                elif name not in self._values:
+                    self._values[name] = value.detach().clone() if self._shared(value) else value
+                elif self._values[name] is not value:
+                    self._values[name] = value.detach().clone()
+
+    def _shared(self, value: torch.Tensor) -> bool:
+        """Whether a leaf may be the caller's: a module's ``nn.Parameter`` that gmppl did not build."""
+        return isinstance(value, torch.nn.Parameter) and id(value) not in self._owned
+
+    def adopt(self, name: str, module: torch.nn.Module) -> None:
+        """Register a module gmppl built for this program (a critic) as ``pyro.module(name, module)``: its
+        values live in the module itself, which only this program uses."""
+        self._owned.update(id(p) for p in module.parameters())
+        with self.scope():
+            pyro.module(name, module)
 
     def trace(self, x: torch.Tensor | None = None, n: int | None = None, inputs: dict | None = None) -> poutine.Trace:
         """Pyro trace of one run: conditioned on ``x``, or generating ``n`` draws.
@@ -190,12 +219,19 @@ class PyroProgram:
                 out[name] = (value if c is constraints.real else transform_to(c)(value)).detach().clone()
         return out
 
+    def write_back(self) -> None:
+        """Copy this program's values into the caller's modules (``Fit.write_back``)."""
+        with torch.no_grad():
+            for name, value in self.store["params"].items():
+                mine = self._values.get(name)
+                if mine is not None and mine is not value:
+                    value.copy_(mine)
+
     def load_state_dict(self, values: dict[str, Any]) -> None:
         params = self.store["params"]
-        with torch.no_grad():
+        with torch.no_grad(), self.scope():
             for k, v in values.items():
                 params[k].copy_(torch.as_tensor(v, device=self.device, dtype=params[k].dtype))
-        self.freeze()
 
     # ------------------------------------------------------------------ introspection
     def inspect(self, example: np.ndarray, inputs: dict | None = None) -> ModelInfo:
@@ -256,7 +292,7 @@ class PyroProgram:
     def seeded(self, seed: int | None) -> Iterator[None]:
         """Run with torch's random state seeded by ``seed`` and restored afterwards (None: fresh entropy)."""
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with _LOCK, torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else int(seed))
             yield
 
@@ -311,7 +347,7 @@ class TorchLoop:
         n, b = self.x.shape[0], self.batch_size
         state = []
         for program, plan, seed in zip(self.programs, self.plans, seeds, strict=True):
-            with torch.random.fork_rng(devices=self.devices):
+            with _LOCK, torch.random.fork_rng(devices=self.devices):  # torch's random state is global too
                 torch.manual_seed(seed)
                 pyro.set_rng_seed(seed)
                 with program.scope():
@@ -337,7 +373,7 @@ class TorchLoop:
         out: list[dict[str, np.ndarray]] = []
         for program, chain in zip(self.programs, state, strict=True):
             rows: list[dict[str, torch.Tensor]] = []
-            with torch.random.fork_rng(devices=self.devices):
+            with _LOCK, torch.random.fork_rng(devices=self.devices):
                 _set_rng_state(chain["rng"], self.devices)
                 with program.scope():
                     for _ in range(k):
@@ -360,19 +396,27 @@ class TorchLoop:
                             break
                         rows.append(metrics)
                 chain["rng"] = _rng_state(self.devices)
-            if self.chains > 1:  # modules shared by chains: this chain's values, kept apart
-                program.freeze()
             out.append(_stack(rows, k))
         return state, {name: np.stack([o.get(name, np.full(k, np.nan)) for o in out]) for name in out[0]}
 
     def snapshot(self, state: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
             {
-                "params": {k: v.detach().clone() for k, v in program.store["params"].items()},
+                "params": program.state_dict(),
                 "extra": [t.detach().clone() for t in self.backend.torch_tensors(chain["step"])],
             }
             for program, chain in zip(self.programs, state, strict=True)
         ]
+
+    def finite(self, snap: list[dict[str, Any]]) -> bool:
+        """Whether every floating tensor of a snapshot (parameters, optimiser moments, averages) is finite."""
+        flags = [
+            torch.isfinite(t).all()
+            for s in snap
+            for t in (*s["params"].values(), *s["extra"])
+            if t.is_floating_point()
+        ]
+        return bool(torch.stack(flags).all()) if flags else True
 
     def restore(self, state: list[dict[str, Any]], snap: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for program, chain, saved in zip(self.programs, state, snap, strict=True):
@@ -382,8 +426,6 @@ class TorchLoop:
                 tensors = self.backend.torch_tensors(chain["step"])
                 if tensors:
                     torch._foreach_copy_(tensors, saved["extra"])
-            if self.chains > 1:
-                program.freeze()
         return state
 
     def to_arrays(self, state: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -393,7 +435,7 @@ class TorchLoop:
         meta: list[dict[str, Any]] = []
         for c, (program, chain) in enumerate(zip(self.programs, state, strict=True)):
             p = f"chain{c}/"
-            for name, v in program.store["params"].items():
+            for name, v in program.state_dict().items():
                 arrays[p + "param/" + name] = _numpy(v)
             for i, t in enumerate(self.backend.torch_tensors(chain["step"])):
                 arrays[p + f"extra/{i}"] = _numpy(t)
@@ -434,7 +476,7 @@ class TorchLoop:
                     f"the checkpoint's parameters {sorted(saved ^ set(params))[:5]} differ from this fit's: it is "
                     "another model's checkpoint."
                 )
-            with torch.no_grad():
+            with torch.no_grad(), program.scope():
                 for name, v in params.items():
                     a = arrays[p + "param/" + name]
                     if tuple(a.shape) != tuple(v.shape):
@@ -461,7 +503,6 @@ class TorchLoop:
             chain["gen"].set_state(torch.as_tensor(arrays[p + "gen"]))
             chain["perm"] = torch.as_tensor(arrays[p + "perm"], device=program.device)
             chain["offset"] = int(info["offset"])
-            program.freeze()
         return state
 
     def evaluate(self, state: list[dict[str, Any]], fn: Callable[[Any, Any], Any]) -> list[Any]:
@@ -476,7 +517,6 @@ class TorchLoop:
         for program, chain in zip(self.programs, state, strict=True):
             with program.scope():
                 self.backend.torch_finish(chain["step"])
-            program.freeze()
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

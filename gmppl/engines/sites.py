@@ -161,6 +161,11 @@ def info_from_traces(cond: Any, gen: Any, observed: str, latent: str, n: int, en
     obs_gen, obs_cond = gen_sites[observed], cond_sites.get(observed)
     latents = [s.name for s in gen_sites.values() if s.kind == "sample" and s.name != observed]
     cond_latents = [s.name for s in cond_sites.values() if s.kind == "sample" and not s.observed]
+    if latent != "z" and latent not in gen_sites:  # "z", the default, falls back to the one latent site
+        raise ModelError(
+            f"latent={latent!r}: the program has no site of that name (its latent sample sites: {latents}); "
+            "pass latent=<one of them>."
+        )
     implicit = obs_gen.kind == "deterministic"
     conditioned = obs_cond is not None and obs_cond.observed and not implicit
     return ModelInfo(

@@ -258,15 +258,12 @@ class Adversarial(Backend):
         return AdversarialPlan(density=density, apply=self._setup_jax(program, example, seed))
 
     def _setup_torch(self, program: Any, example: Any, seed: int) -> Any:
-        import pyro
-
         critic = torch_critic(self.critic, tuple(example.shape[1:]), seed=seed)
         if self.constraint == "spectral_norm":
             critic = torch_spectral_norm(critic)
         x = program.as_array(example)
         critic = critic.to(device=program.device, dtype=x.dtype if x.is_floating_point() else None)
-        with program.scope():
-            pyro.module(CRITIC, critic)
+        program.adopt(CRITIC, critic)
         return critic
 
     def _setup_jax(self, program: Any, example: Any, seed: int) -> Any:

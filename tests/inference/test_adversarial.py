@@ -156,7 +156,7 @@ def jax_params(fit, chain: int = 0) -> np.ndarray:
 
 
 def torch_params(fit) -> np.ndarray:
-    p = fit.program.params()
+    p = fit.params
     return np.array([abs(float(p["g$$$weight"].reshape(()))), float(p["g$$$bias"].reshape(()))])
 
 
@@ -323,8 +323,8 @@ def test_wgan_gp_critic_approaches_w1(x_data: np.ndarray) -> None:
 def _affine_params(fit) -> np.ndarray:
     """``(a, b)`` of the affine generator, signed."""
     if fit.engine == "pyro":
-        p = fit.program.params()
-        return np.array([float(p["g$$$weight"].detach().reshape(())), float(p["g$$$bias"].detach().reshape(()))])
+        p = fit.params
+        return np.array([float(p["g$$$weight"].reshape(())), float(p["g$$$bias"].reshape(()))])
     p = fit.program.params["g$params"]
     return np.array([float(p.weight[0, 0]), float(p.bias[0])])
 

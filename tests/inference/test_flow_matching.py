@@ -293,6 +293,7 @@ def test_chains_minibatch_ot_validation_arviz_posterior_and_save(engine: str, tm
     assert tree.log_likelihood["x"].shape == (2, 1, 16) and tree.posterior["z"].shape == (2, 3, 16, 2)
     if engine == "pyro":  # z is the flow's inverse: pushing it forward gives x back (JAX: the model tests)
         p = fit.program
+        fit.write_back()  # the fitted weights into the caller's module, which the flow below uses
         flow = find_flow(p.trace(x=p.as_array(xs)).nodes["x"]["fn"])
         back = flow.transform(torch.as_tensor(z[0]), solver="dopri5")[0].detach().numpy()
         np.testing.assert_allclose(back, xs, atol=1e-3)

@@ -128,7 +128,7 @@ def test_negative_sample_count_is_refused():
 
 
 def test_negative_learning_rate_is_refused():
-    with pytest.raises(gm.BackendError, match="lr=-0.1 must be a positive"):
+    with pytest.raises(gm.BackendError, match="lr=-0.1 must be a finite number >= 0"):
         gm.fit(pyro_gauss, X, gm.inference.Likelihood(), steps=2, progress=False, optim=-0.1)
     with pytest.raises(gm.BackendError, match="betas"):
         gm.optim.Adam(betas=(0.9, 1.5))
