@@ -411,10 +411,7 @@ class TorchLoop:
     def finite(self, snap: list[dict[str, Any]]) -> bool:
         """Whether every floating tensor of a snapshot (parameters, optimiser moments, averages) is finite."""
         flags = [
-            torch.isfinite(t).all()
-            for s in snap
-            for t in (*s["params"].values(), *s["extra"])
-            if t.is_floating_point()
+            torch.isfinite(t).all() for s in snap for t in (*s["params"].values(), *s["extra"]) if t.is_floating_point()
         ]
         return bool(torch.stack(flags).all()) if flags else True
 
