@@ -106,11 +106,20 @@ def fit(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1")] = None,
     test_fraction: Annotated[float, typer.Option(help="held out for the report")] = 0.2,
     out: Annotated[Path, typer.Option(help="directory for the saved fit")] = Path("gmppl-fit"),
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="directory for checkpoints: a killed fit continues with --resume")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="steps between checkpoints (default: a tenth of --steps)")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint in --checkpoint")] = False,
 ) -> None:
     """Fit MODEL to DATA with BACKEND and save the fit (weights, metadata, DataTree) to OUT.
 
     OUT must be a new or empty directory, or a previous fit (replaced atomically once training is done); it
     is checked before training. A .csv whose first row is not numeric takes it as a header and skips it.
+    With --checkpoint DIR the fit writes its whole state every --checkpoint-every steps; after a kill, the
+    same command with --resume continues it, bitwise on CPU. Ctrl-C stops cleanly and saves the fit so far.
     """
     import gmppl as gm
     from gmppl._data import check_seed
@@ -145,9 +154,14 @@ def fit(
             device=device,
             engine=engine,
             optim=lr,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
         )
     except GmpplError as e:
         _fail(e)
+    if result.config.get("interrupted"):
+        typer.echo(f"interrupted at step {result.config['steps_run']}: saving the fit so far", err=True)
     result.config["model_spec"] = model
     result.config["model_path"] = str(model_file)
     result.config["model_sha256"] = sha256_file(model_file)

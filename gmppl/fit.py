@@ -8,10 +8,13 @@ stop-and-restore, progress, validation and early stopping, callbacks and the his
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -312,71 +315,77 @@ def fit(
         }
         ckpt.write(ckpt_dir, done, out, meta)
 
-    while done < steps:
-        k = min(LOG_EVERY, loop.chunk, int(steps) - done)
-        if val_every is not None:
-            k = min(k, val_every - done % val_every)
-        if every is not None:
-            k = min(k, every - done % every)
-        try:
-            state, metrics = loop.run_chunk(state, k, done)
-        except KeyboardInterrupt:
-            log.warning("interrupted at step %d: returning the fit so far", done)
-            state = loop.restore(state, good)
-            config["interrupted"] = True
-            break
-        loss = metrics["loss"]
-        bad = ~np.isfinite(loss)
-        if bad.any():
-            chain, i = (int(j[0]) for j in np.nonzero(bad))
-            state = loop.restore(state, good)
-            where = f"chain {chain}: " if chains > 1 else ""
-            raise stop(
-                TrainingError(
-                    f"{where}the loss became {loss[chain, i]} at step {done + i}; the parameters were kept from step "
-                    f"{done}. Lower the learning rate (optim=gm.optim.Adam(lr=...)), clip gradients "
-                    "(gm.optim.Adam(clip_norm=...)) or check the model."
-                )
-            )
-        snap = loop.snapshot(state)
-        if not loop.finite(snap):  # a parameter (or optimiser moment) went non-finite while the loss stayed finite
-            state = loop.restore(state, good)
-            raise stop(
-                TrainingError(
-                    f"a parameter became non-finite in steps {done}..{done + k - 1} while the loss stayed finite; the "
-                    f"parameters were kept from step {done}. Lower the learning rate (optim=gm.optim.Adam(lr=...)), "
-                    "clip gradients (gm.optim.Adam(clip_norm=...)) or check the model."
-                )
-            )
-        rows.append(metrics)
-        done += k
-        good = snap
-        bar.update(done, float(np.mean(loss[:, -1])))
-        stopping = False
-        if validators is not None and (done % val_every == 0 or done == steps):
-            values = np.array(loop.evaluate(state, lambda p, plan: validators[id(p)]()))
-            val_loss.append(values)
-            val_step.append(done)
-            if np.mean(values) < best_value:
-                best, best_value, since_best = loop.snapshot(state) if patience else None, float(np.mean(values)), 0
-            else:
-                since_best += 1
-                stopping = patience is not None and since_best >= patience
-            metrics = {**metrics, "val_loss": values[:, None]}
-        if callbacks:
+    with _deferred_interrupt() as ctrl_c:
+        while done < steps:
+            k = min(LOG_EVERY, loop.chunk, int(steps) - done)
+            if val_every is not None:
+                k = min(k, val_every - done % val_every)
+            if every is not None:
+                k = min(k, every - done % every)
             try:
-                _call(callbacks, done, {k: float(np.mean(v[:, -1])) for k, v in metrics.items()}, loop, state)
+                state, metrics = loop.run_chunk(state, k, done)
             except KeyboardInterrupt:
                 log.warning("interrupted at step %d: returning the fit so far", done)
+                state = loop.restore(state, good)
+                config["interrupted"] = True
+                if every is not None and done:
+                    save_checkpoint()  # where it stopped: resume=True goes on from here
+                break
+            loss = metrics["loss"]
+            bad = ~np.isfinite(loss)
+            if bad.any():
+                chain, i = (int(j[0]) for j in np.nonzero(bad))
+                state = loop.restore(state, good)
+                where = f"chain {chain}: " if chains > 1 else ""
+                raise stop(
+                    TrainingError(
+                        f"{where}the loss became {loss[chain, i]} at step {done + i}; the parameters were kept from step "
+                        f"{done}. Lower the learning rate (optim=gm.optim.Adam(lr=...)), clip gradients "
+                        "(gm.optim.Adam(clip_norm=...)) or check the model."
+                    )
+                )
+            snap = loop.snapshot(state)
+            if not loop.finite(snap):  # a parameter (or optimiser moment) went non-finite while the loss stayed finite
+                state = loop.restore(state, good)
+                raise stop(
+                    TrainingError(
+                        f"a parameter became non-finite in steps {done}..{done + k - 1} while the loss stayed finite; the "
+                        f"parameters were kept from step {done}. Lower the learning rate (optim=gm.optim.Adam(lr=...)), "
+                        "clip gradients (gm.optim.Adam(clip_norm=...)) or check the model."
+                    )
+                )
+            rows.append(metrics)
+            done += k
+            good = snap
+            bar.update(done, float(np.mean(loss[:, -1])))
+            stopping = False
+            if validators is not None and (done % val_every == 0 or done == steps):
+                values = np.array(loop.evaluate(state, lambda p, plan: validators[id(p)]()))
+                val_loss.append(values)
+                val_step.append(done)
+                if np.mean(values) < best_value:
+                    best, best_value, since_best = loop.snapshot(state) if patience else None, float(np.mean(values)), 0
+                else:
+                    since_best += 1
+                    stopping = patience is not None and since_best >= patience
+                metrics = {**metrics, "val_loss": values[:, None]}
+            if callbacks:
+                try:
+                    _call(callbacks, done, {k: float(np.mean(v[:, -1])) for k, v in metrics.items()}, loop, state)
+                except KeyboardInterrupt:
+                    log.warning("interrupted at step %d: returning the fit so far", done)
+                    config["interrupted"] = stopping = True
+                except Exception as e:
+                    raise stop(TrainingError(f"a callback raised at step {done}: {type(e).__name__}: {e}")) from e
+            if ctrl_c["hit"]:
+                log.warning("interrupted at step %d: returning the fit so far", done)
                 config["interrupted"] = stopping = True
-            except Exception as e:
-                raise stop(TrainingError(f"a callback raised at step {done}: {type(e).__name__}: {e}")) from e
-        if every is not None and (done % every == 0 or done == steps or stopping):
-            save_checkpoint()
-        if stopping:
-            if not config.get("interrupted"):
-                log.info("early stop at step %d: no improvement in %d validations", done, patience)
-            break
+            if every is not None and (done % every == 0 or done == steps or stopping):
+                save_checkpoint()
+            if stopping:
+                if not config.get("interrupted"):
+                    log.info("early stop at step %d: no improvement in %d validations", done, patience)
+                break
     if best is not None:
         state = loop.restore(state, best)
     loop.finish(state)
@@ -386,6 +395,28 @@ def fit(
     if hasattr(backend, "fitted_guide"):  # SVI over global sites: draws from the guide make the fit Bayesian
         result.guide_draws()
     return result
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[dict[str, bool]]:
+    """Ctrl-C during training sets a flag that the loop reads after each chunk, so the fit stops between
+    steps (never inside an optimiser update or a checkpoint write); a second Ctrl-C interrupts at once.
+    Off the main thread, where Python delivers no signals, nothing changes."""
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["hit"] = True
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _check_positive(name: str, value: Any) -> None:

@@ -137,3 +137,83 @@ def test_ctrl_c_returns_the_fit_so_far(engine: str, moons: np.ndarray) -> None:
     fit = gm.fit(gauss(engine), moons, steps=1000, callbacks=[interrupt], progress=False)
     assert fit.config["interrupted"] and len(fit.history["loss"]) == 200
     assert np.isfinite(np.asarray(fit.log_prob(moons[:5]))).all()
+
+
+CLI_MODEL = """
+import pyro, pyro.distributions as dist, torch
+
+def gauss(x=None, n=None):
+    mu = pyro.param("mu", torch.zeros(2))
+    s = pyro.param("s", torch.ones(2), constraint=dist.constraints.positive)
+    with pyro.plate("data", x.shape[0] if x is not None else n):
+        pyro.sample("x", dist.Normal(mu, s).to_event(1), obs=x)
+"""
+
+
+def _cli(tmp_path: Path, out: str, *extra: str) -> list[str]:
+    return [
+        "fit",
+        f"{tmp_path}/m.py:gauss",
+        "--data",
+        str(tmp_path / "d.npy"),
+        "--steps",
+        "3000",
+        "--batch-size",
+        "64",
+        "--out",
+        str(tmp_path / out),
+        *extra,
+    ]
+
+
+def _weights(run: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(run / "weights.safetensors"))
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_the_cli_resumes_a_killed_or_interrupted_fit(sig: str, tmp_path: Path) -> None:
+    """`gmppl fit --checkpoint DIR` killed (SIGKILL: nothing saved but the checkpoints) or interrupted (Ctrl-C: it
+    stops between steps, writes a checkpoint there and saves the fit so far), then the same command with
+    --resume: the saved fit is bitwise the uninterrupted command's."""
+    from typer.testing import CliRunner
+
+    from gmppl.cli import app
+
+    (tmp_path / "m.py").write_text(CLI_MODEL)
+    np.save(tmp_path / "d.npy", gm.datasets.moons(512))
+    ck = ["--checkpoint", str(tmp_path / "ck"), "--checkpoint-every", "50"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "gmppl.cli", *_cli(tmp_path, "run", *ck)], env=env, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not any((tmp_path / "ck").glob("step-*/meta.json")):
+            time.sleep(0.1)
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    done = max(int(p.name[5:]) for p in (tmp_path / "ck").glob("step-*") if (p / "meta.json").is_file())
+    assert 0 < done < 3000
+    if sig == "SIGINT":
+        assert proc.returncode == 0
+        part = gm.load(tmp_path / "run", _gauss_program(tmp_path))
+        assert part.config["interrupted"] and len(part.history["loss"]) == done  # the checkpoint is where it stopped
+    else:
+        assert proc.returncode == -signal.SIGKILL and not (tmp_path / "run").exists()
+    runner = CliRunner()
+    res = runner.invoke(app, _cli(tmp_path, "run", *ck, "--resume"))
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, _cli(tmp_path, "whole"))
+    assert res.exit_code == 0, res.output
+    resumed, whole = _weights(tmp_path / "run"), _weights(tmp_path / "whole")
+    assert resumed.keys() == whole.keys()
+    for name, value in whole.items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+
+
+def _gauss_program(tmp_path: Path):
+    from gmppl.cli import load_model
+
+    return load_model(f"{tmp_path}/m.py:gauss")
