@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -22,9 +23,17 @@ import numpy as np
 from gmppl import checkpoint as ckpt
 from gmppl._data import split_data
 from gmppl.checkpoint import check_directory
-from gmppl.engines import ENGINES, check_signature, detect_engine, make_loop, make_program, resolve_devices
+from gmppl.engines import ENGINES, check_signature, detect_engine, distributed, make_loop, make_program, resolve_devices
 from gmppl.engines.base import serial
-from gmppl.errors import BackendError, CheckpointError, DataError, ModelError, TrainingError, UnknownName
+from gmppl.errors import (
+    BackendError,
+    CheckpointError,
+    DataError,
+    DeviceError,
+    ModelError,
+    TrainingError,
+    UnknownName,
+)
 from gmppl.inference.base import Backend, SamplerBackend
 from gmppl.optim import as_optim
 from gmppl.progress import Progress
@@ -149,6 +158,16 @@ def fit(
     batch_size = min(int(batch_size), len(x))
     optim = as_optim(optim, backend.default_optim)
     mesh = resolve_devices(devices, engine, batch_size)
+    world = None
+    if distributed.launched():  # one of N processes started by torchrun: this rank's share of each batch
+        if engine != "pyro":
+            raise DeviceError(
+                f"this process is one of {os.environ['WORLD_SIZE']} launched by torchrun, which makes Pyro fits "
+                "data-parallel; a NumPyro fit shards its batches over JAX devices in one process: run it without "
+                "torchrun and pass devices=N."
+            )
+        device = distributed.device_for(device)
+        world = distributed.join(device)
     seeds = [int(seed) + c for c in range(chains)]
 
     programs, plans, info = [], [], None
@@ -166,7 +185,9 @@ def fit(
     assert info is not None
 
     desc = f"{type(backend).__name__}[{engine}]" + (f" x{chains} chains" if chains > 1 else "")
-    bar = Progress(steps, enabled=progress, desc=desc)
+    if world is not None:
+        desc += f" on {world.size} processes"
+    bar = Progress(steps, enabled=progress and (world is None or world.rank == 0), desc=desc)
     config = {
         "steps": int(steps),
         "batch_size": batch_size,
@@ -201,10 +222,10 @@ def fit(
                 "checkpoint; drop checkpoint=, or fit with an optimising backend."
             )
         num = backend.num_draws(int(steps))
-        results = [
-            backend.draw(p, plan, x, num_samples=num, seed=s, inputs=inputs)
-            for p, plan, s in zip(programs, plans, seeds, strict=True)
-        ]
+        results = []
+        for p, plan, s in zip(programs, plans, seeds, strict=True):
+            with p.scope():
+                results.append(backend.draw(p, plan, x, num_samples=num, seed=s, inputs=inputs))
         stats = [h for _, h in results]
         bar.update(num, float(-np.mean(stats[0]["lp"])) if "lp" in stats[0] else float("nan"))
         config["train_seconds"] = [bar.close()] * chains
@@ -235,6 +256,8 @@ def fit(
             optim=repr(optim),
             validation=None if x_val is None else ckpt.fingerprint(x_val, val_inputs)["data"],
         )
+        if world is not None:  # every rank's random state is in it: resume with as many processes
+            fp["world_size"] = world.size
         fp = json.loads(json.dumps(fp))  # as it reads back
         existing = ckpt.steps(ckpt_dir)
         if existing and not resume:
@@ -313,7 +336,8 @@ def fit(
             "since_best": since_best,
             "best": best_meta if best is not None else None,
         }
-        ckpt.write(ckpt_dir, done, out, meta)
+        if world is None or world.rank == 0:  # the arrays above took every rank's part; rank 0 writes
+            ckpt.write(ckpt_dir, done, out, meta)
 
     with _deferred_interrupt() as ctrl_c:
         while done < steps:

@@ -220,7 +220,8 @@ class Fit:
             from gmppl.inference.draws import sample_predictive
 
             return program.as_array(sample_predictive(program, self.draws[c], n, seed=seed, inputs=inputs))
-        return self.backend.sample(program, self.plans[c], None if inputs else n, seed=seed, inputs=inputs or None)
+        with program.scope():
+            return self.backend.sample(program, self.plans[c], None if inputs else n, seed=seed, inputs=inputs or None)
 
     # ------------------------------------------------------------------ densities
     @serial
@@ -257,7 +258,8 @@ class Fit:
 
             return log_predictive(program, self.draws[c], arr, inputs)
         rows = program.as_inputs(inputs) or None
-        return self.backend.log_prob(program, self.plans[c], program.as_array(arr), inputs=rows, **kwargs)
+        with program.scope():
+            return self.backend.log_prob(program, self.plans[c], program.as_array(arr), inputs=rows, **kwargs)
 
     @serial
     def posterior(self, x: Any, num_samples: int = 100, seed: int | None = None, *, chain: int = 0) -> Any:
@@ -272,9 +274,10 @@ class Fit:
 
             return program.as_array(latent_draws(program, self.draws[chain], arr, num_samples, seed=seed))
         rows = program.as_inputs(inputs) or None
-        return self.backend.posterior(
-            program, self.plans[chain], program.as_array(arr), num_samples, seed=seed, inputs=rows
-        )
+        with program.scope():
+            return self.backend.posterior(
+                program, self.plans[chain], program.as_array(arr), num_samples, seed=seed, inputs=rows
+            )
 
     # ------------------------------------------------------------------ outputs
     @serial

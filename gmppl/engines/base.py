@@ -9,6 +9,7 @@ everything around it (progress, NaN handling, validation, callbacks, history).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable
@@ -19,6 +20,18 @@ from typing import Any, Protocol
 #: torch's random state are globals, so fits and fitted models used from several threads take turns:
 #: each gets its own parameters and the answer it would get alone (a fit holds the lock while it runs).
 ENGINE_LOCK = threading.RLock()
+
+
+def in_scope[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn(program, ...)`` inside ``program.scope()``: what it reads of the program's modules, also from
+    distributions traced inside it and used after, is the program's fitted values."""
+
+    @functools.wraps(fn)
+    def scoped(*args: P.args, **kwargs: P.kwargs) -> R:
+        with args[0].scope():  # type: ignore[attr-defined]
+            return fn(*args, **kwargs)
+
+    return scoped
 
 
 def serial[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
@@ -103,6 +116,11 @@ class Program(Protocol):
     device: Any
 
     def inspect(self, example: Any) -> ModelInfo: ...
+
+    def scope(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which the program's own parameter values are in force (Pyro swaps them into the
+        caller's modules; NumPyro's are arguments, so it does nothing)."""
+        ...
 
     def as_array(self, x: Any) -> Any: ...
 

@@ -9,6 +9,7 @@ pure, jittable step (``docs/design.md``, "Concepts").
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,10 @@ class NumPyroProgram:
             k: v if self.constraints.get(k, constraints.real) is constraints.real else biject_to(self.constraints[k])(v)
             for k, v in params.items()
         }
+
+    def scope(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to do: a NumPyro program's parameters are arguments, never held by the caller's modules."""
+        return contextlib.nullcontext()
 
     def state_dict(self) -> dict[str, Any]:
         return self.params or {}

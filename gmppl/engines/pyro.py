@@ -19,6 +19,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.params.param_store import StateDict
 
+from gmppl.engines import distributed
 from gmppl.engines.base import ENGINE_LOCK, ModelInfo
 from gmppl.engines.calls import Call, make_call
 from gmppl.engines.sites import Site, check_event_shape, check_support, info_from_traces, invert_pushforward
@@ -342,17 +343,28 @@ class TorchLoop:
         self.x = programs[0].as_array(data)
         self.inputs = programs[0].as_inputs(inputs)  # moved to the device once, minibatched with the data
         self.devices = [programs[0].device] if programs[0].device.type == "cuda" else []
+        self.world = distributed.current()  # under torchrun: this rank's slice of each batch, averaged gradients
+        if self.world is not None and batch_size % self.world.size:
+            raise DeviceError(
+                f"batch_size={batch_size} does not split over {self.world.size} processes: batch_size is the global "
+                f"batch, so make it a multiple of {self.world.size}."
+            )
 
     def init(self, seeds: list[int], optim: Any) -> list[dict[str, Any]]:
         n, b = self.x.shape[0], self.batch_size
         state = []
         for program, plan, seed in zip(self.programs, self.plans, seeds, strict=True):
+            noise = seed if self.world is None else self.world.seed(seed)
             with _LOCK, torch.random.fork_rng(devices=self.devices):  # torch's random state is global too
-                torch.manual_seed(seed)
-                pyro.set_rng_seed(seed)
+                torch.manual_seed(noise)
+                pyro.set_rng_seed(noise)
                 with program.scope():
                     head = {k: v[: min(n, b)] for k, v in self.inputs.items()}
                     step_state = self.backend.torch_init(program, plan, self.x[: min(n, b)], head, optim)
+                    if self.world is not None:  # rank 0's start on every rank; the mean gradient at every step
+                        distributed.broadcast([*program.params().values(), *self.backend.torch_tensors(step_state)])
+                        for opt in self.backend.torch_optimizers(step_state):
+                            distributed.average_gradients(opt)
                 rng = _rng_state(self.devices)
             state.append(
                 {
@@ -381,10 +393,12 @@ class TorchLoop:
                             chain["perm"] = torch.randperm(n, device=program.device, generator=chain["gen"])
                             chain["offset"] = 0
                         o = chain["offset"]
-                        if b == n:
+                        if b == n and self.world is None:
                             batch, given = x, self.inputs
                         else:
-                            idx = chain["perm"][o : o + b]
+                            idx = chain["perm"][o : o + b] if b < n else chain["perm"]
+                            if self.world is not None:  # this rank's rows of the global batch
+                                idx = idx[self.world.slice(b)]
                             batch, given = x[idx], {k: v[idx] for k, v in self.inputs.items()}
                         chain["offset"] = o + b
                         try:
@@ -397,7 +411,10 @@ class TorchLoop:
                         rows.append(metrics)
                 chain["rng"] = _rng_state(self.devices)
             out.append(_stack(rows, k))
-        return state, {name: np.stack([o.get(name, np.full(k, np.nan)) for o in out]) for name in out[0]}
+        metrics = {name: np.stack([o.get(name, np.full(k, np.nan)) for o in out]) for name in out[0]}
+        if self.world is not None:  # the global batch's loss: the mean of the ranks' (equal) slices
+            metrics = {name: distributed.mean(v) for name, v in metrics.items()}
+        return state, metrics
 
     def snapshot(self, state: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
@@ -449,6 +466,10 @@ class TorchLoop:
                 groups.append({"param_groups": sd["param_groups"], "scalars": scalars})
             for i, r in enumerate(chain["rng"]):
                 arrays[p + f"rng/{i}"] = _numpy(r)
+            if self.world is not None:  # every rank's noise stream (rank 0's is the one above)
+                for rank, states in enumerate(distributed.gather([_numpy(r) for r in chain["rng"]])):
+                    for i, r in enumerate(states if rank else []):
+                        arrays[p + f"rank{rank}/rng/{i}"] = r
             arrays[p + "gen"] = _numpy(chain["gen"].get_state())
             arrays[p + "perm"] = _numpy(chain["perm"])
             meta.append(
@@ -496,7 +517,14 @@ class TorchLoop:
                     st.setdefault(int(idx), {})[name] = val
                 opt.load_state_dict({"state": st, "param_groups": saved_opt["param_groups"]})
             self.backend.torch_set_counters(chain["step"], info["counters"])
-            chain["rng"] = [torch.as_tensor(arrays[p + f"rng/{i}"]) for i in range(len(chain["rng"]))]
+            own = f"rank{self.world.rank}/" if self.world is not None and self.world.rank else ""
+            missing = [i for i in range(len(chain["rng"])) if p + f"{own}rng/{i}" not in arrays]
+            if missing:
+                raise CheckpointError(
+                    f"the checkpoint holds no random state for rank {self.world.rank if self.world else 0}: it was "
+                    "written by a fit with fewer processes; resume with the world size it was written with."
+                )
+            chain["rng"] = [torch.as_tensor(arrays[p + f"{own}rng/{i}"]) for i in range(len(chain["rng"]))]
             chain["gen"].set_state(torch.as_tensor(arrays[p + "gen"]))
             chain["perm"] = torch.as_tensor(arrays[p + "perm"], device=program.device)
             chain["offset"] = int(info["offset"])

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from gmppl.engines.base import in_scope
 from gmppl.engines.sites import Site
 from gmppl.errors import NotSupported
 
@@ -85,6 +86,7 @@ def _pick(draws: dict[str, np.ndarray], s: int) -> dict[str, np.ndarray]:
     return {k: v[s] for k, v in draws.items()}
 
 
+@in_scope
 def sample_draws(program: Any, d: Draws, m: int | None, *, seed: int = 0, inputs: dict | None = None) -> np.ndarray:
     """``m`` generated examples per posterior draw, or one per input row: shape ``(S, m, *x_shape)`` (numpy)."""
     glob = d.globals()
@@ -119,6 +121,7 @@ def sample_draws(program: Any, d: Draws, m: int | None, *, seed: int = 0, inputs
     return np.asarray(fn(params, glob, keys, rows))
 
 
+@in_scope
 def sample_predictive(
     program: Any, d: Draws, n: int, *, seed: int | None = None, inputs: dict | None = None
 ) -> np.ndarray:
@@ -144,6 +147,7 @@ def _latent_names(sites: dict[str, Any]) -> list[str]:
     ]
 
 
+@in_scope
 def guide_draws(
     program: Any, guide: Any, x: np.ndarray, num_draws: int, *, seed: int = 0, inputs: dict | None = None
 ) -> Draws | None:
@@ -223,6 +227,7 @@ def guide_draws(
     return Draws(values=values, local=frozenset(local & set(values)), x=x, log_p=log_p, log_q=log_q)
 
 
+@in_scope
 def log_likelihood_draws(program: Any, d: Draws, x: Any, inputs: dict | None = None) -> np.ndarray:
     """``log p(x_i | draw_s)`` for every draw ``s`` and example ``i`` (given its inputs): shape ``(S, len(x))``."""
     on_data = d.is_data(x)
@@ -261,12 +266,14 @@ def log_likelihood_draws(program: Any, d: Draws, x: Any, inputs: dict | None = N
     return np.asarray(fn(params, vals, xa, program.as_inputs(inputs)))
 
 
+@in_scope
 def log_predictive(program: Any, d: Draws, x: Any, inputs: dict | None = None) -> np.ndarray:
     """Posterior predictive log-density ``log (1/S) sum_s p(x_i | theta_s)``: shape ``(len(x),)``."""
     ll = log_likelihood_draws(program, d, x, inputs)
     return np.logaddexp.reduce(ll, axis=0) - np.log(ll.shape[0])
 
 
+@in_scope
 def latent_draws(program: Any, d: Draws, x: Any, num_samples: int, *, seed: int | None = None) -> np.ndarray:
     """Draws of the per-example latent given the data the fit was conditioned on: ``(num_samples, n, *z)``."""
     latent = program.latent if program.latent in d.local else (sorted(d.local)[0] if d.local else None)

@@ -443,16 +443,16 @@ class ELBO(Backend):
         num = int(posterior_samples)
         latent = fit.info.latent if fit.info.latent in plans[0].latents else plans[0].latents[0]
         terms = []
+        est = []
         for program, plan in zip(fit.programs, plans, strict=True):
             rows = program.as_inputs(inputs)
-            if program.engine == "pyro":
-                terms.append(_pyro_draw_terms(program, plan, program.as_array(x), num, seed, latent, rows))
-            else:
-                terms.append(_jax_draw_terms(program, plan, x, num, seed, latent, rows))
+            with program.scope():  # this chain's fitted values
+                if program.engine == "pyro":
+                    terms.append(_pyro_draw_terms(program, plan, program.as_array(x), num, seed, latent, rows))
+                else:
+                    terms.append(_jax_draw_terms(program, plan, x, num, seed, latent, rows))
+                est.append(self.log_prob(program, plan, program.as_array(x), inputs=inputs))
         t = {k: np.stack([d[k] for d in terms]) for k in terms[0]}
-        est = [
-            self.log_prob(p, plan, p.as_array(x), inputs=inputs) for p, plan in zip(fit.programs, plans, strict=True)
-        ]
         obs = fit.info.observed
         var = latent.replace("/", ".")
         lw = t["ll"] + t["lp"] - t["lq"]
