@@ -102,6 +102,7 @@ def generate(fit: gm.Fit, n: int, seed: int, record: int, steps: int) -> tuple[n
     if fit.engine == "pyro":
         import torch
 
+        fit.write_back()  # the fitted weights into the network (a fit leaves the caller's modules as they were)
         d = find_diffusion(p.trace(n=1).nodes["x"]["fn"])
         torch.manual_seed(seed)
         with torch.no_grad():

@@ -60,6 +60,7 @@ def diffusion_of(fit: gm.Fit, x: np.ndarray) -> Any:
 
     p = fit.program
     if fit.engine == "pyro":
+        fit.write_back()  # the fitted weights into the network (a fit leaves the caller's modules as they were)
         return find_diffusion(p.trace(x=p.as_array(x)).nodes["x"]["fn"])
     import jax
 

@@ -76,6 +76,7 @@ def fitted_site(fit: gm.Fit, x: np.ndarray) -> Any:
 
     p = fit.program
     if fit.engine == "pyro":
+        fit.write_back()  # the fitted weights into the network (a fit leaves the caller's modules as they were)
         fn = p.trace(x=p.as_array(x)).nodes["x"]["fn"]
     else:
         import jax

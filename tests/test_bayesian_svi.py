@@ -124,7 +124,7 @@ def guide_loc(fit, c: int, which: str = "loc") -> np.ndarray:
 
         name = {"loc": "AutoNormal.locs.weight", "scale": "AutoNormal.scales.weight"}[which]
         with p.scope():
-            return pyro.param(name).detach().numpy().ravel()
+            return pyro.param(name).detach().numpy().ravel().copy()  # not a view: the scope gives the values back
     return np.asarray(p.constrain(p.params)[f"g/weight_auto_{which}"]).ravel()
 
 
@@ -277,7 +277,7 @@ def test_auto_diagonal_normal_guide(engine):
     p = fit.program
     if engine == "pyro":
         with p.scope():
-            loc, scale = (pyro.param(f"AutoDiagonalNormal.{k}").detach().numpy() for k in ("loc", "scale"))
+            loc, scale = (pyro.param(f"AutoDiagonalNormal.{k}").detach().numpy().copy() for k in ("loc", "scale"))
     else:
         c = p.constrain(p.params)
         loc, scale = np.asarray(c["auto_loc"]), np.asarray(c["auto_scale"])

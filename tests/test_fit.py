@@ -143,6 +143,7 @@ def test_flow_posterior_is_the_inverse(moons):
     fit = gm.fit(model, moons, gm.inference.Likelihood(), steps=5, progress=False)
     z = np.asarray(fit.posterior(moons[:7], num_samples=3))
     assert z.shape == (3, 7, 2)
+    fit.write_back()  # the fitted flow into `flow` (a fit leaves the caller's module as it was)
     back = flow(torch.as_tensor(z[0])).detach().numpy()
     np.testing.assert_allclose(back, moons[:7], atol=1e-5)
 

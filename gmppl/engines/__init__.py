@@ -109,8 +109,8 @@ def resolve_devices(devices: Any, engine: str, batch_size: int) -> list | None:
         return None
     if engine != "numpyro":
         raise DeviceError(
-            "devices= shards a NumPyro program's batches over JAX devices; data-parallel Pyro fits are not "
-            "supported yet: fit on one device (device='cuda') or write the program in NumPyro."
+            "devices= shards a NumPyro program's batches over JAX devices; a Pyro fit goes data-parallel when its "
+            "script is launched by torchrun (torchrun --nproc-per-node=N script.py), with no devices= argument."
         )
     import jax
 

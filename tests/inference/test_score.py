@@ -152,8 +152,8 @@ def _network_score(fit: gm.Fit, x: np.ndarray, t: float) -> np.ndarray:
     p = fit.program
     if fit.engine == "pyro":
         xt = torch.tensor(x, dtype=torch.float32)
-        d = find_diffusion(p.trace(x=xt).nodes["x"]["fn"])
-        with torch.no_grad():
+        with p.scope(), torch.no_grad():  # the fit's values in the module (the caller's outside)
+            d = find_diffusion(p.trace(x=xt).nodes["x"]["fn"])
             return d.score(xt, torch.full((len(x),), t)).numpy()
     import jax
     import jax.numpy as jnp
