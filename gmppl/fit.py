@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gmppl import checkpoint as ckpt
-from gmppl._data import split_data
+from gmppl._data import check_seed, split_data
 from gmppl.checkpoint import check_directory
 from gmppl.engines import ENGINES, check_signature, detect_engine, distributed, make_loop, make_program, resolve_devices
 from gmppl.engines.base import serial
@@ -115,6 +115,7 @@ def fit(
         )
     for name, value in (("steps", steps), ("batch_size", batch_size), ("chains", chains)):
         _check_positive(name, value)
+    seed = check_seed(seed, count=chains)
     for name, optional in (
         ("validate_every", validate_every),
         ("patience", patience),

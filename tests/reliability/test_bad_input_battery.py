@@ -113,6 +113,13 @@ def test_seed_range_counts_the_chains():
         check_seed(2**32 - 2, count=3)
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, 2**64, 2**32 - 1])
+def test_bad_seed_in_fit_is_refused_before_training(seed):
+    """2**32 - 1 is a valid seed, but not with two chains (the second would seed 2**32)."""
+    with pytest.raises(gm.BackendError, match="seed"):
+        gm.fit(pyro_gauss, X, gm.inference.Likelihood(), steps=2, seed=seed, chains=2, progress=False)
+
+
 @pytest.mark.parametrize("seed", [-1, 1.5, 2**64])
 def test_bad_seed_in_sample_is_refused(seed):
     fit = gm.fit(pyro_gauss, X, gm.inference.Likelihood(), steps=2, progress=False)
