@@ -22,7 +22,13 @@ from numpyro.distributions.transforms import biject_to
 
 from gmppl.engines.base import ModelInfo
 from gmppl.engines.calls import Call, make_call
-from gmppl.engines.sites import check_event_shape, check_support, info_from_traces, invert_pushforward
+from gmppl.engines.sites import (
+    check_event_shape,
+    check_per_example,
+    check_support,
+    info_from_traces,
+    invert_pushforward,
+)
 from gmppl.errors import CheckpointError, DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_optax
 
@@ -128,8 +134,9 @@ class NumPyroProgram:
             params = self.init_params(key, x, inputs)
             cond = self.trace(params, key, x=x, inputs=inputs)
             check_support(cond, self.observed, example)
+            check_per_example(cond, self.observed, len(example))
             gen = self.trace(params, key, x=None, n=2, inputs=head)
-        except (NotSupported, DataError):
+        except (NotSupported, DataError, ModelError):
             raise
         except Exception as e:
             raise ModelError(

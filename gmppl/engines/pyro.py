@@ -22,7 +22,14 @@ from pyro.params.param_store import StateDict
 from gmppl.engines import distributed
 from gmppl.engines.base import ENGINE_LOCK, ModelInfo
 from gmppl.engines.calls import Call, make_call
-from gmppl.engines.sites import Site, check_event_shape, check_support, info_from_traces, invert_pushforward
+from gmppl.engines.sites import (
+    Site,
+    check_event_shape,
+    check_per_example,
+    check_support,
+    info_from_traces,
+    invert_pushforward,
+)
 from gmppl.errors import CheckpointError, DataError, DeviceError, ModelError, NotSupported
 from gmppl.optim import build_torch
 
@@ -243,7 +250,8 @@ class PyroProgram:
             check_event_shape(gen.nodes, self.observed, example)
             cond = self.trace(x=x, n=None, inputs=inputs)
             check_support(cond.nodes, self.observed, example)
-        except (NotSupported, DataError):
+            check_per_example(cond.nodes, self.observed, len(example))
+        except (NotSupported, DataError, ModelError):
             raise
         except Exception as e:
             raise ModelError(

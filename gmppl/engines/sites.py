@@ -54,6 +54,24 @@ def check_event_shape(sites: Any, observed: str, example: np.ndarray) -> None:
         )
 
 
+def check_per_example(sites: Any, observed: str, n: int) -> None:
+    """Refuse an observed site that scores a batch of ``n`` examples as one event (no data plate): its
+    log-density would be one number for the batch, so per-example densities, minibatch scaling and
+    everything that averages over examples would be silently wrong."""
+    site = sites.get(observed)
+    fn = None if site is None else site.get("fn")
+    shape = getattr(fn, "batch_shape", None)
+    if n < 2 or shape is None or site.get("type") != "sample":
+        return
+    if len(shape) == 0 or shape[0] != n:
+        raise ModelError(
+            f"the observed site {observed!r} scores the {n} examples of a batch as one event (its distribution's "
+            f"batch shape is {tuple(shape)}, event shape {tuple(getattr(fn, 'event_shape', ()))}): gmppl needs one "
+            f"log-density per example. Wrap it in a data plate, `with plate('data', n): sample({observed!r}, d, "
+            "obs=x)`, with d's event shape the shape of one example (.to_event(k) for the rest)."
+        )
+
+
 _SHAPE_WRAPPERS = ("Independent", "ExpandedDistribution", "MaskedDistribution")  # same support, elementwise
 
 

@@ -223,3 +223,31 @@ def _numpyro_param_pyro_sample(x=None, n=None):
 def test_program_mixing_pyro_and_numpyro_is_refused(model):
     with pytest.raises(gm.ModelError, match="mixes Pyro and NumPyro"):
         gm.fit(model, X.astype(np.float32), gm.inference.Likelihood(), steps=2, progress=False)
+
+
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+def test_a_program_without_a_data_plate_is_refused(engine):
+    """``x`` observed as one event of shape (n, 2): its log-density is one number per batch, so it is refused
+    (it was scored as one example: per-example densities and minibatch scaling silently wrong)."""
+    if engine == "pyro":
+        import pyro
+        import pyro.distributions as dist
+        import torch
+
+        def model(x=None, n=None):
+            mu = pyro.param("mu", torch.zeros(2))
+            n = x.shape[0] if x is not None else n
+            pyro.sample("x", dist.Normal(mu, 1.0).expand([n, 2]).to_event(2), obs=x)
+
+    else:
+        import jax.numpy as jnp
+        import numpyro
+        import numpyro.distributions as dist
+
+        def model(x=None, n=None):
+            mu = numpyro.param("mu", jnp.zeros(2))
+            n = x.shape[0] if x is not None else n
+            numpyro.sample("x", dist.Normal(mu, 1.0).expand([n, 2]).to_event(2), obs=x)
+
+    with pytest.raises(gm.ModelError, match="one event.*data plate"):
+        gm.fit(model, X, gm.inference.Likelihood(), steps=2, progress=False)
