@@ -180,7 +180,10 @@ def fit(
         save(result, out, extra=extra)
     except GmpplError as e:
         _fail(e)
-    typer.echo(f"saved {result!r} to {out}")
+    from gmppl.engines.distributed import is_writer
+
+    if is_writer():  # under torchrun, rank 0 saved it
+        typer.echo(f"saved {result!r} to {out}")
 
 
 def _check_lr(lr: float) -> None:
