@@ -69,3 +69,25 @@ def test_a_resumed_two_process_fit_is_the_whole_one_and_rank_0_alone_writes(rank
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused(ranks: Path) -> None:
     for rank in (0, 1):
         assert "batch_size=63 does not split over 2 processes" in (ranks / f"refused-rank{rank}.txt").read_text()
+
+
+def test_gmppl_fit_under_torchrun_saves_once(tmp_path: Path) -> None:
+    """`torchrun -m gmppl.cli fit`: both ranks fit, rank 0 saves (and says so), the saved fit loads."""
+    import gmppl as gm
+    from gmppl.cli import load_model
+
+    (tmp_path / "m.py").write_text(
+        "import pyro, pyro.distributions as dist, torch\n"
+        "def gauss(x=None, n=None):\n"
+        "    mu = pyro.param('mu', torch.zeros(2))\n"
+        "    with pyro.plate('data', x.shape[0] if x is not None else n):\n"
+        "        pyro.sample('x', dist.Normal(mu, 1.0).to_event(1), obs=x)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "gmppl.cli"]
+    args = ["fit", f"{tmp_path}/m.py:gauss", "--steps", "50", "--batch-size", "128", "--out", str(tmp_path / "run")]
+    res = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.stdout.count("saved Fit(") == 1, res.stdout
+    fit = gm.load(tmp_path / "run", load_model(f"{tmp_path}/m.py:gauss"))
+    assert fit.history["loss"].shape == (50,) and np.isfinite(fit.params["mu"]).all()
