@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +28,16 @@ def detect_engine(
     The program's signature is checked first (:func:`check_signature`), so a program that cannot take
     ``model(x=..., n=...)`` is told so rather than that its engine is unknown. Pyro's side runs in a
     throw-away parameter store, so detection leaves no trace behind.
+
+    While Pyro has not been imported the program cannot make Pyro calls, so it is first run under NumPyro
+    alone (importing torch and Pyro takes seconds): it is NumPyro's if that records sites and leaves Pyro
+    still unimported; otherwise detection runs under both PPLs as above, so mixing the two is still refused.
     """
     inputs = inputs or {}
     call = check_signature(model, observed, tuple(inputs))
     fn = call.bind(model)
+    if "pyro" not in sys.modules and _numpyro_only(fn, example, inputs) and "pyro" not in sys.modules:
+        return "numpyro"
     import pyro
     import pyro.poutine as poutine
     import torch
@@ -63,6 +70,21 @@ def detect_engine(
         "could not tell the engine: the program made no Pyro or NumPyro sample/param calls when run "
         f"with its data.{detail}{call.hint()} Pass engine='pyro' or engine='numpyro' if detection is wrong."
     )
+
+
+def _numpyro_only(fn: Callable, example: np.ndarray, inputs: dict[str, np.ndarray]) -> bool:
+    """Whether ``fn`` run once under NumPyro's trace handler alone records sample/param sites."""
+    if "numpyro" not in sys.modules:
+        return False  # a NumPyro program has imported NumPyro by now: spare importing JAX for a Pyro one
+    from numpyro import handlers
+
+    from gmppl.engines.jax_cache import enable_jax_cache
+
+    enable_jax_cache()
+    try:
+        return bool(handlers.trace(handlers.seed(fn, 0)).get_trace(x=example, n=None, **inputs))
+    except Exception:  # e.g. the program needs torch tensors: the full detection below says what failed
+        return False
 
 
 def make_program(
