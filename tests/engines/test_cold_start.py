@@ -136,3 +136,44 @@ except gm.ModelError as e:
 """
     )
     assert seen["refused"]
+
+
+PYRO_GAUSS = """
+import json, sys
+import numpy as np, pyro, pyro.distributions as dist, torch
+from torch.distributions import constraints
+import gmppl as gm
+
+x = np.random.default_rng(0).normal(1.0, 2.0, size=64).astype(np.float32)
+
+def model(x=None, n=None):
+    loc = pyro.param("loc", torch.zeros(()))
+    scale = pyro.param("scale", torch.ones(()), constraint=constraints.positive)
+    with pyro.plate("data", x.shape[0] if x is not None else n):
+        pyro.sample("x", dist.Normal(loc, scale), obs=x)
+"""
+
+
+def test_pyro_fit_does_not_import_jax_and_mixing_is_still_refused():
+    """NumPyro not imported: detection runs the program under Pyro alone, unless it imports NumPyro itself."""
+    seen = _run(
+        PYRO_GAUSS
+        + """
+fit = gm.fit(model, x, gm.inference.Likelihood(), steps=2, batch_size=32, progress=False)
+out = {"jax": "jax" in sys.modules, "numpyro": "numpyro" in sys.modules}
+
+def mixed(x=None, n=None):
+    import numpyro, numpyro.distributions as nd
+    loc = pyro.param("loc", torch.zeros(()))
+    with numpyro.plate("data", x.shape[0] if x is not None else n):
+        numpyro.sample("x", nd.Normal(float(loc), 1.0), obs=np.asarray(x))
+
+try:
+    gm.fit(mixed, x, gm.inference.Likelihood(), steps=2, progress=False)
+    out["refused"] = False
+except gm.ModelError as e:
+    out["refused"] = "mixes Pyro and NumPyro" in str(e)
+print(json.dumps(out))
+"""
+    )
+    assert seen == {"jax": False, "numpyro": False, "refused": True}
