@@ -1,6 +1,6 @@
 """Time to first step: ``import gmppl`` and a first fit in a fresh process vs the hand-written loops.
 
-Every measurement is a fresh ``python -c`` subprocess (the median of ``REPEATS``), so nothing is warm but
+Every measurement is a fresh ``python -c`` subprocess (the median of ``REPEATS``, the cases taking turns), so nothing is warm but
 the OS file cache. The model is a 2-parameter Gaussian ``x ~ N(loc, scale)`` fitted by maximum likelihood
 to 500 points, full batch, 10 Adam steps:
 
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 TITLE = "Cold start: import gmppl and a first 10-step fit, fresh process each"
-REPEATS = 3
+REPEATS = 5
 STEPS, N = 10, 500
 
 _DATA = f"""
@@ -133,27 +133,30 @@ def fresh(body: str, env: dict[str, str] | None = None) -> dict[str, float]:
     return {**json.loads(res.stdout.strip().splitlines()[-1]), "process_s": process_s}
 
 
-def median(body: str, repeats: int, env: dict[str, str] | None = None) -> dict[str, float]:
-    """Per key, the median over ``repeats`` fresh processes."""
-    runs = [fresh(body, env) for _ in range(repeats)]
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-
-
 def run(quick: bool = False) -> str:
-    """Measure every case and print (and return) the markdown table."""
+    """Measure every case and print (and return) the markdown table.
+
+    The cases take turns (one process each per round, ``REPEATS`` rounds) and each reports its median, so a
+    change in the shared machine's load falls on all of them alike.
+    """
     repeats = 1 if quick else REPEATS
     off = {"GMPPL_JAX_CACHE": "off"}
     with tempfile.TemporaryDirectory() as cache:
         warm_env = {"GMPPL_JAX_CACHE": cache}
         fresh(GMPPL_JAX, warm_env)  # fills the cache
-        rows = {
-            "import gmppl": median(IMPORT, repeats),
-            "gmppl JAX, no compilation cache": median(GMPPL_JAX, repeats, off),
-            "gmppl JAX, warm compilation cache": median(GMPPL_JAX, repeats, warm_env),
-            "hand jit NumPyro SVI": median(HAND_JAX, repeats, off),
-            "gmppl Pyro": median(GMPPL_PYRO, repeats, off),
-            "plain torch loop": median(HAND_TORCH, repeats, off),
+        cases = {
+            "import gmppl": (IMPORT, None),
+            "gmppl JAX, no compilation cache": (GMPPL_JAX, off),
+            "gmppl JAX, warm compilation cache": (GMPPL_JAX, warm_env),
+            "hand jit NumPyro SVI": (HAND_JAX, off),
+            "gmppl Pyro": (GMPPL_PYRO, off),
+            "plain torch loop": (HAND_TORCH, off),
         }
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+        for _ in range(repeats):
+            for name, (body, env) in cases.items():
+                runs[name].append(fresh(body, env))
+    rows = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     baseline = {
         "gmppl JAX, no compilation cache": "hand jit NumPyro SVI",
         "gmppl JAX, warm compilation cache": "hand jit NumPyro SVI",
