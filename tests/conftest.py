@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# JAX's persistent compilation cache (gmppl.engines.jax_cache) goes to a directory of this session, never
+# the user's ~/.cache; subprocesses started by tests inherit it.
+os.environ["GMPPL_JAX_CACHE"] = tempfile.mkdtemp(prefix="gmppl-test-jax-cache-")
 os.environ.setdefault("CI", os.environ.get("CI", ""))
 
 import numpy as np
 import pytest
+
+atexit.register(shutil.rmtree, os.environ["GMPPL_JAX_CACHE"], ignore_errors=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -83,7 +84,7 @@ def test_save_load_same_log_prob_in_a_fresh_process(models, tmp_path, name):
         print("same")
         """
     )
-    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "GMPPL_JAX_CACHE": os.environ["GMPPL_JAX_CACHE"]}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert res.returncode == 0 and "same" in res.stdout, res.stderr[-2000:]
     meta = json.loads((out / "meta.json").read_text())

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import optimize
 
 from ..errors import NotSupported
 from ._xp import to_numpy
@@ -49,6 +48,8 @@ def optimise_critic(divergence: Any, p: Any, q: Any, *, gtol: float = 1e-10) -> 
     >>> round(fit.value, 8), round(float(fit.critic[1]), 6)  # KL, 1 + log(0.3/0.6)
     (0.1837869, 0.306853)
     """
+    from scipy import optimize  # slow to import (~0.3 s): only when optimising
+
     from .registry import get
 
     d = get(divergence)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,14 +28,38 @@ def detect_engine(
     The program's signature is checked first (:func:`check_signature`), so a program that cannot take
     ``model(x=..., n=...)`` is told so rather than that its engine is unknown. Pyro's side runs in a
     throw-away parameter store, so detection leaves no trace behind.
+
+    A PPL not imported yet cannot be called by the program, so detection skips its side (importing torch
+    and Pyro, or JAX and NumPyro, takes seconds): while Pyro is not imported the program is first run under
+    NumPyro alone, and while NumPyro is not imported, under Pyro alone. If the program imports the skipped
+    PPL as it runs, detection runs again under both, so a program that mixes the two is still refused.
     """
     inputs = inputs or {}
     call = check_signature(model, observed, tuple(inputs))
     fn = call.bind(model)
+    if "pyro" not in sys.modules and _numpyro_only(fn, example, inputs) and "pyro" not in sys.modules:
+        return "numpyro"
+    with_numpyro = "numpyro" in sys.modules
+    engine, errors = _run_traced(fn, example, inputs, with_numpyro)
+    if not with_numpyro and "numpyro" in sys.modules:  # the program imported NumPyro itself: look again
+        engine, errors = _run_traced(fn, example, inputs, True)
+    if engine is not None:
+        return engine
+    detail = f" Running it raised: {errors[-1]}" if errors else ""
+    raise ModelError(
+        "could not tell the engine: the program made no Pyro or NumPyro sample/param calls when run "
+        f"with its data.{detail}{call.hint()} Pass engine='pyro' or engine='numpyro' if detection is wrong."
+    )
+
+
+def _run_traced(
+    fn: Callable, example: np.ndarray, inputs: dict[str, np.ndarray], with_numpyro: bool
+) -> tuple[str | None, list[str]]:
+    """Run ``fn`` under Pyro's trace handler (inside NumPyro's too when ``with_numpyro``), on the data as
+    numpy arrays and then as torch tensors: the engine whose sites it records (None) and the errors raised."""
     import pyro
     import pyro.poutine as poutine
     import torch
-    from numpyro import handlers
 
     errors = []
     for as_torch in (False, True):
@@ -43,7 +68,13 @@ def detect_engine(
         traced = poutine.trace(fn)
         try:
             with pyro.get_param_store().scope():
-                ntr = handlers.trace(handlers.seed(traced, 0)).get_trace(x=x, n=None, **rows)
+                if with_numpyro:
+                    from numpyro import handlers
+
+                    ntr = handlers.trace(handlers.seed(traced, 0)).get_trace(x=x, n=None, **rows)
+                else:
+                    traced(x=x, n=None, **rows)
+                    ntr = {}
         except Exception as e:  # the program may need the other engine's arrays
             errors.append(f"{type(e).__name__}: {e}")
             continue
@@ -55,14 +86,25 @@ def detect_engine(
                 "silently stay untrained; write every pyro.*/numpyro.* call (sample, param, module, plate) in one PPL."
             )
         if ntr:
-            return "numpyro"
+            return "numpyro", errors
         if pyro_sites:
-            return "pyro"
-    detail = f" Running it raised: {errors[-1]}" if errors else ""
-    raise ModelError(
-        "could not tell the engine: the program made no Pyro or NumPyro sample/param calls when run "
-        f"with its data.{detail}{call.hint()} Pass engine='pyro' or engine='numpyro' if detection is wrong."
-    )
+            return "pyro", errors
+    return None, errors
+
+
+def _numpyro_only(fn: Callable, example: np.ndarray, inputs: dict[str, np.ndarray]) -> bool:
+    """Whether ``fn`` run once under NumPyro's trace handler alone records sample/param sites."""
+    if "numpyro" not in sys.modules:
+        return False  # a NumPyro program has imported NumPyro by now: spare importing JAX for a Pyro one
+    from numpyro import handlers
+
+    from gmppl.engines.jax_cache import enable_jax_cache
+
+    enable_jax_cache()
+    try:
+        return bool(handlers.trace(handlers.seed(fn, 0)).get_trace(x=example, n=None, **inputs))
+    except Exception:  # e.g. the program needs torch tensors: the full detection below says what failed
+        return False
 
 
 def make_program(

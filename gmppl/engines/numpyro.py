@@ -22,6 +22,7 @@ from numpyro.distributions.transforms import biject_to
 
 from gmppl.engines.base import ModelInfo
 from gmppl.engines.calls import Call, make_call
+from gmppl.engines.jax_cache import enable_jax_cache
 from gmppl.engines.sites import (
     check_event_shape,
     check_per_example,
@@ -61,6 +62,7 @@ class NumPyroProgram:
     def __init__(
         self, model: Callable, *, observed: str = "x", latent: str = "z", device: Any = None, call: Call | None = None
     ):
+        enable_jax_cache()  # before the first compilation: a later process loads the executables from disk
         self.model = model
         self.call = call if call is not None else make_call(model, observed)
         self.fn = self.call.bind(model)  # the program as fn(x=None, n=None, **inputs)
