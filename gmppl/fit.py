@@ -402,7 +402,7 @@ def fit(
                     config["interrupted"] = stopping = True
                 except Exception as e:
                     raise stop(TrainingError(f"a callback raised at step {done}: {type(e).__name__}: {e}")) from e
-            if ctrl_c["hit"]:
+            if ctrl_c["hit"] if world is None else distributed.any_rank(ctrl_c["hit"]):  # all ranks stop together
                 log.warning("interrupted at step %d: returning the fit so far", done)
                 config["interrupted"] = stopping = True
             if every is not None and (done % every == 0 or done == steps or stopping):

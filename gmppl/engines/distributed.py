@@ -75,6 +75,8 @@ def join(device: Any) -> World:
     if not dist.is_available():
         raise DeviceError("WORLD_SIZE > 1 but this torch has no torch.distributed; run one process.")
     dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # NCCL's collectives and all_gather_object use the current device
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend)
@@ -99,6 +101,14 @@ def is_writer() -> bool:
     """Whether this process writes files (rank 0, or a process on its own)."""
     world = current()
     return world is None or world.rank == 0
+
+
+def _comm_device() -> Any:
+    """Where a collective's own tensors live: the current GPU under NCCL, else the CPU."""
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def average_gradients(optimizer: Any) -> None:
@@ -136,9 +146,19 @@ def mean(values: np.ndarray) -> np.ndarray:
     import torch
     import torch.distributed as dist
 
-    t = torch.as_tensor(np.ascontiguousarray(values, dtype=np.float64))
+    t = torch.as_tensor(np.ascontiguousarray(values, dtype=np.float64), device=_comm_device())
     dist.all_reduce(t)
-    return (t / dist.get_world_size()).numpy()
+    return (t / dist.get_world_size()).cpu().numpy()
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (every rank gets the same answer, so all stop at one step)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def gather(values: list[np.ndarray]) -> list[list[np.ndarray]]:
