@@ -78,6 +78,7 @@ def guided_samples(fit: gm.Fit, y: np.ndarray, w: float, seed: int) -> np.ndarra
     if fit.engine == "pyro":
         import torch
 
+        fit.write_back()  # a fit leaves the caller's module as it was: write the fitted weights into it
         d = find_diffusion(p.trace(x=p.as_array(x), inputs={"y": y}).nodes["x"]["fn"])
         torch.manual_seed(seed)
         with torch.no_grad():

@@ -102,6 +102,7 @@ def generate(fit: gm.Fit, n: int, seed: int, record: int, steps: int) -> tuple[n
     if fit.engine == "pyro":
         import torch
 
+        fit.write_back()  # a fit leaves the caller's module as it was: write the fitted weights into it
         d = find_diffusion(p.trace(n=1).nodes["x"]["fn"])
         torch.manual_seed(seed)
         with torch.no_grad():

@@ -60,6 +60,7 @@ def diffusion_of(fit: gm.Fit, x: np.ndarray) -> Any:
 
     p = fit.program
     if fit.engine == "pyro":
+        fit.write_back()  # a fit leaves the caller's module as it was: write the fitted weights into it
         return find_diffusion(p.trace(x=p.as_array(x)).nodes["x"]["fn"])
     import jax
 

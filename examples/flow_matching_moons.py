@@ -76,6 +76,7 @@ def fitted_site(fit: gm.Fit, x: np.ndarray) -> Any:
 
     p = fit.program
     if fit.engine == "pyro":
+        fit.write_back()  # a fit leaves the caller's module as it was: write the fitted weights into it
         fn = p.trace(x=p.as_array(x)).nodes["x"]["fn"]
     else:
         import jax
