@@ -309,8 +309,9 @@ def run_demo(
         x_train, x_test = sets[r.data]
         log.info("[%d/%d] %s on %s (%d steps)", i + 1, len(runs), r.name, r.data, r.steps)
         t0 = time.perf_counter()
-        opts = {} if r.lr is None else {"optim": r.lr}
-        fit = gm.fit(r.model, x_train, r.backend, steps=r.steps, batch_size=r.batch_size, seed=0, device=device, **opts)
+        fit = gm.fit(
+            r.model, x_train, r.backend, steps=r.steps, batch_size=r.batch_size, seed=0, device=device, optim=r.lr
+        )  # optim=None: the backend's default
         r.results = _measure(r, fit, x_test, time.perf_counter() - t0)
         r.results["history"] = fit.history
         slug = r.name.replace(" / ", "_").replace("(", "_").replace(")", "").replace(" ", "")
