@@ -21,11 +21,12 @@ def test_quick_demo_writes_report_figures_and_fits(tmp_path):
         "GAN / Adversarial(js)",
         "VAE / ELBO",
         "diffusion / Score(dsm)",
+        "continuous flow / FlowMatching",
     ):
         assert name in report, name
     assert "Mode coverage" in report and "Bernoulli(0.3)" in report
     for png in ("samples.png", "losses.png", "divergences.png"):
         assert (tmp_path / png).stat().st_size > 1000, png
     fits = sorted(p.name for p in (tmp_path / "fits").iterdir())
-    assert len(fits) == 9
+    assert len(fits) == 10
     assert all((tmp_path / "fits" / f / "datatree.nc").is_file() for f in fits)

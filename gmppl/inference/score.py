@@ -240,8 +240,9 @@ class Score(Backend):
         if unknown:
             raise BackendError(f"Score.log_prob got unknown keywords {sorted(unknown)}; use trace=, probes=.")
         if program.engine == "pyro":
-            d = _torch_diffusion(program, x, inputs)
-            lp, se, _ = d.log_prob_estimate(x, **kwargs)
+            with program.scope():  # this program's weights, not the caller's module's (as FlowMatching.log_prob)
+                d = _torch_diffusion(program, x, inputs)
+                lp, se, _ = d.log_prob_estimate(x, **kwargs)
             lp = lp.detach()
         else:
             fn = _jax_log_prob(program, plan, kwargs.get("trace"), kwargs.get("probes"))

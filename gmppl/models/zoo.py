@@ -1,4 +1,4 @@
-"""Ready-made programs — probabilistic PCA, VAE, GAN generator, flow, diffusion — in Pyro and NumPyro.
+"""Ready-made programs — probabilistic PCA, VAE, GAN generator, flow, diffusion, continuous flow — in Pyro and NumPyro.
 
 Each builder returns a fresh program ``model(x=None, n=None)`` with its own networks, written
 exactly as a user would write it (``pyro.module`` / ``eqx_module``), for the engine asked for.
@@ -262,5 +262,39 @@ def diffusion(
         s = eqx_module("score", jnet)
         with numpyro.plate("data", _n(x, n)):
             numpyro.sample("x", Diffusion(s, sde=sde), obs=x)
+
+    return jmodel
+
+
+def continuous_flow(dim: int, *, width: int = 128, depth: int = 3, engine: str = "pyro", seed: int = 0) -> Callable:
+    """A continuous normalising flow (``gm.models.ContinuousFlow``) with a ``ScoreMLP`` velocity field: fit it
+    by ``FlowMatching``; exact ODE density."""
+    _check(engine)
+    from gmppl.models.continuous_flow import ContinuousFlow
+    from gmppl.models.score_nets import ScoreMLP
+
+    if engine == "pyro":
+        import pyro
+        import torch
+
+        torch.manual_seed(seed)
+        net = ScoreMLP(dim, width=width, depth=depth)
+
+        def model(x: Any = None, n: int | None = None) -> None:
+            v = pyro.module("velocity", net)
+            with pyro.plate("data", _n(x, n)):
+                pyro.sample("x", ContinuousFlow(v), obs=x)
+
+        return model
+    import jax
+    import numpyro
+    from numpyro.contrib.module import eqx_module
+
+    jnet = ScoreMLP(dim, width=width, depth=depth, key=jax.random.PRNGKey(seed))
+
+    def jmodel(x: Any = None, n: int | None = None) -> None:
+        v = eqx_module("velocity", jnet)
+        with numpyro.plate("data", _n(x, n)):
+            numpyro.sample("x", ContinuousFlow(v), obs=x)
 
     return jmodel

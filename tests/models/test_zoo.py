@@ -28,6 +28,7 @@ def test_capabilities_by_model_class(engine):
         "ppca_latent": (zoo.ppca(2, 1, engine=engine, marginal=False), {"observation_model"}, {"density"}),
         "flow": (zoo.flow(2, engine=engine, layers=2), {"density", "reparameterized_sample"}, {"latent"}),
         "diffusion": (zoo.diffusion(2, engine=engine, width=16, depth=1), {"score_network"}, {"latent"}),
+        "continuous_flow": (zoo.continuous_flow(2, engine=engine, width=16, depth=1), {"velocity_field"}, {"latent"}),
     }
     for name, (model, has, lacks) in cases.items():
         got_engine, mi = info(model, x)

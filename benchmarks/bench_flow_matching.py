@@ -1,0 +1,192 @@
+"""Flow matching: gmppl's ``FlowMatching`` vs the hand-written conditional-flow-matching loop, same net and data.
+
+The model is a ``gm.models.ContinuousFlow`` whose velocity is ``ScoreMLP(2)`` (3 hidden layers of 128 SiLU
+units + a 32-d sinusoidal time embedding) on two moons, batch 256, Adam(2e-3), the OT path with
+``sigma_min = 1e-3`` and independent coupling. The baselines are the loops a user writes without gmppl:
+
+    x0 ~ N(0, I), t ~ U(0, 1), x_t = (1 - (1 - sigma_min) t) x0 + t x1, u = x1 - (1 - sigma_min) x0,
+    loss = mean_i || v(x_t, t) - u ||^2
+
+- torch: one Python step per batch with ``torch.optim.Adam`` (one intra-op thread, as gmppl uses on CPU)
+  against ``gm.fit`` of the Pyro program (``pyro.module`` + ``plate`` + ``ContinuousFlow``).
+- JAX: a ``jit`` + ``lax.scan`` of 100 optax Adam steps per dispatch on the equinox net, against ``gm.fit``
+  of the NumPyro program. Both in steady state: the first 100-step chunk, which holds the compilation,
+  is left out.
+
+Quality: the mean training loss over the last 50 steps (the same objective for all). Each gmppl case and
+its baseline run alternately, best of 3 (``bench_score._interleave``), so that the load of a shared machine
+cannot favour one of them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.bench_score import _interleave
+from benchmarks.harness import Case
+
+TITLE = "FlowMatching (OT path, ContinuousFlow + ScoreMLP, moons) steps/s vs plain torch / JAX CFM loops"
+BATCH, LR, SIGMA_MIN, CHUNK = 256, 2e-3, 1e-3, 100
+
+
+def _moons(n: int = 4000) -> np.ndarray:
+    from sklearn.datasets import make_moons
+
+    return make_moons(n, noise=0.05, random_state=0)[0].astype(np.float32)
+
+
+# ---------------------------------------------------------------------- torch
+def _torch_cases(x: np.ndarray) -> list[Case]:
+    import pyro
+    import torch
+
+    import gmppl as gm
+
+    xt = torch.as_tensor(x)
+
+    def plain(steps: int) -> float:
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        net = gm.models.ScoreMLP(2)
+        opt = torch.optim.Adam(net.parameters(), lr=LR)
+        gen = torch.Generator().manual_seed(0)
+        losses = []
+        for _ in range(steps):
+            x1 = xt[torch.randint(len(xt), (BATCH,), generator=gen)]
+            x0 = torch.randn_like(x1)
+            t = torch.rand(BATCH)
+            xs = (1 - (1 - SIGMA_MIN) * t)[:, None] * x0 + t[:, None] * x1
+            loss = (net(xs, t) - (x1 - (1 - SIGMA_MIN) * x0)).square().sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        return float(torch.stack(losses[-50:]).mean())
+
+    def fitted(steps: int) -> float:
+        torch.manual_seed(0)
+        net = gm.models.ScoreMLP(2)
+
+        def model(x: Any = None, n: int | None = None) -> None:
+            v = pyro.module("velocity", net)
+            with pyro.plate("data", x.shape[0] if x is not None else n):
+                pyro.sample("x", gm.models.ContinuousFlow(v), obs=x)
+
+        fit = gm.fit(
+            model,
+            x,
+            gm.inference.FlowMatching(sigma_min=SIGMA_MIN),
+            steps=steps,
+            batch_size=BATCH,
+            optim=LR,
+            device="cpu",
+            progress=False,
+        )
+        return float(fit.history["loss"][-50:].mean())
+
+    return [
+        Case("torch loop", plain, steps=0, quality_name="loss"),
+        Case("gmppl pyro FlowMatching", fitted, steps=0, baseline="torch loop", quality_name="loss"),
+    ]
+
+
+# ---------------------------------------------------------------------- JAX
+def _jax_cases(x: np.ndarray) -> list[Case]:
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import optax
+    from numpyro.contrib.module import eqx_module
+
+    import gmppl as gm
+
+    xj = jnp.asarray(x)
+    net0 = gm.models.ScoreMLP(2, key=jax.random.PRNGKey(0))
+    params0, static = eqx.partition(net0, eqx.is_inexact_array)
+    opt = optax.adam(LR)
+
+    def cfm_loss(params: Any, key: Any) -> Any:
+        k1, k2, k3 = jax.random.split(key, 3)
+        x1 = xj[jax.random.randint(k1, (BATCH,), 0, len(xj))]
+        x0 = jax.random.normal(k2, x1.shape)
+        t = jax.random.uniform(k3, (BATCH,))
+        xs = (1 - (1 - SIGMA_MIN) * t)[:, None] * x0 + t[:, None] * x1
+        v = eqx.combine(params, static)(xs, t)
+        return jnp.square(v - (x1 - (1 - SIGMA_MIN) * x0)).sum(1).mean()
+
+    def plain(steps: int) -> tuple[float, float]:
+        # A fresh jit per run, as in a new script (its compilation falls in the first chunk, left out).
+        @jax.jit
+        def chunk(params: Any, opt_state: Any, key: Any) -> tuple:
+            def body(carry: tuple, k: Any) -> tuple:
+                p, s = carry
+                loss, g = jax.value_and_grad(cfm_loss)(p, k)
+                updates, s = opt.update(g, s, p)
+                return (optax.apply_updates(p, updates), s), loss
+
+            (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jax.random.split(key, CHUNK))
+            return params, opt_state, losses
+
+        params, opt_state, key = params0, opt.init(params0), jax.random.PRNGKey(0)
+        losses, stamps = [], []
+        for _ in range(max(1, steps // CHUNK)):
+            key, k = jax.random.split(key)
+            params, opt_state, loss = chunk(params, opt_state, k)
+            losses.append(np.asarray(loss))  # a host sync per chunk, as gmppl's loop does
+            stamps.append(time.perf_counter())
+        return float(np.concatenate(losses)[-50:].mean()), _steady(stamps, steps)
+
+    def fitted(steps: int) -> tuple[float, float]:
+        def model(x: Any = None, n: int | None = None) -> None:
+            v = eqx_module("velocity", net0)
+            with numpyro.plate("data", x.shape[0] if x is not None else n):
+                numpyro.sample("x", gm.models.ContinuousFlow(v), obs=x)
+
+        stamps: list[float] = []
+        fit = gm.fit(
+            model,
+            x,
+            gm.inference.FlowMatching(sigma_min=SIGMA_MIN),
+            steps=steps,
+            batch_size=BATCH,
+            optim=LR,
+            progress=False,
+            callbacks=[lambda step, metrics: stamps.append(time.perf_counter())],  # once per 100-step chunk
+        )
+        return float(fit.history["loss"][-50:].mean()), _steady(stamps, steps)
+
+    base = "jax scan loop, steady state"
+    return [
+        Case(base, plain, steps=0, quality_name="loss"),
+        Case("gmppl numpyro FlowMatching, steady state", fitted, steps=0, baseline=base, quality_name="loss"),
+    ]
+
+
+def _steady(stamps: list[float], steps: int) -> float:
+    """Seconds for ``steps`` steps at the rate after the first chunk (which holds the compilation)."""
+    if len(stamps) < 2:
+        return float("inf")
+    return (stamps[-1] - stamps[0]) / (CHUNK * (len(stamps) - 1)) * steps
+
+
+def cases(quick: bool) -> list[Case]:
+    x = _moons()
+    steps = 300 if quick else 2000
+    torch_cases, jax_cases = _torch_cases(x), _jax_cases(x)
+    for c in torch_cases:
+        c.steps, c.warmup = steps, 20
+    for c in jax_cases:
+        c.steps, c.warmup = 2 * steps, 2 * CHUNK
+    _interleave(torch_cases, steps)
+    _interleave(jax_cases, 2 * steps)
+    return torch_cases + jax_cases
+
+
+if __name__ == "__main__":
+    from benchmarks.harness import run_cases
+
+    run_cases(TITLE, cases(quick=False))
