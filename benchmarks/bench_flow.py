@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import Case
+from benchmarks.harness import DEVICE, Case, on_device
 
 TITLE = "Likelihood (spline flow, moons) steps/s vs plain torch / JAX MLE loops"
 BATCH, LR, LAYERS, HIDDEN, CHUNK = 256, 1e-3, 4, (64, 64), 100
@@ -42,24 +42,25 @@ def _torch_cases(x: np.ndarray, threads: int) -> list[Case]:
 
     import gmppl as gm
 
-    xt = torch.as_tensor(x)
-    base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    xt = torch.as_tensor(x, device=DEVICE)
+    base = dist.Normal(torch.zeros(2, device=DEVICE), 1.0).to_event(1)
 
     def plain(steps: int) -> float:
-        torch.set_num_threads(threads)
-        torch.manual_seed(0)
-        flow = gm.models.flows.spline_coupling(2, layers=LAYERS, hidden=HIDDEN)
-        opt = torch.optim.Adam(flow.parameters(), lr=LR)
-        gen = torch.Generator().manual_seed(0)
-        losses = []
-        for _ in range(steps):
-            batch = xt[torch.randint(len(xt), (BATCH,), generator=gen)]
-            loss = -dist.TransformedDistribution(base, [flow]).log_prob(batch).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        return float(torch.stack(losses[-50:]).mean())
+        with on_device():  # the net and every draw on the benchmark device
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            flow = gm.models.flows.spline_coupling(2, layers=LAYERS, hidden=HIDDEN)
+            opt = torch.optim.Adam(flow.parameters(), lr=LR)
+            gen = torch.Generator(device=DEVICE).manual_seed(0)
+            losses = []
+            for _ in range(steps):
+                batch = xt[torch.randint(len(xt), (BATCH,), generator=gen)]
+                loss = -dist.TransformedDistribution(base, [flow]).log_prob(batch).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
+            return float(torch.stack(losses[-50:]).mean())
 
     def fitted(steps: int) -> float:
         torch.set_num_threads(threads)
@@ -72,7 +73,7 @@ def _torch_cases(x: np.ndarray, threads: int) -> list[Case]:
                 pyro.sample("x", gm.models.Pushforward(base, flow), obs=x)
 
         fit = gm.fit(
-            model, x, gm.inference.Likelihood(), steps=steps, batch_size=BATCH, optim=LR, device="cpu", progress=False
+            model, x, gm.inference.Likelihood(), steps=steps, batch_size=BATCH, optim=LR, device=DEVICE, progress=False
         )
         return float(fit.history["loss"][-50:].mean())
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_score import _interleave
-from benchmarks.harness import Case
+from benchmarks.harness import DEVICE, Case, on_device
 
 TITLE = "FlowMatching (OT path, ContinuousFlow + ScoreMLP, moons) steps/s vs plain torch / JAX CFM loops"
 BATCH, LR, SIGMA_MIN, CHUNK = 256, 2e-3, 1e-3, 100
@@ -45,26 +45,27 @@ def _torch_cases(x: np.ndarray) -> list[Case]:
 
     import gmppl as gm
 
-    xt = torch.as_tensor(x)
+    xt = torch.as_tensor(x, device=DEVICE)
 
     def plain(steps: int) -> float:
-        torch.set_num_threads(1)
-        torch.manual_seed(0)
-        net = gm.models.ScoreMLP(2)
-        opt = torch.optim.Adam(net.parameters(), lr=LR)
-        gen = torch.Generator().manual_seed(0)
-        losses = []
-        for _ in range(steps):
-            x1 = xt[torch.randint(len(xt), (BATCH,), generator=gen)]
-            x0 = torch.randn_like(x1)
-            t = torch.rand(BATCH)
-            xs = (1 - (1 - SIGMA_MIN) * t)[:, None] * x0 + t[:, None] * x1
-            loss = (net(xs, t) - (x1 - (1 - SIGMA_MIN) * x0)).square().sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        return float(torch.stack(losses[-50:]).mean())
+        with on_device():  # the net and every draw on the benchmark device
+            torch.set_num_threads(1)
+            torch.manual_seed(0)
+            net = gm.models.ScoreMLP(2)
+            opt = torch.optim.Adam(net.parameters(), lr=LR)
+            gen = torch.Generator(device=DEVICE).manual_seed(0)
+            losses = []
+            for _ in range(steps):
+                x1 = xt[torch.randint(len(xt), (BATCH,), generator=gen)]
+                x0 = torch.randn_like(x1)
+                t = torch.rand(BATCH)
+                xs = (1 - (1 - SIGMA_MIN) * t)[:, None] * x0 + t[:, None] * x1
+                loss = (net(xs, t) - (x1 - (1 - SIGMA_MIN) * x0)).square().sum(1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
+            return float(torch.stack(losses[-50:]).mean())
 
     def fitted(steps: int) -> float:
         torch.manual_seed(0)
@@ -82,7 +83,7 @@ def _torch_cases(x: np.ndarray) -> list[Case]:
             steps=steps,
             batch_size=BATCH,
             optim=LR,
-            device="cpu",
+            device=DEVICE,
             progress=False,
         )
         return float(fit.history["loss"][-50:].mean())

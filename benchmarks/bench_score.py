@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import Case
+from benchmarks.harness import DEVICE, Case, on_device
 
 TITLE = "Score (DSM) training steps/s vs plain torch / JAX loops; sampler cost to a W1 target"
 BATCH = 256
@@ -47,25 +47,26 @@ def _torch_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
 
     torch.set_num_threads(1)
     sde = SDE("vp")
-    xt = torch.as_tensor(x)
+    xt = torch.as_tensor(x, device=DEVICE)
     state: dict = {}
 
     def plain(steps: int) -> float:
-        torch.manual_seed(0)
-        net = gm.models.ScoreMLP(2)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        losses = []
-        for _ in range(steps):
-            x0 = xt[torch.randint(len(xt), (BATCH,))]
-            t = sde.t_eps + (1 - sde.t_eps) * torch.rand(BATCH)
-            z = torch.randn_like(x0)
-            a, s = sde.marginal(t)
-            loss = (s[:, None] * net(a[:, None] * x0 + s[:, None] * z, t) + z).square().sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        return float(torch.stack(losses[-50:]).mean())
+        with on_device():  # the net and every draw on the benchmark device
+            torch.manual_seed(0)
+            net = gm.models.ScoreMLP(2)
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+            losses = []
+            for _ in range(steps):
+                x0 = xt[torch.randint(len(xt), (BATCH,))]
+                t = sde.t_eps + (1 - sde.t_eps) * torch.rand(BATCH)
+                z = torch.randn_like(x0)
+                a, s = sde.marginal(t)
+                loss = (s[:, None] * net(a[:, None] * x0 + s[:, None] * z, t) + z).square().sum(1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
+            return float(torch.stack(losses[-50:]).mean())
 
     def fitted(steps: int) -> float:
         net = gm.models.ScoreMLP(2)
@@ -75,7 +76,7 @@ def _torch_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
             with pyro.plate("data", x.shape[0] if x is not None else n):
                 pyro.sample("x", gm.models.Diffusion(s, sde="vp"), obs=x)
 
-        fit = gm.fit(model, x, gm.inference.Score(), steps=steps, batch_size=BATCH, device="cpu", progress=False)
+        fit = gm.fit(model, x, gm.inference.Score(), steps=steps, batch_size=BATCH, device=DEVICE, progress=False)
         state["fit"] = fit
         return float(fit.history["loss"][-50:].mean())
 

@@ -12,8 +12,21 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu" if not os.environ.get("GMPPL_BENCH_GPU") else "")
+#: The torch device of gmppl's fits and the hand-written torch loops (``GMPPL_BENCH_GPU=1``: "cuda").
+DEVICE = "cuda" if os.environ.get("GMPPL_BENCH_GPU") else "cpu"
+
+
+def on_device() -> Any:
+    """A context making ``DEVICE`` torch's default device for a hand-written loop (nothing on CPU: the
+    context intercepts every torch call, which would slow the CPU baselines)."""
+    import contextlib
+
+    import torch
+
+    return contextlib.nullcontext() if DEVICE == "cpu" else torch.device(DEVICE)
 
 
 @dataclass
