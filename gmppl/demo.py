@@ -1,7 +1,7 @@
 """``gmppl demo``: one model class, several divergences, both engines, honest uncertainty — in minutes.
 
 On bundled data it fits
-  (a) one flow by ``Likelihood``, ``Adversarial(js)``, ``Adversarial(w1)`` and ``Score(sliced)`` (two moons);
+  (a) one flow by ``Likelihood``, ``Adversarial(js)`` and ``Adversarial(w1)`` (two moons);
   (b) one implicit generator by ``Adversarial`` with forward KL, reverse KL and JS (the 8-Gaussian
       ring: mode-covering vs mode-seeking; ``docs/design.md``, "Divergences and latent variables");
   (c) a VAE by ``ELBO``, a diffusion model by ``Score(dsm)`` and a continuous flow by ``FlowMatching``
@@ -130,7 +130,8 @@ def _plan(engine: str, data: str, quick: bool) -> list[Run]:
             "moons",
             s(2000),
         ),
-        Run("a", "flow / Score(sliced)", flow(), inference.Score(method="sliced"), "moons", s(2000)),
+        # no Score(sliced) row: on this spline flow (a discontinuous score) it fails, -14.8 nats held out, and on
+        # a smooth flow the demo's thin moons keep it a broad blob (tests/inference/test_score.py)
         Run("b", "GAN / Adversarial(kl)", gen(), ring("kl"), "ring", s(10000)),
         Run("b", "GAN / Adversarial(reverse_kl)", gen(), ring("reverse_kl"), "ring", s(10000)),
         Run("b", "GAN / Adversarial(js)", gen(), ring("js"), "ring", s(10000)),
