@@ -39,6 +39,31 @@ def test_flow_matching_moons_example(engine: str, tmp_path: Path) -> None:
         assert np.isfinite(diff["heldout_loglik_nats"])
 
 
+def test_flow_matching_mixture_example(tmp_path: Path) -> None:
+    """``--data mixture`` (known density): the per-point log-likelihood error and bias against the true
+    density are reported, finite, for the flow and the diffusion (no quality asserts at tiny settings)."""
+    mod = _load()
+    report = mod.main(["--data", "mixture", "--quick", "--steps", "50", "--out", str(tmp_path), "--diffusion"])
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert report["data"] == "mixture" and (tmp_path / "samples.png").stat().st_size > 0
+    keys = ("heldout_loglik_nats", "heldout_loglik_true_nats", "loglik_abs_error", "loglik_bias")
+    for r in (report, report["diffusion"]):
+        for key in keys + ("loglik_abs_error_stderr", "loglik_bias_stderr"):
+            assert np.isfinite(r[key]), key
+        assert r["loglik_abs_error"] >= abs(r["loglik_bias"]) - 1e-3 and r["loglik_abs_error_stderr"] > 0
+    assert report["heldout_loglik_true_nats"] == report["diffusion"]["heldout_loglik_true_nats"]
+    for key in ("euler_steps_to_target", "heun_steps_to_target"):
+        assert key in report
+    assert "em_steps_to_target" in report["diffusion"]
+    # the known density is normalised and sampled with the stated weights
+    g = np.linspace(-6, 6, 401)
+    grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    assert abs(np.exp(mod.mixture_log_prob(grid)).sum() * (g[1] - g[0]) ** 2 - 1) < 1e-3
+    x = mod.mixture(20000, seed=0)
+    nearest = np.argmin(((x[:, None] - mod.MIX_MEANS) ** 2).sum(-1), 1)
+    np.testing.assert_allclose(np.bincount(nearest) / len(x), mod.MIX_WEIGHTS, atol=0.02)
+
+
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "flow_matching_digits.py"
 
 
