@@ -18,9 +18,10 @@ The first chunk's wall time is printed separately (``COMPILE``): on JAX it is a 
 user writes first, and the same step in 100-step ``lax.scan`` chunks (gmppl's own dispatch shape).
 Quality: the share of high-quality samples (within 3 std of a mode) after the run.
 
-One run (``--quick``, 2000 steps, best of 3; CPU, 2 cores shared with other jobs): torch plain
-loop 58 steps/s, gmppl pyro 52 (0.89x); JAX jit-per-step loop 472, lax.scan loop 599, gmppl numpyro
-614 (1.30x and 1.03x); first chunk 1.3 s (pyro) and 2.0 s (numpyro, compile cache warm).
+One run (``--quick``, 2000 steps, best of 3; CPU, 2 cores shared with other jobs): JAX jit-per-step
+loop 472, lax.scan loop 599, gmppl numpyro 614 (1.30x and 1.03x); first chunk 1.3 s (pyro) and 2.0 s
+(numpyro, compile cache warm). Torch, in thread CPU time (800 steps, best of 3): plain loop 343 steps/s,
+with fused Adam 368, gmppl pyro 383 (1.12x and 1.04x).
 
     python benchmarks/bench_gan.py          # 20000 steps per case; prints the ratios and first-chunk times
     python -m benchmarks --quick gan
