@@ -6,22 +6,18 @@ Same networks on every side: generator and critic MLPs with two hidden layers of
 betas (0.5, 0.999)) for both players, one critic step per generator step, the standard GAN
 losses (critic: binary cross-entropy on real/fake logits; generator: ``-log D(G(z))``).
 
-What is timed: steady-state steps/s on every side, as in ``bench_vae``. The JAX baselines are warmed
-up first (their jit compilation excluded) and timed whole; the torch baselines from their 100th step on;
-the gmppl cases from the end of their first chunk (100 steps; torch: program inspection and setup; JAX:
-those plus tracing and compiling the 100-step ``lax.scan`` chunk) to the end of the fit, via
-``gm.fit(callbacks=)``. The torch cases (one intra-op thread) are timed in the main thread's CPU time
-(``time.thread_time``, as ``bench_vae``'s: on the 2 shared cores wall-clock rates of one loop varied 2x
-between runs), the JAX cases in wall time.
+What is timed: steady-state steps/s on every side, as in ``bench_vae``. The baselines are warmed up
+first (their jit compilation excluded) and timed whole; the gmppl cases are timed from the end of
+their first chunk (25 torch steps: program inspection and setup; 100 JAX steps: those plus tracing
+and compiling the 100-step ``lax.scan`` chunk) to the end of the fit, via ``gm.fit(callbacks=)``.
 The first chunk's wall time is printed separately (``COMPILE``): on JAX it is a fixed ~5-10 s per
 ``gm.fit`` call, which a 20000-step fit amortises. Two JAX baselines: the per-step ``jax.jit`` loop a
 user writes first, and the same step in 100-step ``lax.scan`` chunks (gmppl's own dispatch shape).
 Quality: the share of high-quality samples (within 3 std of a mode) after the run.
 
-One run (``--quick``, 2000 steps, best of 3; CPU, 2 cores shared with other jobs): JAX jit-per-step
-loop 472, lax.scan loop 599, gmppl numpyro 614 (1.30x and 1.03x); first chunk 1.3 s (pyro) and 2.0 s
-(numpyro, compile cache warm). Torch, in thread CPU time (800 steps, best of 3): plain loop 343 steps/s,
-with fused Adam 368, gmppl pyro 383 (1.12x and 1.04x).
+One run (``--quick``, 2000 steps, best of 3; CPU, 2 cores shared with other jobs): torch plain
+loop 58 steps/s, gmppl pyro 52 (0.89x); JAX jit-per-step loop 472, lax.scan loop 599, gmppl numpyro
+614 (1.30x and 1.03x); first chunk 1.3 s (pyro) and 2.0 s (numpyro, compile cache warm).
 
     python benchmarks/bench_gan.py          # 20000 steps per case; prints the ratios and first-chunk times
     python -m benchmarks --quick gan
@@ -43,21 +39,20 @@ TORCH_CHUNK, JAX_CHUNK = 25, 100
 COMPILE: dict[str, float] = {}
 
 
-def _steady(stamps: list[tuple[int, float]], steps: int) -> float:
-    """Seconds for ``steps`` steps at the rate after the first chunk (setup, tracing and compilation), from
-    ``(steps done, clock)`` stamps (the fit's callback reports its own step count)."""
+def _steady(stamps: list[float], chunk: int, steps: int) -> float:
+    """Seconds for ``steps`` steps at the rate after the first chunk (setup, tracing and compilation)."""
     if len(stamps) < 2:
         return float("inf")
-    return (stamps[-1][1] - stamps[0][1]) / (stamps[-1][0] - stamps[0][0]) * steps
+    return (stamps[-1] - stamps[0]) / (chunk * (len(stamps) - 1)) * steps
 
 
-def _stamped(fit_call, steps: int, label: str, clock=time.perf_counter):  # noqa: ANN001, ANN202
+def _stamped(fit_call, steps: int, chunk: int, label: str):  # noqa: ANN001, ANN202
     """Run ``fit_call(callbacks)``; return the fit and the steady-state seconds for ``steps`` steps."""
-    stamps: list[tuple[int, float]] = []
-    t0 = clock()
-    fit = fit_call([lambda step, metrics: stamps.append((step, clock()))])
-    COMPILE[f"{label}: first {stamps[0][0]} steps incl. setup (+ compile), s"] = round(stamps[0][1] - t0, 2)
-    return fit, _steady(stamps, steps)
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    fit = fit_call([lambda step, metrics: stamps.append(time.perf_counter())])
+    COMPILE[f"{label}: first {chunk} steps incl. setup (+ compile), s"] = round(stamps[0] - t0, 2)
+    return fit, _steady(stamps, chunk, steps)
 
 
 def _ring(n: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +81,7 @@ def _torch_cases(steps: int) -> list[Case]:
     x_np, centres = _ring()
     torch.set_num_threads(1)
 
-    def plain(n_steps: int, fused: bool | None = None) -> tuple[float, float]:
+    def plain(n_steps: int, fused: bool | None = None) -> float:
         torch.manual_seed(0)
         x = torch.as_tensor(x_np)
         g = torch_mlp(2, 2, width=WIDTH, activation="relu")
@@ -94,8 +89,7 @@ def _torch_cases(steps: int) -> list[Case]:
         og = torch.optim.Adam(g.parameters(), lr=LR, betas=BETAS, fused=fused)
         od = torch.optim.Adam(d.parameters(), lr=LR, betas=BETAS, fused=fused)
         ones, zeros = torch.ones(BATCH), torch.zeros(BATCH)
-        stamps: list[tuple[int, float]] = []
-        for t in range(n_steps):
+        for _ in range(n_steps):
             real = x[torch.randint(len(x), (BATCH,))]
             fake = g(torch.randn(BATCH, 2))
             loss_d = F.binary_cross_entropy_with_logits(d(real).reshape(-1), ones) + F.binary_cross_entropy_with_logits(
@@ -108,10 +102,8 @@ def _torch_cases(steps: int) -> list[Case]:
             og.zero_grad()
             loss_g.backward()
             og.step()
-            if (t + 1) % 100 == 0:
-                stamps.append((t + 1, time.thread_time()))
         with torch.no_grad():
-            return _quality(g(torch.randn(2500, 2)).numpy(), centres), _steady(stamps, n_steps)
+            return _quality(g(torch.randn(2500, 2)).numpy(), centres)
 
     def gmppl(n_steps: int) -> float:
         torch.manual_seed(0)
@@ -138,8 +130,8 @@ def _torch_cases(steps: int) -> list[Case]:
                 callbacks=cbs,
             ),
             n_steps,
+            TORCH_CHUNK,
             "gmppl pyro",
-            time.thread_time,
         )
         return _quality(np.asarray(fit.sample(2500, seed=1)), centres), seconds
 
@@ -246,6 +238,7 @@ def _jax_cases(steps: int) -> list[Case]:
                 model, x_np, backend, steps=n_steps, batch_size=BATCH, seed=0, progress=False, callbacks=cbs
             ),
             n_steps,
+            JAX_CHUNK,
             "gmppl numpyro",
         )
         return _quality(np.asarray(fit.sample(2500, seed=1)), centres), seconds

@@ -49,12 +49,11 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return x[:1500], x[1500:]
 
 
-def _steady(stamps: list[tuple[int, float]], steps: int) -> float:
-    """Seconds for ``steps`` steps at the rate after the first chunk (tracing and compilation), from
-    ``(steps done, clock)`` stamps (a fit's callback reports its own step count: its chunks are 100 torch steps)."""
+def _steady(stamps: list[float], chunk: int, steps: int) -> float:
+    """Seconds for ``steps`` steps at the rate after the first chunk (tracing and compilation)."""
     if len(stamps) < 2:
         return float("inf")
-    return (stamps[-1][1] - stamps[0][1]) / (stamps[-1][0] - stamps[0][0]) * steps
+    return (stamps[-1] - stamps[0]) / (chunk * (len(stamps) - 1)) * steps
 
 
 # ---------------------------------------------------------------------- torch
@@ -116,8 +115,8 @@ def _torch_cases(x: np.ndarray, x_test: np.ndarray, threads: int) -> list[Case]:
         for t in range(steps):
             svi.step(xt[torch.randint(len(xt), (BATCH,), generator=gen)])
             if (t + 1) % TORCH_CHUNK == 0:
-                stamps.append((t + 1, clock()))
-        return test_elbo(enc, dec), _steady(stamps, steps)
+                stamps.append(clock())
+        return test_elbo(enc, dec), _steady(stamps, TORCH_CHUNK, steps)
 
     def plain(steps: int, fused: bool = False) -> tuple[float, float]:
         enc, dec = nets()
@@ -134,13 +133,13 @@ def _torch_cases(x: np.ndarray, x_test: np.ndarray, threads: int) -> list[Case]:
             loss.backward()
             opt.step()
             if (t + 1) % TORCH_CHUNK == 0:
-                stamps.append((t + 1, clock()))
-        return test_elbo(enc, dec), _steady(stamps, steps)
+                stamps.append(clock())
+        return test_elbo(enc, dec), _steady(stamps, TORCH_CHUNK, steps)
 
     def fitted(steps: int, objective: str) -> tuple[float, float]:
         _, dec = nets()
         model, _ = pyro_program(None, dec)
-        stamps: list[tuple[int, float]] = []
+        stamps: list[float] = []
         t0 = clock()
         fit = gm.fit(
             model,
@@ -151,12 +150,12 @@ def _torch_cases(x: np.ndarray, x_test: np.ndarray, threads: int) -> list[Case]:
             optim=LR,
             device="cpu",
             progress=False,
-            callbacks=[lambda step, metrics: stamps.append((step, clock()))],
+            callbacks=[lambda step, metrics: stamps.append(clock())],
         )
-        COMPILE[f"gmppl pyro {objective}, first {stamps[0][0]} steps incl. setup + JIT trace ({thr}), s"] = round(
-            stamps[0][1] - t0, 2
+        COMPILE[f"gmppl pyro {objective}, first {TORCH_CHUNK} steps incl. setup + JIT trace ({thr}), s"] = round(
+            stamps[0] - t0, 2
         )
-        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), _steady(stamps, steps)
+        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), _steady(stamps, TORCH_CHUNK, steps)
 
     svi, loop = f"pyro SVI Trace_ELBO ({thr})", f"torch loop, analytic KL ({thr})"
     out = [
@@ -224,13 +223,13 @@ def _jax_cases(x: np.ndarray, x_test: np.ndarray) -> list[Case]:
             state, loss = update(state, xj[rng.integers(len(x), size=BATCH)])
             if (t + 1) % JAX_CHUNK == 0:
                 loss.block_until_ready()
-                stamps.append((t + 1, clock()))
+                stamps.append(clock())
         params = svi.get_params(state)
         enc, dec = (
             eqx.combine(params[f"{m}$params"], eqx.partition(net, eqx.is_inexact_array)[1])
             for m, net in (("encoder", enc0), ("decoder", dec0))
         )
-        return float(test_elbo(enc, dec, jax.random.PRNGKey(1))), _steady(stamps, steps)
+        return float(test_elbo(enc, dec, jax.random.PRNGKey(1))), _steady(stamps, JAX_CHUNK, steps)
 
     # (d) plain JAX: JAX_CHUNK steps per jit(lax.scan) dispatch
     params0, static = eqx.partition((enc0, dec0), eqx.is_inexact_array)
@@ -259,16 +258,16 @@ def _jax_cases(x: np.ndarray, x_test: np.ndarray) -> list[Case]:
             return params, opt_state, losses
 
         params, opt_state, key, stamps = params0, opt.init(params0), jax.random.PRNGKey(0), []
-        for c in range(max(1, steps // JAX_CHUNK)):
+        for _ in range(max(1, steps // JAX_CHUNK)):
             key, k = jax.random.split(key)
             params, opt_state, losses = chunk(params, opt_state, k)
             np.asarray(losses)  # a host sync per chunk, as gmppl's loop does
-            stamps.append(((c + 1) * JAX_CHUNK, clock()))
+            stamps.append(clock())
         enc, dec = eqx.combine(params, static)
-        return float(test_elbo(enc, dec, jax.random.PRNGKey(1))), _steady(stamps, steps)
+        return float(test_elbo(enc, dec, jax.random.PRNGKey(1))), _steady(stamps, JAX_CHUNK, steps)
 
     def fitted(steps: int) -> tuple[float, float]:
-        stamps: list[tuple[int, float]] = []
+        stamps: list[float] = []
         t0 = clock()
         fit = gm.fit(
             model,
@@ -278,10 +277,10 @@ def _jax_cases(x: np.ndarray, x_test: np.ndarray) -> list[Case]:
             batch_size=BATCH,
             optim=LR,
             progress=False,
-            callbacks=[lambda step, metrics: stamps.append((step, clock()))],
+            callbacks=[lambda step, metrics: stamps.append(clock())],
         )
-        COMPILE[f"gmppl numpyro, first {JAX_CHUNK} steps incl. setup + compile, s"] = round(stamps[0][1] - t0, 2)
-        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), _steady(stamps, steps)
+        COMPILE[f"gmppl numpyro, first {JAX_CHUNK} steps incl. setup + compile, s"] = round(stamps[0] - t0, 2)
+        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), _steady(stamps, JAX_CHUNK, steps)
 
     return [
         Case("numpyro SVI (jit update)", numpyro_svi, steps=0, quality_name="test ELBO"),

@@ -561,11 +561,7 @@ def _stack(rows: list[dict[str, torch.Tensor]], k: int) -> dict[str, np.ndarray]
     names = {name for r in rows for name in r}
     out = {}
     for name in names:
-        col = [r.get(name) for r in rows]
-        if all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in col):  # one stack and one copy to the host
-            vals = torch.stack(col).detach().float().cpu()  # type: ignore[arg-type]
-        else:
-            vals = torch.stack([torch.as_tensor(r.get(name, float("nan"))).detach().float().cpu() for r in rows])
+        vals = torch.stack([torch.as_tensor(r.get(name, float("nan"))).detach().float().cpu() for r in rows])
         arr = vals.numpy().astype(np.float64)
         out[name] = np.concatenate([arr, np.full(k - len(arr), np.nan)]) if len(arr) < k else arr
     return out
@@ -593,41 +589,3 @@ def gradient_step(loss: torch.Tensor, optimizer: Any, params: list[torch.Tensor]
 
 def make_optimizer(optim: Any, params: list[torch.Tensor]) -> Any:
     return build_torch(optim, params)
-
-
-def compiled_generate(program: PyroProgram, n: int) -> Callable[[], torch.Tensor] | None:
-    """``program.generate(n, grad=True)`` as a traced graph (``pyro.ops.jit``), or None where it would differ.
-
-    Running the program through Pyro's effect handlers costs a small generator about as much as its own
-    forward pass (``pyro.module`` looks each parameter up through the handler stack, the sample and plate
-    sites build their messages); the traced graph runs the same torch ops, random draws included, with the
-    parameter tensors looked up once (the optimiser, restores and loads update them in place). The trace and
-    its check run under a forked random state, so the caller's stream is untouched; the check draws from
-    another seed than the trace and demands the identical value (a program whose structure depends on its
-    draws, or that draws outside torch, fails it), else the caller keeps the handlers. Call it inside the
-    program's scope.
-    """
-    import warnings
-
-    devices = [program.device] if program.device.type == "cuda" else []
-    traced = pyro.ops.jit.trace(lambda: program.generate(n, grad=True), ignore_warnings=True)
-    try:
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
-            warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer notes
-            torch.manual_seed(0)
-            traced()
-            (graph,) = traced.compiled.values()
-            params = tuple(pyro.param(name).unconstrained() for name in traced._param_names)  # type: ignore[attr-defined]
-
-            def run() -> torch.Tensor:
-                with torch.jit.optimized_execution(False):  # autograd over the ops, as eager (see elbo._Compiled)
-                    return graph(*params)
-
-            torch.manual_seed(1)
-            eager = program.generate(n, grad=True)
-            torch.manual_seed(1)
-            same = run()
-    except Exception:  # not traceable: the handlers it is
-        return None
-    ok = same.shape == eager.shape and same.dtype == eager.dtype and bool(torch.equal(same, eager))
-    return run if ok else None
