@@ -19,26 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from gmppl._files import fsync, sha256_file
 from gmppl.errors import CheckpointError
 
 KEEP = 2
 FORMAT = 1
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def check_directory(path: Any) -> Path:
@@ -73,15 +58,15 @@ def write(path: Path, step: int, arrays: dict[str, np.ndarray], meta: dict[str, 
     try:
         state = tmp / "state.safetensors"
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(state))
-        _fsync(state)
+        fsync(state)
         scalars = sorted(k for k, v in arrays.items() if np.ndim(v) == 0)  # safetensors stores them as (1,)
-        body = {"format": FORMAT, "step": step, "sha256": _sha256(state), "scalar_arrays": scalars, **meta}
+        body = {"format": FORMAT, "step": step, "sha256": sha256_file(state), "scalar_arrays": scalars, **meta}
         (tmp / "meta.json").write_text(json.dumps(body))
-        _fsync(tmp / "meta.json")
+        fsync(tmp / "meta.json")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(path)
+        fsync(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -104,7 +89,7 @@ def read(path: Path, step: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{d}: unknown checkpoint format {meta.get('format')!r}.")
     state = d / "state.safetensors"
-    if not state.is_file() or _sha256(state) != meta.get("sha256"):
+    if not state.is_file() or sha256_file(state) != meta.get("sha256"):
         raise CheckpointError(f"{state} is corrupt (checksum mismatch); delete {d} to resume from an older one.")
     arrays = load_file(str(state))
     for k in meta.get("scalar_arrays", []):

@@ -123,8 +123,9 @@ def fit(
     """
     import gmppl as gm
     from gmppl._data import check_seed
+    from gmppl._files import sha256_file
     from gmppl.datasets import load_arrays
-    from gmppl.io import check_output, sha256_file
+    from gmppl.io import check_output
 
     try:
         check_output(out)
@@ -254,7 +255,8 @@ def _recorded_model(run_dir: Path) -> str:
     it lies outside ``run_dir`` and its SHA-256 matches the one ``gmppl fit`` recorded (the manifest is
     checked first, so a corrupt meta.json is reported as such).
     """
-    from gmppl.io import sha256_file, verify
+    from gmppl._files import sha256_file
+    from gmppl.io import verify
 
     meta = verify(run_dir) if (run_dir / "meta.json").is_file() else None
     if meta is None:

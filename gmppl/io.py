@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from gmppl._data import to_numpy
+from gmppl._files import fsync, sha256_file
 from gmppl.errors import CheckpointError
 
 FORMAT = 2  # 2: with manifest.json; 1 (no manifest) is still read
@@ -280,27 +281,8 @@ def read(path: Any, model: Callable, backend: Any = None, *, device: Any = None)
 _ACTIVE: set[Path] = set()
 
 
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a file's bytes, in hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files_digest(files: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    if os.name == "nt" and path.is_dir():  # Windows cannot open a directory to flush it
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_fit(path: Path) -> bool:
@@ -391,26 +373,26 @@ def write_atomic(path: Any, write: Callable[[Path], None]) -> None:
         write(tmp)
         files = {}
         for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            _fsync(f)
+            fsync(f)
             files[f.relative_to(tmp).as_posix()] = sha256_file(f)
         files.pop(MANIFEST, None)
         manifest = {"format": FORMAT, "files": files, "sha256": _files_digest(files)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _fsync(tmp / MANIFEST)
-        _fsync(tmp)
+        fsync(tmp / MANIFEST)
+        fsync(tmp)
         if target.exists():
             aside = parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
             _ACTIVE.add(aside)
             try:
                 os.rename(target, aside)
                 os.rename(tmp, target)
-                _fsync(parent)
+                fsync(parent)
                 shutil.rmtree(aside, ignore_errors=True)
             finally:
                 _ACTIVE.discard(aside)
         else:
             os.rename(tmp, target)
-            _fsync(parent)
+            fsync(parent)
     finally:
         _ACTIVE.discard(tmp)
         if tmp.exists():

@@ -144,7 +144,7 @@ def test_run_naming_a_file_without_a_hash_is_refused_and_never_imported(setup, c
 
 
 def test_run_shipping_its_own_program_with_a_matching_hash_is_refused(setup):
-    from gmppl.io import sha256_file
+    from gmppl._files import sha256_file
 
     marker = setup / "marker"
     run = setup / "run"
