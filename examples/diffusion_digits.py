@@ -115,7 +115,17 @@ def generate(fit: gm.Fit, n: int, seed: int, record: int, steps: int) -> tuple[n
     return np.asarray(y), list(np.asarray(info["trajectory"])), int(info["nfe"])
 
 
-def plot(out: Path, samples: np.ndarray, held: np.ndarray, trajectory: list[np.ndarray]) -> None:
+def plot(
+    out: Path,
+    samples: np.ndarray,
+    held: np.ndarray,
+    trajectory: list[np.ndarray],
+    *,
+    label: str = "diffusion samples",
+    forward_time: bool = False,
+) -> None:
+    """``samples.png`` (held-out digits beside ``samples``) and ``trajectory.png`` (four draws along the
+    generating process, noise first: t from 1 to 0 for the reverse SDE, 0 to 1 when ``forward_time``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,7 +137,7 @@ def plot(out: Path, samples: np.ndarray, held: np.ndarray, trajectory: list[np.n
         return imgs[: rows * cols].reshape(rows, cols, 8, 8).transpose(0, 2, 1, 3).reshape(rows * 8, cols * 8)
 
     fig, ax = plt.subplots(1, 2, figsize=(8, 4.3))
-    for a, imgs, title in ((ax[0], held[:64], "held-out digits"), (ax[1], samples[:64], "diffusion samples")):
+    for a, imgs, title in ((ax[0], held[:64], "held-out digits"), (ax[1], samples[:64], label)):
         a.imshow(tile(imgs, 8), cmap="gray_r", vmin=0, vmax=16)
         a.set_title(title)
         a.axis("off")
@@ -137,7 +147,8 @@ def plot(out: Path, samples: np.ndarray, held: np.ndarray, trajectory: list[np.n
     fig, ax = plt.subplots(1, k, figsize=(1.6 * k, 6.4))
     for i, (a, ys) in enumerate(zip(np.atleast_1d(ax), trajectory, strict=True)):
         a.imshow(tile(np.clip((ys[:4] + 1) / 2, 0, 1) * 16, 1), cmap="gray_r", vmin=0, vmax=16)
-        a.set_title(f"t = {1 - i / max(k - 1, 1):.2f}")
+        frac = i / max(k - 1, 1)
+        a.set_title(f"t = {frac if forward_time else 1 - frac:.2f}")
         a.axis("off")
     fig.savefig(out / "trajectory.png", dpi=100)
     plt.close(fig)

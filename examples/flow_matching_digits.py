@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,29 +37,12 @@ import numpy as np
 
 import gmppl as gm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the digits helpers of the diffusion example
+from diffusion_digits import _shape, dequantise, pixels, plot, quantise  # noqa: E402
+
 N_TRAIN = 1500
 D = 64
 LOG_JACOBIAN = D * math.log(2 / 17)  # d y / d (k + u) = 2 / 17 per pixel
-
-
-def pixels() -> np.ndarray:
-    """The digits as integer pixels ``(1797, 64)`` in ``{0..16}``."""
-    return np.rint(gm.datasets.digits() * 16).astype(np.int64)
-
-
-def dequantise(k: np.ndarray, seed: int) -> np.ndarray:
-    """``y = 2 (k + u) / 17 - 1``, ``u ~ U(0, 1)``, shaped ``(n, 1, 8, 8)``."""
-    u = np.random.default_rng(seed).uniform(size=k.shape)
-    return (2 * (k + u) / 17 - 1).astype(np.float32).reshape(-1, 1, 8, 8)
-
-
-def quantise(y: np.ndarray) -> np.ndarray:
-    """Back to pixels: ``k = clip(floor(17 (y + 1) / 2), 0, 16)``, flat ``(n, 64)``."""
-    return np.clip(np.floor(17 * (np.asarray(y) + 1) / 2), 0, 16).reshape(len(y), D)
-
-
-def _shape(net: str) -> tuple[int, ...]:
-    return (1, 8, 8) if net == "unet" else (D,)
 
 
 def build_model(engine: str, net: str, seed: int) -> Any:
@@ -113,34 +97,6 @@ def generate(
         jax.random.PRNGKey(seed)
     )
     return np.asarray(y), list(np.asarray(info["trajectory"])), int(info["nfe"])
-
-
-def plot(out: Path, samples: np.ndarray, held: np.ndarray, trajectory: list[np.ndarray]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def tile(imgs: np.ndarray, cols: int) -> np.ndarray:
-        imgs = imgs.reshape(-1, 8, 8)
-        rows = len(imgs) // cols
-        return imgs[: rows * cols].reshape(rows, cols, 8, 8).transpose(0, 2, 1, 3).reshape(rows * 8, cols * 8)
-
-    fig, ax = plt.subplots(1, 2, figsize=(8, 4.3))
-    for a, imgs, title in ((ax[0], held[:64], "held-out digits"), (ax[1], samples[:64], "flow-matching samples")):
-        a.imshow(tile(imgs, 8), cmap="gray_r", vmin=0, vmax=16)
-        a.set_title(title)
-        a.axis("off")
-    fig.savefig(out / "samples.png", dpi=100)
-    plt.close(fig)
-    k = len(trajectory)
-    fig, ax = plt.subplots(1, k, figsize=(1.6 * k, 6.4))
-    for i, (a, ys) in enumerate(zip(np.atleast_1d(ax), trajectory, strict=True)):
-        a.imshow(tile(np.clip((ys[:4] + 1) / 2, 0, 1) * 16, 1), cmap="gray_r", vmin=0, vmax=16)
-        a.set_title(f"t = {i / max(k - 1, 1):.2f}")
-        a.axis("off")
-    fig.savefig(out / "trajectory.png", dpi=100)
-    plt.close(fig)
 
 
 def main(
@@ -211,7 +167,7 @@ def main(
     report["c2st"] = round(float(c), 4)
     report["c2st_stderr"] = round(float(c.stderr), 4)
     report["c2st_floor_train_vs_heldout"] = round(float(gm.metrics.c2st(floor_images / 16, k_test / 16, seed=seed)), 4)
-    plot(out, gen, k_test, traj)
+    plot(out, gen, k_test, traj, label="flow-matching samples", forward_time=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return report
