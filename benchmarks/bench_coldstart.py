@@ -35,6 +35,14 @@ import numpy as np
 x = np.random.default_rng(0).normal(1.0, 2.0, size={N}).astype(np.float32)
 """
 
+_NUMPYRO_MODEL = """
+def model(x=None, n=None):
+    loc = numpyro.param("loc", jnp.zeros(()))
+    scale = numpyro.param("scale", jnp.ones(()), constraint=constraints.positive)
+    with numpyro.plate("data", x.shape[0] if x is not None else n):
+        numpyro.sample("x", dist.Normal(loc, scale), obs=x)
+"""
+
 IMPORT = """
 t0 = time.perf_counter()
 import gmppl
@@ -46,12 +54,7 @@ import jax.numpy as jnp, numpyro, numpyro.distributions as dist
 from numpyro.distributions import constraints
 import gmppl as gm
 {_DATA}
-def model(x=None, n=None):
-    loc = numpyro.param("loc", jnp.zeros(()))
-    scale = numpyro.param("scale", jnp.ones(()), constraint=constraints.positive)
-    with numpyro.plate("data", x.shape[0] if x is not None else n):
-        numpyro.sample("x", dist.Normal(loc, scale), obs=x)
-
+{_NUMPYRO_MODEL}
 t0 = time.perf_counter()
 fit = gm.fit(model, x, gm.inference.Likelihood(), steps={STEPS}, batch_size={N}, progress=False)
 out["fit_s"] = time.perf_counter() - t0
@@ -62,12 +65,7 @@ import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.infer import SVI, Trace_ELBO
 {_DATA}
-def model(x=None, n=None):
-    loc = numpyro.param("loc", jnp.zeros(()))
-    scale = numpyro.param("scale", jnp.ones(()), constraint=constraints.positive)
-    with numpyro.plate("data", x.shape[0] if x is not None else n):
-        numpyro.sample("x", dist.Normal(loc, scale), obs=x)
-
+{_NUMPYRO_MODEL}
 def guide(x=None, n=None):
     pass
 
