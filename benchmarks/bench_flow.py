@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import DEVICE, Case, on_device
+from benchmarks.harness import DEVICE, Case, jax_scan_loop, on_device, steady
 
 TITLE = "Likelihood (spline flow, moons) steps/s vs plain torch / JAX MLE loops"
 BATCH, LR, LAYERS, HIDDEN, CHUNK = 256, 1e-3, 4, (64, 64), 100
@@ -106,27 +106,12 @@ def _jax_cases(x: np.ndarray) -> list[Case]:
         z, logdet = eqx.combine(params, static).inverse_and_log_det(batch)
         return -(base.log_prob(z) + logdet).mean()
 
-    @jax.jit
-    def chunk(params: Any, opt_state: Any, key: Any) -> tuple:
-        def body(carry: tuple, k: Any) -> tuple:
-            p, s = carry
-            batch = xj[jax.random.randint(k, (BATCH,), 0, len(xj))]
-            loss, g = jax.value_and_grad(nll)(p, batch)
-            updates, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, updates), s), loss
-
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jax.random.split(key, CHUNK))
-        return params, opt_state, losses
-
     def plain(steps: int) -> tuple[float, float]:
-        params, opt_state, key = params0, opt.init(params0), jax.random.PRNGKey(0)
-        losses, stamps = [], []
-        for _ in range(max(1, steps // CHUNK)):
-            key, k = jax.random.split(key)
-            params, opt_state, loss = chunk(params, opt_state, k)
-            losses.append(np.asarray(loss))  # a host sync per chunk, as gmppl's loop does
-            stamps.append(time.perf_counter())
-        return float(np.concatenate(losses)[-50:].mean()), _steady(stamps, steps)
+        def loss(params: Any, key: Any) -> Any:
+            return nll(params, xj[jax.random.randint(key, (BATCH,), 0, len(xj))])
+
+        _, losses, stamps = jax_scan_loop(loss, params0, opt, steps, CHUNK)
+        return float(np.concatenate(losses)[-50:].mean()), steady(stamps, CHUNK, steps)
 
     def fitted(steps: int) -> tuple[float, float]:
         def model(x: Any = None, n: int | None = None) -> None:
@@ -147,19 +132,12 @@ def _jax_cases(x: np.ndarray) -> list[Case]:
             callbacks=[lambda step, metrics: stamps.append(time.perf_counter())],
         )
         COMPILE["gmppl numpyro (first chunk, s)"] = round(stamps[0] - t0, 2)
-        return float(fit.history["loss"][-50:].mean()), _steady(stamps, steps)
+        return float(fit.history["loss"][-50:].mean()), steady(stamps, CHUNK, steps)
 
     return [
         Case("jax scan loop", plain, steps=0, quality_name="nll"),
         Case("gmppl numpyro Likelihood", fitted, steps=0, baseline="jax scan loop", quality_name="nll"),
     ]
-
-
-def _steady(stamps: list[float], steps: int) -> float:
-    """Seconds for ``steps`` steps at the rate after the first chunk (which holds the compilation)."""
-    if len(stamps) < 2:
-        return float("inf")
-    return (stamps[-1] - stamps[0]) / (CHUNK * (len(stamps) - 1)) * steps
 
 
 def cases(quick: bool) -> list[Case]:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_score import _interleave
-from benchmarks.harness import DEVICE, Case, on_device
+from benchmarks.harness import DEVICE, Case, jax_scan_loop, on_device, steady
 
 TITLE = "FlowMatching (OT path, ContinuousFlow + ScoreMLP, moons) steps/s vs plain torch / JAX CFM loops"
 BATCH, LR, SIGMA_MIN, CHUNK = 256, 2e-3, 1e-3, 100
@@ -119,27 +119,9 @@ def _jax_cases(x: np.ndarray) -> list[Case]:
         v = eqx.combine(params, static)(xs, t)
         return jnp.square(v - (x1 - (1 - SIGMA_MIN) * x0)).sum(1).mean()
 
-    def plain(steps: int) -> tuple[float, float]:
-        # A fresh jit per run, as in a new script (its compilation falls in the first chunk, left out).
-        @jax.jit
-        def chunk(params: Any, opt_state: Any, key: Any) -> tuple:
-            def body(carry: tuple, k: Any) -> tuple:
-                p, s = carry
-                loss, g = jax.value_and_grad(cfm_loss)(p, k)
-                updates, s = opt.update(g, s, p)
-                return (optax.apply_updates(p, updates), s), loss
-
-            (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jax.random.split(key, CHUNK))
-            return params, opt_state, losses
-
-        params, opt_state, key = params0, opt.init(params0), jax.random.PRNGKey(0)
-        losses, stamps = [], []
-        for _ in range(max(1, steps // CHUNK)):
-            key, k = jax.random.split(key)
-            params, opt_state, loss = chunk(params, opt_state, k)
-            losses.append(np.asarray(loss))  # a host sync per chunk, as gmppl's loop does
-            stamps.append(time.perf_counter())
-        return float(np.concatenate(losses)[-50:].mean()), _steady(stamps, steps)
+    def plain(steps: int) -> tuple[float, float]:  # a fresh jit per run, as in a new script
+        _, losses, stamps = jax_scan_loop(cfm_loss, params0, opt, steps, CHUNK)
+        return float(np.concatenate(losses)[-50:].mean()), steady(stamps, CHUNK, steps)
 
     def fitted(steps: int) -> tuple[float, float]:
         def model(x: Any = None, n: int | None = None) -> None:
@@ -158,20 +140,13 @@ def _jax_cases(x: np.ndarray) -> list[Case]:
             progress=False,
             callbacks=[lambda step, metrics: stamps.append(time.perf_counter())],  # once per 100-step chunk
         )
-        return float(fit.history["loss"][-50:].mean()), _steady(stamps, steps)
+        return float(fit.history["loss"][-50:].mean()), steady(stamps, CHUNK, steps)
 
     base = "jax scan loop, steady state"
     return [
         Case(base, plain, steps=0, quality_name="loss"),
         Case("gmppl numpyro FlowMatching, steady state", fitted, steps=0, baseline=base, quality_name="loss"),
     ]
-
-
-def _steady(stamps: list[float], steps: int) -> float:
-    """Seconds for ``steps`` steps at the rate after the first chunk (which holds the compilation)."""
-    if len(stamps) < 2:
-        return float("inf")
-    return (stamps[-1] - stamps[0]) / (CHUNK * (len(stamps) - 1)) * steps
 
 
 def cases(quick: bool) -> list[Case]:

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from benchmarks.harness import Case
+from benchmarks.harness import Case, steady
 
 TITLE = "GAN (2x128 MLPs, batch 256, Adam 1e-4): gmppl Adversarial vs plain loops"
 BATCH = 256
@@ -39,20 +39,13 @@ TORCH_CHUNK, JAX_CHUNK = 25, 100
 COMPILE: dict[str, float] = {}
 
 
-def _steady(stamps: list[float], chunk: int, steps: int) -> float:
-    """Seconds for ``steps`` steps at the rate after the first chunk (setup, tracing and compilation)."""
-    if len(stamps) < 2:
-        return float("inf")
-    return (stamps[-1] - stamps[0]) / (chunk * (len(stamps) - 1)) * steps
-
-
 def _stamped(fit_call, steps: int, chunk: int, label: str):  # noqa: ANN001, ANN202
     """Run ``fit_call(callbacks)``; return the fit and the steady-state seconds for ``steps`` steps."""
     stamps: list[float] = []
     t0 = time.perf_counter()
     fit = fit_call([lambda step, metrics: stamps.append(time.perf_counter())])
     COMPILE[f"{label}: first {chunk} steps incl. setup (+ compile), s"] = round(stamps[0] - t0, 2)
-    return fit, _steady(stamps, chunk, steps)
+    return fit, steady(stamps, chunk, steps)
 
 
 def _ring(n: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

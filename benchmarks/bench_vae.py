@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import Case
+from benchmarks.harness import Case, jax_scan_loop, steady
 
 TITLE = (
     "ELBO (VAE 64-256-8, binarised digits) steps/s vs Pyro SVI, plain torch, NumPyro SVI, JAX lax.scan "
@@ -49,14 +49,6 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return x[:1500], x[1500:]
 
 
-def _steady(stamps: list[float], chunk: int, steps: int) -> float:
-    """Seconds for ``steps`` steps at the rate after the first chunk (tracing and compilation)."""
-    if len(stamps) < 2:
-        return float("inf")
-    return (stamps[-1] - stamps[0]) / (chunk * (len(stamps) - 1)) * steps
-
-
-# ---------------------------------------------------------------------- torch
 def _torch_cases(x: np.ndarray, x_test: np.ndarray, threads: int) -> list[Case]:
     """The torch cases at ``threads`` intra-op threads (one thread: timed in the main thread's CPU time)."""
     import pyro
@@ -116,7 +108,7 @@ def _torch_cases(x: np.ndarray, x_test: np.ndarray, threads: int) -> list[Case]:
             svi.step(xt[torch.randint(len(xt), (BATCH,), generator=gen)])
             if (t + 1) % TORCH_CHUNK == 0:
                 stamps.append(clock())
-        return test_elbo(enc, dec), _steady(stamps, TORCH_CHUNK, steps)
+        return test_elbo(enc, dec), steady(stamps, TORCH_CHUNK, steps)
 
     def plain(steps: int, fused: bool = False) -> tuple[float, float]:
         enc, dec = nets()
@@ -134,7 +126,7 @@ def _torch_cases(x: np.ndarray, x_test: np.ndarray, threads: int) -> list[Case]:
             opt.step()
             if (t + 1) % TORCH_CHUNK == 0:
                 stamps.append(clock())
-        return test_elbo(enc, dec), _steady(stamps, TORCH_CHUNK, steps)
+        return test_elbo(enc, dec), steady(stamps, TORCH_CHUNK, steps)
 
     def fitted(steps: int, objective: str) -> tuple[float, float]:
         _, dec = nets()
@@ -155,7 +147,7 @@ def _torch_cases(x: np.ndarray, x_test: np.ndarray, threads: int) -> list[Case]:
         COMPILE[f"gmppl pyro {objective}, first {TORCH_CHUNK} steps incl. setup + JIT trace ({thr}), s"] = round(
             stamps[0] - t0, 2
         )
-        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), _steady(stamps, TORCH_CHUNK, steps)
+        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), steady(stamps, TORCH_CHUNK, steps)
 
     svi, loop = f"pyro SVI Trace_ELBO ({thr})", f"torch loop, analytic KL ({thr})"
     out = [
@@ -229,7 +221,7 @@ def _jax_cases(x: np.ndarray, x_test: np.ndarray) -> list[Case]:
             eqx.combine(params[f"{m}$params"], eqx.partition(net, eqx.is_inexact_array)[1])
             for m, net in (("encoder", enc0), ("decoder", dec0))
         )
-        return float(test_elbo(enc, dec, jax.random.PRNGKey(1))), _steady(stamps, JAX_CHUNK, steps)
+        return float(test_elbo(enc, dec, jax.random.PRNGKey(1))), steady(stamps, JAX_CHUNK, steps)
 
     # (d) plain JAX: JAX_CHUNK steps per jit(lax.scan) dispatch
     params0, static = eqx.partition((enc0, dec0), eqx.is_inexact_array)
@@ -244,27 +236,13 @@ def _jax_cases(x: np.ndarray, x_test: np.ndarray) -> list[Case]:
         return (kl - lpx).mean()
 
     def plain(steps: int) -> tuple[float, float]:
-        @jax.jit
-        def chunk(params: Any, opt_state: Any, key: Any) -> tuple:
-            def body(carry: tuple, k: Any) -> tuple:
-                p, s = carry
-                k1, k2 = jax.random.split(k)
-                batch = xj[jax.random.randint(k1, (BATCH,), 0, len(xj))]
-                loss, g = jax.value_and_grad(loss_fn)(p, batch, k2)
-                updates, s = opt.update(g, s, p)
-                return (optax.apply_updates(p, updates), s), loss
+        def loss(params: Any, key: Any) -> Any:
+            k1, k2 = jax.random.split(key)
+            return loss_fn(params, xj[jax.random.randint(k1, (BATCH,), 0, len(xj))], k2)
 
-            (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jax.random.split(key, JAX_CHUNK))
-            return params, opt_state, losses
-
-        params, opt_state, key, stamps = params0, opt.init(params0), jax.random.PRNGKey(0), []
-        for _ in range(max(1, steps // JAX_CHUNK)):
-            key, k = jax.random.split(key)
-            params, opt_state, losses = chunk(params, opt_state, k)
-            np.asarray(losses)  # a host sync per chunk, as gmppl's loop does
-            stamps.append(clock())
+        params, _, stamps = jax_scan_loop(loss, params0, opt, steps, JAX_CHUNK, clock=clock)
         enc, dec = eqx.combine(params, static)
-        return float(test_elbo(enc, dec, jax.random.PRNGKey(1))), _steady(stamps, JAX_CHUNK, steps)
+        return float(test_elbo(enc, dec, jax.random.PRNGKey(1))), steady(stamps, JAX_CHUNK, steps)
 
     def fitted(steps: int) -> tuple[float, float]:
         stamps: list[float] = []
@@ -280,7 +258,7 @@ def _jax_cases(x: np.ndarray, x_test: np.ndarray) -> list[Case]:
             callbacks=[lambda step, metrics: stamps.append(clock())],
         )
         COMPILE[f"gmppl numpyro, first {JAX_CHUNK} steps incl. setup + compile, s"] = round(stamps[0] - t0, 2)
-        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), _steady(stamps, JAX_CHUNK, steps)
+        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), steady(stamps, JAX_CHUNK, steps)
 
     return [
         Case("numpyro SVI (jit update)", numpyro_svi, steps=0, quality_name="test ELBO"),

@@ -29,6 +29,50 @@ def on_device() -> Any:
     return contextlib.nullcontext() if DEVICE == "cpu" else torch.device(DEVICE)
 
 
+def steady(stamps: list[float], chunk: int, steps: int) -> float:
+    """Seconds for ``steps`` steps at the rate between the first and last chunk stamps (the first chunk,
+    which holds setup, tracing and compilation, is left out)."""
+    if len(stamps) < 2:
+        return float("inf")
+    return (stamps[-1] - stamps[0]) / (chunk * (len(stamps) - 1)) * steps
+
+
+def jax_scan_loop(
+    loss: Callable[[Any, Any], Any],
+    params: Any,
+    opt: Any,
+    steps: int,
+    chunk: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[Any, list[Any], list[float]]:
+    """The hand-written JAX loop: ``chunk`` optax steps of ``loss(params, key)`` per jitted ``lax.scan``, a fresh
+    key per step, a host sync per chunk (as gmppl's loop does). Returns the parameters, each chunk's losses and
+    a clock stamp after each chunk (for :func:`steady`)."""
+    import jax
+    import numpy as np
+    import optax
+
+    @jax.jit
+    def run(params: Any, opt_state: Any, key: Any) -> tuple:
+        def body(carry: tuple, k: Any) -> tuple:
+            p, s = carry
+            value, g = jax.value_and_grad(loss)(p, k)
+            updates, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, updates), s), value
+
+        (params, opt_state), values = jax.lax.scan(body, (params, opt_state), jax.random.split(key, chunk))
+        return params, opt_state, values
+
+    opt_state, key = opt.init(params), jax.random.PRNGKey(0)
+    losses, stamps = [], []
+    for _ in range(max(1, steps // chunk)):
+        key, k = jax.random.split(key)
+        params, opt_state, values = run(params, opt_state, k)
+        losses.append(np.asarray(values))
+        stamps.append(clock())
+    return params, losses, stamps
+
+
 @dataclass
 class Case:
     """``run(steps) -> quality or None``; ``baseline`` names the case this one is compared with.
