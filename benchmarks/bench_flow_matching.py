@@ -121,7 +121,7 @@ def _jax_cases(x: np.ndarray) -> list[Case]:
 
     def plain(steps: int) -> tuple[float, float]:  # a fresh jit per run, as in a new script
         _, losses, stamps = jax_scan_loop(cfm_loss, params0, opt, steps, CHUNK)
-        return float(np.concatenate(losses)[-50:].mean()), steady(stamps, CHUNK, steps)
+        return float(np.concatenate(losses)[-50:].mean()), steady(stamps, steps)
 
     def fitted(steps: int) -> tuple[float, float]:
         def model(x: Any = None, n: int | None = None) -> None:
@@ -129,7 +129,7 @@ def _jax_cases(x: np.ndarray) -> list[Case]:
             with numpyro.plate("data", x.shape[0] if x is not None else n):
                 numpyro.sample("x", gm.models.ContinuousFlow(v), obs=x)
 
-        stamps: list[float] = []
+        stamps: list[tuple[int, float]] = []
         fit = gm.fit(
             model,
             x,
@@ -138,9 +138,9 @@ def _jax_cases(x: np.ndarray) -> list[Case]:
             batch_size=BATCH,
             optim=LR,
             progress=False,
-            callbacks=[lambda step, metrics: stamps.append(time.perf_counter())],  # once per 100-step chunk
+            callbacks=[lambda step, metrics: stamps.append((step, time.perf_counter()))],  # once per 100-step chunk
         )
-        return float(fit.history["loss"][-50:].mean()), steady(stamps, CHUNK, steps)
+        return float(fit.history["loss"][-50:].mean()), steady(stamps, steps)
 
     base = "jax scan loop, steady state"
     return [

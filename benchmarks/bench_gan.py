@@ -8,7 +8,7 @@ losses (critic: binary cross-entropy on real/fake logits; generator: ``-log D(G(
 
 What is timed: steady-state steps/s on every side, as in ``bench_vae``. The baselines are warmed up
 first (their jit compilation excluded) and timed whole; the gmppl cases are timed from the end of
-their first chunk (25 torch steps: program inspection and setup; 100 JAX steps: those plus tracing
+their first chunk (100 steps; torch: program inspection and setup; JAX: those plus tracing
 and compiling the 100-step ``lax.scan`` chunk) to the end of the fit, via ``gm.fit(callbacks=)``.
 The first chunk's wall time is printed separately (``COMPILE``): on JAX it is a fixed ~5-10 s per
 ``gm.fit`` call, which a 20000-step fit amortises. Two JAX baselines: the per-step ``jax.jit`` loop a
@@ -39,13 +39,13 @@ TORCH_CHUNK, JAX_CHUNK = 25, 100
 COMPILE: dict[str, float] = {}
 
 
-def _stamped(fit_call, steps: int, chunk: int, label: str):  # noqa: ANN001, ANN202
+def _stamped(fit_call, steps: int, label: str):  # noqa: ANN001, ANN202
     """Run ``fit_call(callbacks)``; return the fit and the steady-state seconds for ``steps`` steps."""
-    stamps: list[float] = []
+    stamps: list[tuple[int, float]] = []
     t0 = time.perf_counter()
-    fit = fit_call([lambda step, metrics: stamps.append(time.perf_counter())])
-    COMPILE[f"{label}: first {chunk} steps incl. setup (+ compile), s"] = round(stamps[0] - t0, 2)
-    return fit, steady(stamps, chunk, steps)
+    fit = fit_call([lambda step, metrics: stamps.append((step, time.perf_counter()))])
+    COMPILE[f"{label}: first {stamps[0][0]} steps incl. setup (+ compile), s"] = round(stamps[0][1] - t0, 2)
+    return fit, steady(stamps, steps)
 
 
 def _ring(n: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +123,6 @@ def _torch_cases(steps: int) -> list[Case]:
                 callbacks=cbs,
             ),
             n_steps,
-            TORCH_CHUNK,
             "gmppl pyro",
         )
         return _quality(np.asarray(fit.sample(2500, seed=1)), centres), seconds
@@ -231,7 +230,6 @@ def _jax_cases(steps: int) -> list[Case]:
                 model, x_np, backend, steps=n_steps, batch_size=BATCH, seed=0, progress=False, callbacks=cbs
             ),
             n_steps,
-            JAX_CHUNK,
             "gmppl numpyro",
         )
         return _quality(np.asarray(fit.sample(2500, seed=1)), centres), seconds

@@ -29,12 +29,13 @@ def on_device() -> Any:
     return contextlib.nullcontext() if DEVICE == "cpu" else torch.device(DEVICE)
 
 
-def steady(stamps: list[float], chunk: int, steps: int) -> float:
-    """Seconds for ``steps`` steps at the rate between the first and last chunk stamps (the first chunk,
-    which holds setup, tracing and compilation, is left out)."""
+def steady(stamps: list[tuple[int, float]], steps: int) -> float:
+    """Seconds for ``steps`` steps at the rate between the first and last ``(steps done, clock)`` stamps (the
+    steps before the first stamp, which hold setup, tracing and compilation, are left out). A fit's callback
+    reports its own step count, so the rate does not depend on how often ``gm.fit`` calls back."""
     if len(stamps) < 2:
         return float("inf")
-    return (stamps[-1] - stamps[0]) / (chunk * (len(stamps) - 1)) * steps
+    return (stamps[-1][1] - stamps[0][1]) / (stamps[-1][0] - stamps[0][0]) * steps
 
 
 def jax_scan_loop(
@@ -44,10 +45,10 @@ def jax_scan_loop(
     steps: int,
     chunk: int,
     clock: Callable[[], float] = time.perf_counter,
-) -> tuple[Any, list[Any], list[float]]:
+) -> tuple[Any, list[Any], list[tuple[int, float]]]:
     """The hand-written JAX loop: ``chunk`` optax steps of ``loss(params, key)`` per jitted ``lax.scan``, a fresh
     key per step, a host sync per chunk (as gmppl's loop does). Returns the parameters, each chunk's losses and
-    a clock stamp after each chunk (for :func:`steady`)."""
+    a ``(steps done, clock)`` stamp after each chunk (for :func:`steady`)."""
     import jax
     import numpy as np
     import optax
@@ -65,11 +66,11 @@ def jax_scan_loop(
 
     opt_state, key = opt.init(params), jax.random.PRNGKey(0)
     losses, stamps = [], []
-    for _ in range(max(1, steps // chunk)):
+    for i in range(max(1, steps // chunk)):
         key, k = jax.random.split(key)
         params, opt_state, values = run(params, opt_state, k)
         losses.append(np.asarray(values))
-        stamps.append(clock())
+        stamps.append(((i + 1) * chunk, clock()))
     return params, losses, stamps
 
 
