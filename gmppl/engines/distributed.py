@@ -124,8 +124,8 @@ def average_gradients(optimizer: Any) -> None:
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat /= dist.get_world_size()
-        for g, view in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-            g.copy_(view.view_as(g))
+        views = flat.split([g.numel() for g in grads])
+        torch._foreach_copy_(grads, [v.view_as(g) for g, v in zip(grads, views, strict=True)])
 
     handle = optimizer.register_step_pre_hook(hook)
     optimizer._optimizer_step_pre_hooks.move_to_end(handle.id, last=False)
