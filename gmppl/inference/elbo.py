@@ -628,9 +628,10 @@ def _pyro_log_weights(
     return torch.stack([one(False).expand(x.shape[0]) for _ in range(num)])
 
 
-def _pyro_loss(backend: ELBO, program: Any, plan: _Plan, *, jit: bool) -> Callable:
+def _pyro_loss(backend: ELBO, program: Any, plan: _Plan, *, jit: bool, names: tuple[str, ...] = ()) -> Callable:
     """``(x, inputs) -> -bound`` summed over the batch (Pyro's objective, or gmppl's Renyi/IWAE from
-    log-weights); compiled (``jit``): ``x -> -bound``, for programs without inputs."""
+    log-weights); compiled (``jit``): ``(x, *values) -> -bound`` with the inputs ``names`` passed by position
+    (Pyro's jit traces positional arguments only)."""
     import pyro
     import torch
 
@@ -638,6 +639,14 @@ def _pyro_loss(backend: ELBO, program: Any, plan: _Plan, *, jit: bool) -> Callab
     if not isinstance(backend.objective, str):
         return lambda x, rows=None: plan.objective.differentiable_loss(model, guide, x, **(rows or {}))
     elbo = _pyro_objective(backend, plan, jit=jit)
+    if jit and names:  # the same program and guide, called with the inputs by position
+
+        def model(x: Any, *values: Any) -> Any:
+            return program.fn(x, **dict(zip(names, values, strict=True)))
+
+        def guide(x: Any, *values: Any) -> Any:
+            return plan.guide(x, **dict(zip(names, values, strict=True)))
+
     if elbo is None:
         alpha, k = backend._alpha, backend.num_particles
 
@@ -647,18 +656,20 @@ def _pyro_loss(backend: ELBO, program: Any, plan: _Plan, *, jit: bool) -> Callab
 
         if not jit:
             return renyi
-        traced = pyro.ops.jit.trace(renyi, ignore_warnings=True)
+        traced = pyro.ops.jit.trace(
+            lambda x, *values: renyi(x, dict(zip(names, values, strict=True))), ignore_warnings=True
+        )
         return _Compiled(traced, lambda: traced, lambda out: out)
     if not jit:
         return lambda x, rows=None: elbo.differentiable_loss(model, guide, x, **(rows or {}))
     if backend.objective == "trace":  # JitTrace_ELBO compiles (loss, surrogate loss)
         return _Compiled(
-            lambda x: elbo.differentiable_loss(model, guide, x),
+            lambda *args: elbo.differentiable_loss(model, guide, *args),
             lambda: elbo._loss_and_surrogate_loss,
             lambda out: out[0] + (out[1] - out[1].detach()),
         )
     return _Compiled(
-        lambda x: elbo.differentiable_loss(model, guide, x), lambda: elbo._differentiable_loss, lambda out: out
+        lambda *args: elbo.differentiable_loss(model, guide, *args), lambda: elbo._differentiable_loss, lambda out: out
     )
 
 
@@ -676,48 +687,49 @@ class _Compiled:
         self.first, self.compiled_function, self.output = first, compiled_function, output
         self.run: Callable | None = None
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, *args: Any) -> Any:
         import torch
 
         if self.run is not None:
             with torch.jit.optimized_execution(False):
-                return self.output(self.run(x))
+                return self.output(self.run(*args))
         import pyro
 
-        out = self.first(x)
+        out = self.first(*args)
         cf = self.compiled_function()
         (graph,) = cf.compiled.values()
         # Pyro types pyro.param as returning a Tensor, but the tensor it returns also has .unconstrained()
         params = tuple(pyro.param(name).unconstrained() for name in cf._param_names)  # type: ignore[attr-defined]
-        self.run = lambda x: graph(*params, x)
+        self.run = lambda *args: graph(*params, *args)
         return out
 
 
 def _pyro_training_loss(backend: ELBO, program: Any, plan: _Plan, batch: Any, rows: dict) -> Callable:
     """The compiled loss when ``jit`` and it agrees with the uncompiled one; else the uncompiled loss.
 
-    The check runs both on the batch reversed (not the one traced) from the same random state, so
-    a trace that baked in values read from its batch (data-dependent structure) is caught. Programs with
-    inputs run uncompiled (Pyro's jit traces positional arguments only).
+    The check runs both on the batch reversed (not the one traced; the inputs reversed with it) from the same
+    random state, so a trace that baked in values read from its batch (data-dependent structure) is caught.
     """
     import torch
 
     eager = _pyro_loss(backend, program, plan, jit=False)
     plan.cache["compiled"] = False
-    if not (backend.jit and isinstance(backend.objective, str) and plan.vectorized) or rows:
+    one_particle = backend.num_particles == 1 and backend._alpha == 0.0  # no particle plate to broadcast over
+    if not (backend.jit and isinstance(backend.objective, str) and (plan.vectorized or one_particle)):
         return eager
-    compiled = _pyro_loss(backend, program, plan, jit=True)
+    names = tuple(rows)
+    compiled = _pyro_loss(backend, program, plan, jit=True, names=names)
     devices = [program.device] if program.device.type == "cuda" else []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer notes
-            compiled(batch)  # traces
-            other = batch.flip(0)
+            compiled(batch, *rows.values())  # traces
+            other, flipped = batch.flip(0), {k: v.flip(0) for k, v in rows.items()}
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(0)
-                a = eager(other).detach()
+                a = eager(other, flipped).detach()
                 torch.manual_seed(0)
-                b = compiled(other).detach()
+                b = compiled(other, *flipped.values()).detach()
     except Exception as e:
         log.warning("ELBO: the loss could not be compiled (%s: %s); running it uncompiled.", type(e).__name__, e)
         return eager
@@ -730,7 +742,7 @@ def _pyro_training_loss(backend: ELBO, program: Any, plan: _Plan, batch: Any, ro
         )
         return eager
     plan.cache["compiled"] = True
-    return lambda x, rows=None: compiled(x)
+    return lambda x, rows=None: compiled(x, *((rows or {})[k] for k in names))
 
 
 def _seeded(program: Any, seed: int | None) -> Any:
