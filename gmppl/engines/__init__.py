@@ -102,7 +102,10 @@ def _numpyro_only(fn: Callable, example: np.ndarray, inputs: dict[str, np.ndarra
 
     enable_jax_cache()
     try:
-        return bool(handlers.trace(handlers.seed(fn, 0)).get_trace(x=example, n=None, **inputs))
+        import jax
+
+        x, rows = jax.device_put((example, inputs))  # JAX arrays as the fit will pass (no per-shape staging compile)
+        return bool(handlers.trace(handlers.seed(fn, 0)).get_trace(x=x, n=None, **rows))
     except Exception:  # e.g. the program needs torch tensors: the full detection below says what failed
         return False
 

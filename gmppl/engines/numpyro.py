@@ -76,7 +76,12 @@ class NumPyroProgram:
     # ------------------------------------------------------------------ parameters
     def init_params(self, key: Any, x: Any, inputs: dict | None = None) -> dict[str, Any]:
         """Unconstrained initial parameters, read from a seeded run of the program."""
-        tr = handlers.trace(handlers.seed(self.fn, key)).get_trace(x=x, n=None, **self.as_inputs(inputs))
+        return self._params_of(
+            handlers.trace(handlers.seed(self.fn, key)).get_trace(x=x, n=None, **self.as_inputs(inputs))
+        )
+
+    def _params_of(self, tr: dict) -> dict[str, Any]:
+        """The unconstrained values of a run's ``param`` sites (their constraints recorded)."""
         params = {}
         for name, site in tr.items():
             if site["type"] != "param":
@@ -108,14 +113,14 @@ class NumPyroProgram:
         self.params = jax.device_put(values, self.device)
 
     def as_array(self, x: Any) -> Any:
-        return jax.device_put(jnp.asarray(np.asarray(x)), self.device)
+        return jax.device_put(np.asarray(x), self.device)  # no compile (jnp.asarray stages one per shape)
 
     # ------------------------------------------------------------------ running
     def as_inputs(self, inputs: dict | None) -> dict[str, Any]:
         """Inputs as JAX arrays (integer labels keep their dtype)."""
         if not inputs:
             return {}
-        return {k: v if isinstance(v, jax.Array) else jnp.asarray(np.asarray(v)) for k, v in inputs.items()}
+        return {k: v if isinstance(v, jax.Array) else jax.device_put(np.asarray(v)) for k, v in inputs.items()}
 
     def trace(
         self, params: dict[str, Any], key: Any, x: Any = None, n: int | None = None, inputs: dict | None = None
@@ -127,17 +132,21 @@ class NumPyroProgram:
         return handlers.trace(m).get_trace(x=x, n=n, **rows)
 
     def inspect(self, example: np.ndarray, inputs: dict | None = None) -> ModelInfo:
-        x = jnp.asarray(example)
+        """Site roles from two seeded runs: one conditioned on ``example`` (its parameters are the initial
+        values) and one generating as many examples. Runs with the same shapes share JAX's per-operation
+        compilations, which are most of a first fit's set-up time."""
+        x = jax.device_put(np.asarray(example))
         key = jax.random.PRNGKey(0)
         try:
-            head = None if not inputs else {k: v[:2] for k, v in inputs.items()}
-            gen = handlers.trace(handlers.seed(self.fn, key)).get_trace(x=None, n=2, **self.as_inputs(head))
+            rows = self.as_inputs(inputs)
+            n = max(2, len(example))
+            head = {k: v[:n] for k, v in rows.items()}
+            gen = handlers.trace(handlers.seed(self.fn, key)).get_trace(x=None, n=n, **head)
             check_event_shape(gen, self.observed, example)
-            params = self.init_params(key, x, inputs)
-            cond = self.trace(params, key, x=x, inputs=inputs)
+            cond = handlers.trace(handlers.seed(self.fn, key)).get_trace(x=x, n=None, **rows)
+            params = self._params_of(cond)
             check_support(cond, self.observed, example)
             check_per_example(cond, self.observed, len(example))
-            gen = self.trace(params, key, x=None, n=2, inputs=head)
         except (NotSupported, DataError, ModelError):
             raise
         except Exception as e:
@@ -301,7 +310,7 @@ class JaxLoop:
         c = self.chains
         if c == 1:
             self._run = jax.jit(runner)
-            carry = (states[0], jnp.arange(n), jnp.int32(n), keys[0])
+            carry = (states[0], np.arange(n, dtype=np.int32), np.int32(n), keys[0])
         else:
             self._run = jax.jit(jax.vmap(runner, in_axes=((0, 0, 0, 0), None, None, None, None)))
             stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
@@ -310,13 +319,17 @@ class JaxLoop:
         # and never weakly typed, and a carry that differed (optax's step count, perm; a parameter started
         # from a Python float, ``numpyro.param("w", 1.0)``) would make later chunks compile all over again.
         return jax.tree.map(
-            lambda a: jax.device_put(jnp.asarray(a, dtype=a.dtype), self.device) if isinstance(a, jax.Array) else a,
+            lambda a: (
+                jax.device_put(jnp.asarray(a, dtype=a.dtype) if isinstance(a, jax.Array) else a, self.device)
+                if isinstance(a, jax.Array | np.ndarray | np.generic)
+                else a
+            ),
             carry,
         )
 
     def run_chunk(self, state: tuple, k: int, start: int = 0) -> tuple[tuple, dict[str, np.ndarray]]:
         """``k`` steps from step ``start`` (the steps already taken: it seeds each step's key)."""
-        carry, metrics = self._run(state, self.x, self.inputs, jnp.int32(start), jnp.int32(k))
+        carry, metrics = self._run(state, self.x, self.inputs, np.int32(start), np.int32(k))
         out = {name: np.asarray(v, dtype=np.float64).reshape(self.chains, -1)[:, :k] for name, v in metrics.items()}
         return carry, out
 

@@ -145,9 +145,12 @@ def check_support(sites: Any, observed: str, example: np.ndarray) -> None:
             device = getattr(value, "device", None) if isinstance(value, torch.Tensor) else None
             ok = check(torch.as_tensor(np.asarray(example), device=device)).detach().cpu().numpy()
         else:
-            import jax.numpy as jnp
+            try:  # most of NumPyro's constraints are operators that numpy evaluates without a JAX compile
+                ok = np.asarray(check(np.asarray(example)))
+            except Exception:
+                import jax.numpy as jnp
 
-            ok = np.asarray(check(jnp.asarray(example)))
+                ok = np.asarray(check(jnp.asarray(example)))
     except Exception:  # a dependent support, shapes that do not broadcast, ...: not checkable here
         return
     n = len(example)
