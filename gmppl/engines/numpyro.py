@@ -310,7 +310,7 @@ class JaxLoop:
         c = self.chains
         if c == 1:
             self._run = jax.jit(runner)
-            carry = (states[0], np.arange(n, dtype=np.int32), np.int32(n), keys[0])
+            carry: tuple = (states[0], np.arange(n, dtype=np.int32), np.int32(n), keys[0])
         else:
             self._run = jax.jit(jax.vmap(runner, in_axes=((0, 0, 0, 0), None, None, None, None)))
             stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
