@@ -7,7 +7,8 @@ On bundled data it fits
   (c) a VAE by ``ELBO``, a diffusion model by ``Score(dsm)`` and a continuous flow by ``FlowMatching``
       (two moons);
 then writes ``report.md`` (fits ranked by held-out log-likelihood where one exists, and by MMD/W1 to
-held-out data with intervals everywhere; mode coverage; training time), PNGs and each fit's DataTree.
+held-out data with intervals everywhere: C2ST, MMD at three bandwidths, W1; mode coverage; one line per
+fit on what it shows; training time), PNGs (samples, one loss panel per fit) and each fit's DataTree.
 """
 
 from __future__ import annotations
@@ -157,6 +158,30 @@ def _plan(engine: str, data: str, quick: bool) -> list[Run]:
     ]
 
 
+SCALES = (0.25, 1.0, 4.0)  # MMD bandwidths, in units of the held-out data's median pairwise distance
+C2ST_GOOD = 0.65  # a fit whose samples a classifier tells from held-out data more often than this is flagged
+
+# what each fit shows, one line (the report adds what was measured)
+SHOWS = {
+    "flow / Likelihood": "maximum likelihood: the exact density, the reference for every other fit of the flow",
+    "flow / Adversarial(js)": "the same flow by a critic (JS): close samples, a poorer likelihood (it is not trained)",
+    "flow / Adversarial(w1)": "the same flow by Wasserstein-1: the critic sees distances, not densities",
+    "GAN / Adversarial(kl)": "forward KL on the ring: mode covering, mass between the modes",
+    "GAN / Adversarial(reverse_kl)": "reverse KL on the ring: mode seeking, sharp modes",
+    "GAN / Adversarial(js)": "JS on the ring: between forward and reverse KL",
+    "VAE / ELBO": "a latent-variable model by its evidence bound; log p by importance weighting",
+    "diffusion / Score(dsm)": "a score network by denoising score matching; log p by the probability-flow ODE",
+    "continuous flow / FlowMatching": "a velocity field by conditional flow matching; log p by the ODE",
+}
+
+
+def _median_distance(x: np.ndarray) -> float:
+    """The median pairwise Euclidean distance of (at most 500 of) ``x``."""
+    z = x[:500].astype(np.float64)
+    d = np.sqrt(np.maximum(((z[:, None] - z[None]) ** 2).sum(-1), 0.0))
+    return float(np.median(d[np.triu_indices(len(z), 1)]))
+
+
 def _datasets(data: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from gmppl import datasets
 
@@ -173,6 +198,7 @@ def _measure(run: Run, fit: Any, x_test: np.ndarray, seconds: float) -> dict:
     from gmppl import divergences
     from gmppl._data import to_numpy
     from gmppl.errors import NotSupported
+    from gmppl.metrics import c2st
 
     out: dict[str, Any] = {"seconds": seconds, "steps_per_s": run.steps / max(seconds, 1e-9)}
     try:
@@ -185,6 +211,9 @@ def _measure(run: Run, fit: Any, x_test: np.ndarray, seconds: float) -> dict:
     ref = x_test.reshape(len(x_test), -1)
     out["samples"] = samples
     out["mmd"] = divergences.MMD()(samples[:1000], ref[:1000])
+    scale = _median_distance(ref[:1000])
+    out["mmd_scales"] = [float(divergences.MMD(bandwidth=f * scale)(samples[:1000], ref[:1000])) for f in SCALES]
+    out["c2st"] = c2st(samples[:1000], ref[:1000])
     method: Literal["exact", "sliced"] = "exact" if ref.shape[1] <= 4 else "sliced"
     out["w1"] = divergences.Wasserstein1(method=method)(samples[:1000], ref[:1000])
     if run.data == "ring":
@@ -200,7 +229,7 @@ def _fmt_est(e: Any) -> str:
     return f"{float(e):.4f} [{lo:.4f}, {hi:.4f}]"
 
 
-def _report(runs: list[Run], engine: str, data: str, quick: bool, total: float) -> str:
+def _report(runs: list[Run], engine: str, data: str, quick: bool, total: float, floors: dict | None = None) -> str:
     lines = [
         f"# gmppl demo — engine `{engine}`, data `{data}`{' (quick)' if quick else ''}",
         "",
@@ -208,20 +237,43 @@ def _report(runs: list[Run], engine: str, data: str, quick: bool, total: float) 
         "Adversarial = an f-divergence by its Fenchel dual or W1, Score = Fisher divergence; FlowMatching",
         "regresses a velocity field on the conditional one of the OT path). Held-out log-likelihood is exact",
         "for flows, diffusion (probability-flow ODE) and continuous flows (ODE), an importance-weighted",
-        "estimate for the VAE, and does not exist for implicit GANs. MMD (RBF, median bandwidth, unbiased) and",
-        "W1 compare 1000 samples with held-out data; brackets are 95% intervals.",
+        "estimate for the VAE, and does not exist for implicit GANs. Each fit's 1000 samples are compared with",
+        "held-out data: C2ST is the held-out accuracy of a classifier telling them apart (1/2: indistinguishable;",
+        f"a fit above {C2ST_GOOD} is flagged), MMD^2 (RBF, unbiased) at bandwidths of {', '.join(f'{f:g}' for f in SCALES)} times",
+        "the data's median pairwise distance (the small one sees blur the median one averages away), and W1.",
+        "Brackets are 95% intervals.",
         "",
-        "| rank | fit | held-out log p (nats/example) | MMD^2 | W1 | steps/s | time (s) |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| rank | fit | held-out log p (nats/example) | C2ST | MMD^2 (bandwidths small, median, large) | W1 | "
+        "steps/s | time (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    order = sorted(runs, key=lambda r: (-r.results.get("log_lik", -np.inf), float(r.results["mmd"])))
+    order = sorted(runs, key=lambda r: (-r.results.get("log_lik", -np.inf), float(r.results["c2st"])))
     for i, r in enumerate(order, 1):
         res = r.results
         ll = f"{res['log_lik']:.3f} ± {1.96 * res['log_lik_se']:.3f}" if "log_lik" in res else "— (implicit)"
+        mmd = " / ".join(f"{v:.4f}" for v in res["mmd_scales"])
+        c = res["c2st"]
+        flag = " (!)" if float(c) > C2ST_GOOD else ""
         lines.append(
-            f"| {i} | {r.name} | {ll} | {_fmt_est(res['mmd'])} | {_fmt_est(res['w1'])} | "
-            f"{res['steps_per_s']:.0f} | {res['seconds']:.1f} |"
+            f"| {i} | {r.name} | {ll} | {float(c):.3f} [{c.interval[0]:.3f}, {c.interval[1]:.3f}]{flag} | {mmd} | "
+            f"{_fmt_est(res['w1'])} | {res['steps_per_s']:.0f} | {res['seconds']:.1f} |"
         )
+    if floors:
+        lines += [
+            "",
+            "Floors, the training data against the held-out data: "
+            + "; ".join(f"{k} C2ST {float(v):.3f}" for k, v in floors.items())
+            + ".",
+        ]
+    lines += ["", "What each fit shows:", ""]
+    for r in runs:
+        c = float(r.results["c2st"])
+        verdict = (
+            f"a classifier tells its samples from held-out data {c:.0%} of the time"
+            if c > C2ST_GOOD
+            else f"its samples pass for held-out data (C2ST {c:.2f})"
+        )
+        lines.append(f"- **{r.name}**: {SHOWS.get(r.name, r.name)}; {verdict}.")
     ring = [r for r in runs if "modes" in r.results]
     if ring:
         lines += [
@@ -277,21 +329,24 @@ def _plots(runs: list[Run], sets: dict, out: Path, data: str) -> None:
         ("loss", "losses.png", "training loss"),
         ("divergence", "divergences.png", "divergence estimate (critic's variational bound)"),
     ):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        drawn = False
-        for r in runs:
-            h = r.results.get("history", {})
-            if key in h:
-                y = np.asarray(h[key], dtype=float)
-                w = max(len(y) // 50, 1)
-                ax.plot(np.convolve(y, np.ones(w) / w, mode="valid"), label=r.name, lw=1)
-                drawn = True
-        if drawn:
-            ax.set_xlabel("step")
-            ax.set_title(title)
-            ax.legend(fontsize=6)
-            fig.tight_layout()
-            fig.savefig(out / fname, dpi=110)
+        shown = [r for r in runs if key in r.results.get("history", {})]
+        if not shown:
+            continue
+        cols = min(len(shown), 3)
+        rows = -(-len(shown) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.4 * rows), squeeze=False)
+        for ax, r in zip(axes.flat, shown, strict=False):  # one panel per fit: the losses have different scales
+            y = np.asarray(r.results["history"][key], dtype=float)
+            w = max(len(y) // 50, 1)
+            ax.plot(y, lw=0.5, c="0.75")
+            ax.plot(np.arange(w - 1, len(y)), np.convolve(y, np.ones(w) / w, mode="valid"), lw=1, c="C0")
+            ax.set_title(r.name, fontsize=8)
+            ax.tick_params(labelsize=6)
+        for ax in list(axes.flat)[len(shown) :]:
+            ax.axis("off")
+        fig.suptitle(f"{title} (grey: per step; blue: running mean)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
         plt.close(fig)
 
 
@@ -320,7 +375,14 @@ def run_demo(
         fit.to_arviz(x_test[:200], num_samples=200).to_netcdf(out / "fits" / slug / "datatree.nc")
     total = time.perf_counter() - start
     _plots(runs, sets, out, data)
-    text = _report(runs, engine, data, quick, total)
+    from gmppl.metrics import c2st
+
+    used = dict.fromkeys(r.data for r in runs)
+    floors = {
+        k: c2st(sets[k][0][:1000].reshape(-1, sets[k][0][0].size), sets[k][1][:1000].reshape(-1, sets[k][1][0].size))
+        for k in used
+    }
+    text = _report(runs, engine, data, quick, total, floors)
     if data != "digits":
         from gmppl.divergences.demo import main as divergence_demo
 
