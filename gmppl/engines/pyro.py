@@ -561,7 +561,11 @@ def _stack(rows: list[dict[str, torch.Tensor]], k: int) -> dict[str, np.ndarray]
     names = {name for r in rows for name in r}
     out = {}
     for name in names:
-        vals = torch.stack([torch.as_tensor(r.get(name, float("nan"))).detach().float().cpu() for r in rows])
+        col = [r.get(name) for r in rows]
+        if all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in col):  # one stack and one copy to the host
+            vals = torch.stack(col).detach().float().cpu()  # type: ignore[arg-type]
+        else:
+            vals = torch.stack([torch.as_tensor(r.get(name, float("nan"))).detach().float().cpu() for r in rows])
         arr = vals.numpy().astype(np.float64)
         out[name] = np.concatenate([arr, np.full(k - len(arr), np.nan)]) if len(arr) < k else arr
     return out
@@ -589,3 +593,62 @@ def gradient_step(loss: torch.Tensor, optimizer: Any, params: list[torch.Tensor]
 
 def make_optimizer(optim: Any, params: list[torch.Tensor]) -> Any:
     return build_torch(optim, params)
+
+
+# the tracer's warnings that a tensor's value was read in Python (a branch, a size, a loop taken from a draw)
+_VALUE_READ = ("Converting a tensor to a Python", "Iterating over a tensor")
+
+
+def compiled_generate(program: PyroProgram, n: int) -> Callable[[], torch.Tensor] | None:
+    """``program.generate(n, grad=True)`` as a traced graph (``pyro.ops.jit``), or None where it would differ.
+
+    Running the program through Pyro's effect handlers costs a small generator about as much as its own
+    forward pass (``pyro.module`` looks each parameter up through the handler stack, the sample and plate
+    sites build their messages); the traced graph runs the same torch ops, random draws included, with the
+    parameter tensors looked up once (the optimiser, restores and loads update them in place). The trace and
+    its check run under a forked random state, so the caller's stream is untouched. It is refused (the caller
+    keeps the handlers) where the tracer warns that a tensor was read as a Python value (a branch or a size
+    taken from a draw: the trace would hold one case), and where two draws from other seeds than the trace's
+    do not reproduce the handlers' values exactly (e.g. draws outside torch). Should
+    the graph still fail on a later draw (a shape it baked in), that call and every later one run through the
+    handlers. Call it inside the program's scope.
+    """
+    import warnings
+
+    devices = [program.device] if program.device.type == "cuda" else []
+    traced = pyro.ops.jit.trace(lambda: program.generate(n, grad=True), ignore_warnings=False)
+    try:
+        with warnings.catch_warnings(record=True) as caught, torch.random.fork_rng(devices=devices):
+            warnings.simplefilter("always")
+            torch.manual_seed(0)
+            traced()
+            if any(str(w.message).startswith(_VALUE_READ) for w in caught):
+                return None  # a tensor read as a Python value (a branch, a size): the trace holds one case only
+            (graph,) = traced.compiled.values()
+            params = tuple(pyro.param(name).unconstrained() for name in traced._param_names)  # type: ignore[attr-defined]
+
+            def graph_run() -> torch.Tensor:
+                with torch.jit.optimized_execution(False):  # autograd over the ops, as eager (see elbo._Compiled)
+                    return graph(*params)
+
+            for seed in (1, 2):
+                torch.manual_seed(seed)
+                eager = program.generate(n, grad=True)
+                torch.manual_seed(seed)
+                same = graph_run()
+                if not (same.shape == eager.shape and same.dtype == eager.dtype and bool(torch.equal(same, eager))):
+                    return None
+    except Exception:  # not traceable: the handlers it is
+        return None
+    broken = False
+
+    def run() -> torch.Tensor:
+        nonlocal broken
+        if not broken:
+            try:
+                return graph_run()
+            except RuntimeError:  # a size baked into the trace; the handlers from now on
+                broken = True
+        return program.generate(n, grad=True)
+
+    return run

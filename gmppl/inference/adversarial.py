@@ -57,7 +57,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -354,6 +354,7 @@ class Adversarial(Backend):
             critic_opt=build_torch(self.critic_optim if self.critic_optim is not None else optim, crit),
             maps=self._maps(array_api_compat.array_namespace(batch)),
             ema=[p.detach().clone() for p in gen] if self.ema is not None and gen else None,
+            traceable=not plan.density,
         )
 
     def torch_step(self, state: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
@@ -370,7 +371,7 @@ class Adversarial(Backend):
             if k + 1 < n_critic:
                 fake = program.generate(n, inputs=inputs)
             else:  # the last critic step shares the generator's forward pass
-                fake_g = program.generate(n, grad=bool(state.gen_params), inputs=inputs)
+                fake_g = self._torch_generate(state, n, inputs)
                 if inputs:
                     fake_g = features(torch, fake_g, inputs)
                 fake = fake_g.detach()
@@ -413,6 +414,22 @@ class Adversarial(Backend):
         if out_w:
             metrics["output_penalty"] = out_pen.detach()
         return state, metrics
+
+    @staticmethod
+    def _torch_generate(state: Any, n: int, inputs: dict | None) -> Any:
+        """``n`` generated values, differentiable in the generator's parameters: for an implicit generator
+        (``x`` a deterministic function of its noise) through the program's traced graph where it reproduces
+        the program exactly (``gmppl.engines.pyro.compiled_generate``, traced once per batch size), else
+        through Pyro's handlers. Flows (whose transforms may branch on their draws, e.g. spline tails) and
+        programs with inputs always run through the handlers."""
+        if inputs or not state.gen_params or not state.traceable:
+            return state.program.generate(n, grad=bool(state.gen_params), inputs=inputs)
+        if n not in state.compiled:
+            from gmppl.engines.pyro import compiled_generate
+
+            state.compiled[n] = compiled_generate(state.program, n)
+        run = state.compiled[n]
+        return run() if run is not None else state.program.generate(n, grad=True)
 
     def torch_optimizers(self, state: Any) -> list:
         return [o for o in (state.gen_opt, state.critic_opt) if o is not None]
@@ -560,6 +577,8 @@ class _TorchState:
     maps: tuple
     ema: list | None = None  # the generator's running average (``Adversarial.ema``)
     t: int = 0
+    traceable: bool = False  # an implicit generator: its forward pass may run as a traced graph
+    compiled: dict = field(default_factory=dict)  # batch size -> the traced generator, or None (see _torch_generate)
 
 
 def features(xp: Any, x: Any, inputs: dict) -> Any:

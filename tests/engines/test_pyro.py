@@ -1,0 +1,107 @@
+"""The Pyro engine's traced generator (``compiled_generate``): the same values as Pyro's handlers, random draws
+included; refused where it would differ; a graph that fails on a later draw hands over to the handlers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gmppl as gm
+from gmppl.models import zoo
+
+torch = pytest.importorskip("torch")
+pyro = pytest.importorskip("pyro")
+dist = pytest.importorskip("pyro.distributions")
+
+
+def program_of(model):
+    from gmppl.engines.pyro import PyroProgram
+
+    p = PyroProgram(model, observed="x", latent="z", device=torch.device("cpu"))
+    p.inspect(np.zeros((4, 2), np.float32))
+    return p
+
+
+def mlp_generator(x=None, n=None):
+    net = mlp_generator.net
+    g = pyro.module("g", net)
+    with pyro.plate("data", n if x is None else x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.deterministic("x", g(z), event_dim=1)
+
+
+mlp_generator.net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+
+def test_the_traced_generator_draws_what_the_handlers_draw_and_trains_the_same_parameters() -> None:
+    from gmppl.engines.pyro import compiled_generate
+
+    program = program_of(mlp_generator)
+    with program.scope():
+        run = compiled_generate(program, 16)
+        assert run is not None
+        torch.manual_seed(5)
+        a = run()
+        torch.manual_seed(5)
+        b = program.generate(16, grad=True)
+        assert torch.equal(a, b)
+        a.sum().backward()
+        grads = [p.grad.clone() for p in mlp_generator.net.parameters()]
+        for p in mlp_generator.net.parameters():
+            p.grad = None
+        b.sum().backward()
+        for g, p in zip(grads, mlp_generator.net.parameters(), strict=True):
+            assert torch.equal(g, p.grad)
+
+
+def test_a_generator_whose_structure_depends_on_its_draws_keeps_the_handlers() -> None:
+    from gmppl.engines.pyro import compiled_generate
+
+    lin = torch.nn.Linear(2, 2)
+
+    def branching(x=None, n=None):
+        g = pyro.module("g", lin)
+        with pyro.plate("data", n if x is None else x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            out = g(z) if float(z[0, 0]) > 0 else -g(z)  # a Python branch on a draw: the trace bakes one in
+            pyro.deterministic("x", out, event_dim=1)
+
+    program = program_of(branching)
+    with program.scope():
+        assert compiled_generate(program, 16) is None
+
+
+def test_a_graph_that_fails_on_a_later_draw_hands_over_to_the_handlers(monkeypatch) -> None:
+    from gmppl.engines import pyro as engine
+
+    program = program_of(mlp_generator)
+    with program.scope():
+        run = engine.compiled_generate(program, 16)
+        assert run is not None
+        calls = []
+
+        def failing(*args):
+            calls.append(1)
+            raise RuntimeError("shape '[]' is invalid for input of size 0")
+
+        monkeypatch.setattr(torch.jit, "optimized_execution", failing)  # the graph's run raises
+        torch.manual_seed(3)
+        a = run()
+        torch.manual_seed(3)
+        assert torch.equal(a, program.generate(16, grad=True))
+        run()
+        assert len(calls) == 1  # not retried
+
+
+def test_an_adversarial_fit_of_a_flow_runs_through_the_handlers() -> None:
+    """A spline flow's draws past its tails change the shapes inside the transform: a flow is never traced."""
+    x = gm.datasets.moons(256, seed=0)
+    fit = gm.fit(
+        zoo.flow(2, engine="pyro", layers=2),
+        x,
+        gm.inference.Adversarial("js"),
+        steps=30,
+        batch_size=64,
+        progress=False,
+    )
+    assert np.isfinite(fit.history["loss"]).all()
