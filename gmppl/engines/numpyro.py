@@ -35,9 +35,9 @@ from gmppl.optim import build_optax
 
 
 def resolve_device(device: Any) -> Any:
-    """``None`` keeps JAX's default device; ``"cpu"``, ``"cuda"``/``"gpu"``, ``"cuda:N"`` pick one."""
+    """``None`` keeps JAX's default device; ``"cpu"``, ``"cuda"``/``"gpu"``, ``"cuda:N"`` pick one of this process's."""
     if device is None:
-        return jax.devices()[0]
+        return jax.local_devices()[0]  # this process's first (all of JAX's in one process; across hosts, its own)
     if not isinstance(device, str):
         return device  # a jax Device
     kind, _, index = device.partition(":")
@@ -45,7 +45,7 @@ def resolve_device(device: Any) -> Any:
     if platform is None:
         raise DeviceError(f"device={device!r} is not a JAX device; use 'cpu', 'cuda' or 'cuda:N'.")
     try:
-        devs = jax.devices(platform)
+        devs = jax.local_devices(backend=platform)
     except RuntimeError as e:
         raise DeviceError(f"device={device!r}: JAX has no {platform} backend here; use device='cpu'.") from e
     i = int(index) if index else 0
@@ -281,7 +281,8 @@ class JaxLoop:
         self.device: Any = programs[0].device
         self.state_device: Any = None  # where the training state lives (None: self.device)
         self.shard = None
-        if devices and len(devices) > 1:
+        self.on_mesh = devices is not None and len(devices) > 1
+        if devices is not None and self.on_mesh:
             from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
             if self.chains > 1:  # an ensemble: whole chains per device, each with its full batch
@@ -294,7 +295,7 @@ class JaxLoop:
                 )
             self.device = NamedSharding(mesh, PartitionSpec())
         # through the host when on a mesh: a mesh may span hosts, where device_put takes the same numpy array
-        put = (lambda a: a) if devices is None or len(devices) < 2 else _host
+        put = _host if self.on_mesh else (lambda a: a)
         self.x = jax.device_put(put(programs[0].as_array(data)), self.device)
         self.inputs = jax.device_put(jax.tree.map(put, programs[0].as_inputs(inputs)), self.device)
 
@@ -324,10 +325,9 @@ class JaxLoop:
         # and never weakly typed, and a carry that differed (optax's step count, perm; a parameter started
         # from a Python float, ``numpyro.param("w", 1.0)``) would make later chunks compile all over again.
         where = self.state_device or self.device
-        return jax.tree.map(
-            lambda a: jax.device_put(jnp.asarray(a, dtype=a.dtype), where) if isinstance(a, jax.Array) else a,
-            carry,
-        )
+        # onto a mesh through the host: it may span hosts, and numpy arrays are never weakly typed
+        strong = _host if self.on_mesh else (lambda a: jnp.asarray(a, dtype=a.dtype))
+        return jax.tree.map(lambda a: jax.device_put(strong(a), where) if isinstance(a, jax.Array) else a, carry)
 
     def run_chunk(self, state: tuple, k: int, start: int = 0) -> tuple[tuple, dict[str, np.ndarray]]:
         """``k`` steps from step ``start`` (the steps already taken: it seeds each step's key)."""
@@ -369,13 +369,15 @@ class JaxLoop:
     def fitted(self, state: tuple) -> list:
         """The fitted parameters of every chain (the backend's: an average of iterates where it keeps one)."""
         params = self.backend.jax_params(state[0])
+        if self.on_mesh:  # each chain's values onto its program's device, through the host (a mesh may span hosts)
+            params = jax.tree.map(_host, params)
+            if self.chains == 1:
+                return [jax.device_put(params, self.programs[0].device)]
+            return [
+                jax.device_put(jax.tree.map(lambda a, i=i: a[i], params), p.device) for i, p in enumerate(self.programs)
+            ]
         if self.chains == 1:
             return [params]
-        if self.state_device is not None:  # chains spread over devices: each chain's values onto its program's
-            host = jax.tree.map(_host, params)
-            return [
-                jax.device_put(jax.tree.map(lambda a, i=i: a[i], host), p.device) for i, p in enumerate(self.programs)
-            ]
         return [jax.tree.map(lambda a, i=i: a[i], params) for i in range(self.chains)]
 
     def evaluate(self, state: tuple, fn: Callable[[Any, Any], Any]) -> list:
