@@ -102,7 +102,7 @@ def fit(
 
       Checkpoints hold the state gathered on the host: a fit on N devices resumes on any number that fits.
       Several hosts: call ``jax.distributed.initialize()`` first on each and pass ``devices=jax.devices()``
-      (``docs/design.md``, "Scale").
+      (``docs/design.md``, "Several hosts").
     - ``checkpoint=DIR``: every ``checkpoint_every`` steps (default ``steps // 10``) and at the end, write
       everything the next step needs (parameters, optimiser states, averaged iterates, data order and
       position, random states, history) atomically into DIR; ``resume=True`` continues from the newest
