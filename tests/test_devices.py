@@ -24,7 +24,7 @@ def test_two_devices_give_the_one_device_fit() -> None:
     layouts (step 0's ELBO and GAN losses agree to float32 rounding). An ensemble (``chains=2``) spreads one
     chain per device and equals the one-device ensemble (relative 1e-4); its sharded state checkpoints and
     resumes bitwise on 2 devices and to rounding on 1. Bad requests are refused before training.
-    About 20 s with JAX's compilation cache warm, about 70 s cold, on 2 shared cores."""
+    20 s with JAX's compilation cache warm on 2 idle cores, up to 75 s cold or with the cores shared."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
     run = subprocess.run(
         [sys.executable, str(HERE / "devices_job.py")], env=env, capture_output=True, text=True, timeout=600
@@ -50,7 +50,7 @@ def test_a_fit_across_two_processes_gives_the_one_process_fit(tmp_path: Path) ->
     """Two processes joined by ``jax.distributed.initialize`` (one CPU device each, as two hosts would be) fit with
     ``devices=jax.devices()``: one chain splits its batch over them, two chains take one each. Both processes end
     with the same parameters, the one-process fit's up to reduction order; only process 0 writes checkpoints and
-    saves. About 15 s (three processes on the same cores)."""
+    saves. About 60 s on 2 shared cores (three processes each importing JAX and compiling)."""
     import socket
 
     with socket.socket() as s:
