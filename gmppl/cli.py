@@ -183,7 +183,7 @@ def fit(
         _fail(e)
     from gmppl.engines.distributed import is_writer
 
-    if is_writer():  # under torchrun, rank 0 saved it
+    if is_writer(result.engine):  # under torchrun rank 0 saved it, across JAX hosts process 0
         typer.echo(f"saved {result!r} to {out}")
 
 

@@ -90,9 +90,19 @@ def fit(
       step's values (averaged over chains), ``params`` the fitted values as in ``Fit.params``. A callback
       that raises stops the fit; the error carries the fit so far as ``error.fit``.
     - ``chains=C``: C independently seeded fits (seeds ``seed + c``), an ensemble.
-    - ``devices=N`` (or a list of JAX devices), NumPyro programs: each minibatch (``batch_size`` is the
-      global batch) is split over a 1-D device mesh, parameters replicated, in the same jitted scan; the
-      gradient is the global batch's mean, so the fit is the one-device fit up to reduction order.
+    - ``devices=N`` (or a list of JAX devices), NumPyro programs, optimising backends; inside the same jitted
+      scan, over a 1-D device mesh:
+
+      - one chain: each minibatch (``batch_size`` is the global batch, a multiple of N) is split over the
+        devices, parameters replicated; the gradient is the global batch's mean, so the fit is the
+        one-device fit up to reduction order.
+      - ``chains=C``: the chains are spread over the devices, C/N whole chains each, every chain on its
+        full batch, so the ensemble is the one-device ``chains=C`` fit up to reduction order. C must be a
+        multiple of N (refused before training otherwise: a batch split inside chains is not done).
+
+      Checkpoints hold the state gathered on the host: a fit on N devices resumes on any number that fits.
+      Several hosts: call ``jax.distributed.initialize()`` first on each and pass ``devices=jax.devices()``
+      (``docs/design.md``, "Several hosts").
     - ``checkpoint=DIR``: every ``checkpoint_every`` steps (default ``steps // 10``) and at the end, write
       everything the next step needs (parameters, optimiser states, averaged iterates, data order and
       position, random states, history) atomically into DIR; ``resume=True`` continues from the newest
@@ -158,7 +168,12 @@ def fit(
         engine = detect_engine(model, example, observed=observed, inputs=example_inputs)
     batch_size = min(int(batch_size), len(x))
     optim = as_optim(optim, backend.default_optim)
-    mesh = resolve_devices(devices, engine, batch_size)
+    mesh = resolve_devices(devices, engine, batch_size, chains)
+    if mesh is not None and len(mesh) > 1 and isinstance(backend, SamplerBackend):
+        raise DeviceError(
+            f"devices={len(mesh)}: {type(backend).__name__} draws with the PPL's own sampler on one device; "
+            "devices= spreads optimising backends (Likelihood, ELBO, Adversarial, ...) over devices: drop devices=."
+        )
     world = None
     if distributed.launched():  # one of N processes started by torchrun: this rank's share of each batch
         if engine != "pyro":
@@ -188,7 +203,7 @@ def fit(
     desc = f"{type(backend).__name__}[{engine}]" + (f" x{chains} chains" if chains > 1 else "")
     if world is not None:
         desc += f" on {world.size} processes"
-    bar = Progress(steps, enabled=progress and (world is None or world.rank == 0), desc=desc)
+    bar = Progress(steps, enabled=progress and distributed.is_writer(engine), desc=desc)
     config = {
         "steps": int(steps),
         "batch_size": batch_size,
@@ -198,6 +213,7 @@ def fit(
         "latent": latent,
         "inputs": sorted(inputs),
         "device": str(device) if device is not None else None,
+        "devices": len(mesh) if mesh is not None else 1,
         "optim": repr(optim),
     }
 
@@ -337,7 +353,7 @@ def fit(
             "since_best": since_best,
             "best": best_meta if best is not None else None,
         }
-        if world is None or world.rank == 0:  # the arrays above took every rank's part; rank 0 writes
+        if distributed.is_writer(engine):  # the arrays above took every rank's (host's) part; rank (process) 0 writes
             ckpt.write(ckpt_dir, done, out, meta)
 
     with _deferred_interrupt() as ctrl_c:

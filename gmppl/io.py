@@ -121,10 +121,10 @@ def backend_config(backend: Any) -> dict[str, Any]:
 def save(fit: Any, path: Any, *, extra: Callable[[Path], None] | None = None) -> None:
     """Write ``fit`` to the directory ``path`` atomically (see the module docstring); ``extra(dir)`` may write
     more files into the new directory before it is hashed and put in place (the CLI's test data, DataTree).
-    Under torchrun only rank 0 writes (every rank holds the same fit)."""
+    Under torchrun only rank 0 writes (every rank holds the same fit), across JAX hosts only process 0."""
     from gmppl.engines.distributed import is_writer
 
-    if not is_writer():
+    if not is_writer(getattr(fit, "engine", None)):
         return
 
     def write(out: Path) -> None:

@@ -153,6 +153,21 @@ def test_device_that_is_not_there():
     assert "cuda" in refuse(numpyro_implicit(), X, gm.inference.Likelihood(), device="cuda:3")
 
 
+def test_devices_that_are_not_there_or_do_not_fit():
+    """``devices=``: more than JAX sees, not a count or a list of devices, a device twice, a Pyro program (2 devices
+    and uneven batches or chains are refused in ``tests/devices_job.py``, which has 2)."""
+    import jax
+
+    if jax.device_count() == 1:
+        assert "JAX sees 1" in refuse(numpyro_implicit(), X, devices=2)
+    assert "JAX sees" in refuse(numpyro_implicit(), X, devices=jax.device_count() + 1)
+    assert "JAX sees" in refuse(numpyro_implicit(), X, devices=0)
+    for bad in ("2", True, [], ["cpu"]):
+        assert "pass a number of devices" in refuse(numpyro_implicit(), X, devices=bad)
+    assert "twice" in refuse(numpyro_implicit(), X, devices=[jax.devices()[0]] * 2)
+    assert "torchrun" in refuse(pyro_flow(), X, devices=1)
+
+
 def test_nan_during_training_stops_with_the_step_and_keeps_last_good_params():
     import pyro
     import pyro.distributions as dist

@@ -118,6 +118,23 @@ def test_bad_checkpoint_settings_are_refused_before_training(moons: np.ndarray, 
         gm.fit(gauss("pyro"), moons, steps=5, checkpoint=tmp_path / "d", checkpoint_every=0, progress=False)
 
 
+def test_only_jax_process_0_writes(moons: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across hosts (``jax.distributed.initialize()``) every process holds the same NumPyro fit: only process 0 writes
+    its checkpoints and saves it; the others write nothing."""
+    import jax
+
+    d = tmp_path / "ck"
+    monkeypatch.setattr(jax, "process_index", lambda *a: 1)
+    fit = gm.fit(gauss("numpyro"), moons, steps=20, progress=False, checkpoint=d, checkpoint_every=5)
+    fit.save(tmp_path / "saved")
+    assert list(d.iterdir()) == [] and not (tmp_path / "saved").exists()
+    monkeypatch.setattr(jax, "process_index", lambda *a: 0)
+    fit.save(tmp_path / "saved")
+    gm.fit(gauss("numpyro"), moons, steps=20, progress=False, checkpoint=d, checkpoint_every=5)
+    assert [p.name for p in sorted(d.iterdir())] == ["step-000000015", "step-000000020"]
+    assert (tmp_path / "saved" / "weights.safetensors").is_file()
+
+
 def test_resume_with_no_checkpoint_starts_afresh_and_resume_at_the_end_returns_the_fit(
     moons: np.ndarray, tmp_path: Path
 ) -> None:

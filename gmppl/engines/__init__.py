@@ -138,7 +138,7 @@ def make_loop(
     devices: list | None = None,
 ) -> Any:
     """The engine's training loop (``gmppl.engines.base.Loop``) over ``programs``, one per chain; the inputs'
-    rows are minibatched with the data's; JAX ``devices`` share each batch."""
+    rows are minibatched with the data's; JAX ``devices`` share each batch (one chain) or the chains."""
     if engine == "pyro":
         from gmppl.engines.pyro import TorchLoop
 
@@ -148,8 +148,11 @@ def make_loop(
     return JaxLoop(programs, backend, plans, data, batch_size=batch_size, steps=steps, inputs=inputs, devices=devices)
 
 
-def resolve_devices(devices: Any, engine: str, batch_size: int) -> list | None:
-    """``devices=N`` or a list of JAX devices: the devices a NumPyro fit shards each batch over (None: one)."""
+def resolve_devices(devices: Any, engine: str, batch_size: int, chains: int = 1) -> list | None:
+    """``devices=N`` or a list of JAX devices: the devices a NumPyro fit spreads over (None: one).
+
+    One chain: each batch is split over the devices (``batch_size`` must divide). ``chains=C > 1``: the
+    chains are spread over the devices, ``C / N`` whole chains each (``C`` must be a multiple of ``N``)."""
     if devices is None:
         return None
     if engine != "numpyro":
@@ -168,12 +171,23 @@ def resolve_devices(devices: Any, engine: str, batch_size: int) -> list | None:
             )
         chosen = list(available[: int(devices)])
     elif isinstance(devices, list | tuple) and devices and all(isinstance(d, jax.Device) for d in devices):
+        if len(set(devices)) != len(devices):
+            raise DeviceError(f"devices={list(devices)!r} names a device twice; pass each device once.")
         chosen = list(devices)
     else:
         raise DeviceError(f"devices={devices!r}: pass a number of devices or a list of jax devices.")
-    if batch_size % len(chosen):
+    n = len(chosen)
+    if chains > 1:
+        if chains % n:
+            fits = [d for d in range(1, min(chains, len(available)) + 1) if chains % d == 0]
+            raise DeviceError(
+                f"chains={chains} do not spread over {n} devices: with chains > 1, devices= gives each device "
+                f"whole chains, so chains must be a multiple of the devices. Pass chains={n * (chains // n + 1)} "
+                f"(any multiple of {n}), or devices= one of {fits}."
+            )
+    elif batch_size % n:
         raise DeviceError(
-            f"batch_size={batch_size} does not split over {len(chosen)} devices; pass a multiple of {len(chosen)} "
+            f"batch_size={batch_size} does not split over {n} devices; pass a multiple of {n} "
             "(batch_size is the global batch)."
         )
     return chosen

@@ -90,17 +90,26 @@ def join(device: Any) -> World:
 
 def current() -> World | None:
     """The group this process has joined, if any."""
+    if not launched():  # spares importing torch in a process on its own (a NumPyro fit's)
+        return None
     import torch.distributed as dist
 
-    if not launched() or not dist.is_available() or not dist.is_initialized():
+    if not dist.is_available() or not dist.is_initialized():
         return None
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def is_writer() -> bool:
-    """Whether this process writes files (rank 0, or a process on its own)."""
+def is_writer(engine: str | None = None) -> bool:
+    """Whether this process writes files: rank 0 under torchrun; for a NumPyro fit (``engine="numpyro"``), JAX's
+    process 0 (several hosts joined by ``jax.distributed.initialize()`` each hold the same fit); else yes."""
     world = current()
-    return world is None or world.rank == 0
+    if world is not None and world.rank != 0:
+        return False
+    if engine == "numpyro":
+        import jax
+
+        return jax.process_index() == 0
+    return True
 
 
 def _comm_device() -> Any:

@@ -35,9 +35,9 @@ from gmppl.optim import build_optax
 
 
 def resolve_device(device: Any) -> Any:
-    """``None`` keeps JAX's default device; ``"cpu"``, ``"cuda"``/``"gpu"``, ``"cuda:N"`` pick one."""
+    """``None`` keeps JAX's default device; ``"cpu"``, ``"cuda"``/``"gpu"``, ``"cuda:N"`` pick one of this process's."""
     if device is None:
-        return jax.devices()[0]
+        return jax.local_devices()[0]  # this process's first (all of JAX's in one process; across hosts, its own)
     if not isinstance(device, str):
         return device  # a jax Device
     kind, _, index = device.partition(":")
@@ -45,7 +45,7 @@ def resolve_device(device: Any) -> Any:
     if platform is None:
         raise DeviceError(f"device={device!r} is not a JAX device; use 'cpu', 'cuda' or 'cuda:N'.")
     try:
-        devs = jax.devices(platform)
+        devs = jax.local_devices(backend=platform)
     except RuntimeError as e:
         raise DeviceError(f"device={device!r}: JAX has no {platform} backend here; use device='cpu'.") from e
     i = int(index) if index else 0
@@ -258,6 +258,11 @@ class JaxLoop:
     """Training steps on JAX: up to ``chunk`` steps per dispatch in one jitted ``lax.scan`` with minibatches
     drawn on the device; the chains of an ensemble in one program, ``jax.vmap`` over the scan.
 
+    With ``devices`` (more than one): one chain splits each minibatch over a 1-D mesh (axis ``"batch"``,
+    parameters and data replicated); an ensemble instead spreads its chains over the mesh (axis
+    ``"chains"``: every array of the stacked state sharded on its leading chain axis, the data replicated),
+    so each device runs whole chains on their full batches, as one device would.
+
     Step ``t`` of a chain draws from ``fold_in(key, t)`` of the chain's key, so the random stream does not
     depend on how the steps are cut into chunks (validation, checkpoints, a resumed fit), and each chain
     draws the stream it would draw alone: an ensemble equals its chains fit one by one up to float
@@ -283,17 +288,25 @@ class JaxLoop:
         self.batch_size = batch_size
         self.length = min(self.chunk, steps)
         self.device: Any = programs[0].device
+        self.state_device: Any = None  # where the training state lives (None: self.device)
         self.shard = None
-        if devices and len(devices) > 1:  # data-parallel: each batch split over a 1-D mesh, the rest replicated
+        self.on_mesh = devices is not None and len(devices) > 1
+        if devices is not None and self.on_mesh:
             from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-            mesh = Mesh(np.asarray(devices), ("batch",))
+            if self.chains > 1:  # an ensemble: whole chains per device, each with its full batch
+                mesh = Mesh(np.asarray(devices), ("chains",))
+                self.state_device = NamedSharding(mesh, PartitionSpec("chains"))
+            else:  # data-parallel: each batch split over a 1-D mesh, the rest replicated
+                mesh = Mesh(np.asarray(devices), ("batch",))
+                self.shard = lambda a: jax.lax.with_sharding_constraint(
+                    a, NamedSharding(mesh, PartitionSpec("batch", *[None] * (a.ndim - 1)))
+                )
             self.device = NamedSharding(mesh, PartitionSpec())
-            self.shard = lambda a: jax.lax.with_sharding_constraint(
-                a, NamedSharding(mesh, PartitionSpec("batch", *[None] * (a.ndim - 1)))
-            )
-        self.x = jax.device_put(programs[0].as_array(data), self.device)
-        self.inputs = jax.device_put(programs[0].as_inputs(inputs), self.device)
+        # through the host when on a mesh: a mesh may span hosts, where device_put takes the same numpy array
+        put = _host if self.on_mesh else (lambda a: a)
+        self.x = jax.device_put(put(programs[0].as_array(data)), self.device)
+        self.inputs = jax.device_put(jax.tree.map(put, programs[0].as_inputs(inputs)), self.device)
 
     def init(self, seeds: list[int], optim: Any) -> tuple:
         n, b = self.x.shape[0], self.batch_size
@@ -312,25 +325,26 @@ class JaxLoop:
             self._run = jax.jit(runner)
             carry: tuple = (states[0], np.arange(n, dtype=np.int32), np.int32(n), keys[0])
         else:
-            self._run = jax.jit(jax.vmap(runner, in_axes=((0, 0, 0, 0), None, None, None, None)))
+            # spread over devices, every output (carry and metrics) keeps its leading chain axis sharded
+            spread = {} if self.state_device is None else {"out_shardings": self.state_device}
+            self._run = jax.jit(jax.vmap(runner, in_axes=((0, 0, 0, 0), None, None, None, None)), **spread)
             stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
             carry = (stacked, jnp.tile(jnp.arange(n), (c, 1)), jnp.full((c,), n, jnp.int32), jnp.stack(keys))
         # Commit every array of the carry to the device, with a strong dtype: the chunk's outputs are committed
         # and never weakly typed, and a carry that differed (optax's step count, perm; a parameter started
         # from a Python float, ``numpyro.param("w", 1.0)``) would make later chunks compile all over again.
+        where = self.state_device or self.device
+        # onto a mesh through the host: it may span hosts, and numpy arrays are never weakly typed
+        strong = _host if self.on_mesh else (lambda a: jnp.asarray(a, dtype=a.dtype) if isinstance(a, jax.Array) else a)
         return jax.tree.map(
-            lambda a: (
-                jax.device_put(jnp.asarray(a, dtype=a.dtype) if isinstance(a, jax.Array) else a, self.device)
-                if isinstance(a, jax.Array | np.ndarray | np.generic)
-                else a
-            ),
+            lambda a: jax.device_put(strong(a), where) if isinstance(a, jax.Array | np.ndarray | np.generic) else a,
             carry,
         )
 
     def run_chunk(self, state: tuple, k: int, start: int = 0) -> tuple[tuple, dict[str, np.ndarray]]:
         """``k`` steps from step ``start`` (the steps already taken: it seeds each step's key)."""
         carry, metrics = self._run(state, self.x, self.inputs, np.int32(start), np.int32(k))
-        out = {name: np.asarray(v, dtype=np.float64).reshape(self.chains, -1)[:, :k] for name, v in metrics.items()}
+        out = {name: _host(v).astype(np.float64).reshape(self.chains, -1)[:, :k] for name, v in metrics.items()}
         return carry, out
 
     def snapshot(self, state: tuple) -> tuple:
@@ -346,7 +360,7 @@ class JaxLoop:
 
     def to_arrays(self, state: tuple) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Every array of the training state (parameters, optimiser states, averages, data order, keys)."""
-        return {f"leaf{i:05d}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(state))}, {}
+        return {f"leaf{i:05d}": _host(a) for i, a in enumerate(jax.tree.leaves(state))}, {}
 
     def from_arrays(self, template: tuple, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None) -> tuple:
         """The training state from ``to_arrays`` onto the structure of ``template`` (a fresh ``init``)."""
@@ -361,12 +375,19 @@ class JaxLoop:
                     f"state array {i} is {a.dtype}{list(a.shape)} in the checkpoint but "
                     f"{np.asarray(leaf).dtype}{list(np.shape(leaf))} in this fit: it is another fit's checkpoint."
                 )
-            new.append(jax.device_put(a, self.device))
+            new.append(jax.device_put(a, self.state_device or self.device))
         return jax.tree.unflatten(treedef, new)
 
     def fitted(self, state: tuple) -> list:
         """The fitted parameters of every chain (the backend's: an average of iterates where it keeps one)."""
         params = self.backend.jax_params(state[0])
+        if self.on_mesh:  # each chain's values onto its program's device, through the host (a mesh may span hosts)
+            params = jax.tree.map(_host, params)
+            if self.chains == 1:
+                return [jax.device_put(params, self.programs[0].device)]
+            return [
+                jax.device_put(jax.tree.map(lambda a, i=i: a[i], params), p.device) for i, p in enumerate(self.programs)
+            ]
         if self.chains == 1:
             return [params]
         return [jax.tree.map(lambda a, i=i: a[i], params) for i in range(self.chains)]
@@ -385,6 +406,15 @@ class JaxLoop:
     def finish(self, state: tuple) -> None:
         for program, params in zip(self.programs, self.fitted(state), strict=True):
             program.params = params
+
+
+def _host(a: Any) -> np.ndarray:
+    """``a`` as one numpy array on this host; an array sharded over several hosts' devices is gathered first."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
 
 
 def _chunk_runner(step: Callable, batch_size: int, length: int, shard: Callable | None = None) -> Callable:
