@@ -35,10 +35,15 @@ def gan(engine: str):
     return zoo.gan(2, latent_dim=2, engine=engine)
 
 
+def diffusion(engine: str):
+    return zoo.diffusion(2, width=16, depth=2, engine=engine)
+
+
 CASES = {
     "likelihood": (gauss, lambda: gm.inference.Likelihood()),
     "elbo": (vae, lambda: gm.inference.ELBO()),
     "adversarial": (gan, lambda: gm.inference.Adversarial("js", critic_steps=2)),  # two optimisers and an EMA
+    "score": (diffusion, lambda: gm.inference.Score()),  # DSM with the EMA of the score network (the default)
 }
 
 

@@ -5,6 +5,12 @@
   ``L = E_t lambda(t) E ||s_theta(x_t, t) + z / sigma_t||^2``, whose minimiser is the score of ``p_t``;
   ``lambda(t) = sigma_t^2`` (``weighting="sigma2"``, the usual choice) or ``g(t)^2``
   (``weighting="likelihood"``: the loss then bounds the KL, Song et al. 2021b).
+  ``time_sampling="importance"`` draws ``t`` with density proportional to ``g(t)^2 / sigma_t^2`` and reweights
+  (``gmppl.models.sde.importance_times``): the same expected loss for either weighting, the likelihood
+  weighting's with less variance (Song et al. 2021b); ``"uniform"`` (default) draws ``t ~ U(eps, 1)``.
+  The fitted network is by default the exponential moving average of the iterates (``ema=0.999``; the
+  averaging weight ``min(ema, (1 + t) / (10 + t))`` at step ``t``, as ``Adversarial``'s generator EMA);
+  ``ema=None`` keeps the last iterate. Training (the loss history) runs on the iterates.
 * ``method="sliced"`` (sliced score matching, Song et al. 2019) for any model with a differentiable
   ``log p_theta``: ``L = E_x E_v [v^T (d^2 log p / dx^2) v + (v^T grad_x log p)^2 / 2]``, ``v ~ N(0, I)``;
   with ``variance_reduction`` (SSM-VR) the second term is its expectation ``||grad_x log p||^2 / 2``.
@@ -23,6 +29,15 @@ computes from the batch's rows), and once at the first step otherwise.
 Both are Fisher divergences up to a constant independent of ``theta``; ``history["loss"]`` records ``L``.
 The DSM arithmetic is ``gmppl.models.sde.dsm_loss``, shared by both engines; each draws its own ``t`` and ``z``.
 
+**Why the EMA is the default.** The probability-flow ODE integrates the network's score error over ``t``, so
+parameter noise of a constant-learning-rate fit shows up directly in ``log_prob``. On a known three-component
+2-D mixture (``examples/flow_matching_moons.py --data mixture --diffusion``: ScoreMLP 3x128, 5000 steps,
+Adam 2e-3, batch 256; 1000 held-out points) the last iterate's per-point ``|log p - log p_true|`` was 0.42 nats
+(bias -0.18) on torch and 0.35 (-0.12) on JAX; the EMA's is 0.14 (-0.04) and 0.15 (-0.04), and the reverse
+SDE's samples improve too (W1 0.20 -> 0.13 on JAX). Likelihood weighting, with or without importance sampling
+of ``t``, did not help there (0.40-0.46 without the EMA, 0.15-0.19 with it), so the defaults keep ``sigma2``
+and uniform ``t``. The trace in the ODE is already exact in low dimension (``Diffusion(trace="auto")``).
+
 Caveats for ``"sliced"``, both from the Fisher divergence ``E_{P_X} ||grad log p_X - grad log p_theta||^2``:
 
 * the identity behind it is an integration by parts, valid when ``grad log p_theta`` is (absolutely)
@@ -33,10 +48,17 @@ Caveats for ``"sliced"``, both from the Fisher divergence ``E_{P_X} ||grad log p
   components: compare held-out log-likelihoods knowing that ``log(1 - q)`` for mass ``q`` left off the
   data is not penalised. Adam's per-coordinate scaling turns gradient noise in those blind directions
   into full-size steps: a smaller learning rate than for maximum likelihood keeps the mass in place.
+
+So ``check`` refuses, before step 1, a sliced fit of a flow with spline transforms or ReLU-type coupling or
+autoregressive networks (``gmppl.models.flows.nonsmooth_parts``), naming the smooth flow to use:
+``gm.models.flows.affine_coupling(dim, activation="tanh")`` (or ``zoo.flow(dim, kind="affine",
+activation="tanh")``). A user's own network is not judged.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -47,10 +69,11 @@ from gmppl.errors import BackendError, NotSupported, UnknownName
 from gmppl.inference.base import Backend
 from gmppl.models.diffusion import find_diffusion
 from gmppl.models.diffusion_options import context_rows, drop_context, null_context
-from gmppl.models.sde import dsm_loss
+from gmppl.models.sde import dsm_loss, importance_times
 
 METHODS = ("auto", "dsm", "sliced")
 WEIGHTINGS = ("sigma2", "likelihood")
+TIME_SAMPLINGS = ("uniform", "importance")
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,8 @@ class Score(Backend):
 
     ``guidance_dropout``: the probability that an example's context is replaced by the null context during
     DSM training (classifier-free guidance; 0, the default, trains the conditional score only).
+    ``time_sampling``: ``"uniform"`` or ``"importance"`` (DSM's ``t``; see the module notes). ``ema``: the decay
+    of the averaged score network a DSM fit returns (``None``: the last iterate); sliced fits ignore it.
     """
 
     method: str = "auto"
@@ -82,6 +107,8 @@ class Score(Backend):
     projections: int = 1
     variance_reduction: bool = True
     guidance_dropout: float = 0.0
+    time_sampling: str = "uniform"
+    ema: float | None = 0.999
 
     requires: ClassVar[frozenset[str]] = frozenset({"density"})
 
@@ -90,6 +117,12 @@ class Score(Backend):
             raise UnknownName(f"Score(method={self.method!r}) is unknown; use one of {METHODS}.")
         if self.weighting not in WEIGHTINGS:
             raise UnknownName(f"Score(weighting={self.weighting!r}) is unknown; use one of {WEIGHTINGS}.")
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise UnknownName(f"Score(time_sampling={self.time_sampling!r}) is unknown; use one of {TIME_SAMPLINGS}.")
+        if self.ema is not None and (
+            not isinstance(self.ema, int | float) or isinstance(self.ema, bool) or not 0 <= self.ema < 1
+        ):
+            raise BackendError(f"Score(ema={self.ema!r}) must be None or a decay in [0, 1) (e.g. 0.999).")
         if not isinstance(self.projections, int) or self.projections < 1:
             raise BackendError(f"Score(projections={self.projections!r}) must be a positive integer.")
         if not isinstance(self.guidance_dropout, (int, float)) or not 0.0 <= self.guidance_dropout < 1.0:
@@ -104,9 +137,10 @@ class Score(Backend):
         return frozenset({"density"}) if self.method == "sliced" else frozenset({"score_network"})
 
     def check(self, info: ModelInfo) -> None:
-        if self.method == "auto" and "density" in info.capabilities:
-            return
-        super().check(info)
+        if not (self.method == "auto" and "density" in info.capabilities):
+            super().check(info)
+        if self.resolve(info) == "sliced":
+            _refuse_nonsmooth(info)
 
     def resolve(self, info: ModelInfo) -> str:
         """The method used for a model: ``"dsm"`` or ``"sliced"``."""
@@ -134,6 +168,39 @@ class Score(Backend):
                 )
         return ScorePlan(method=method)
 
+    @property
+    def importance(self) -> bool:
+        """Whether DSM draws ``t`` by importance sampling of the likelihood weighting (``time_sampling``)."""
+        return self.time_sampling == "importance"
+
+    def _times(self, xp: Any, sde: Any, u: Any) -> tuple[Any, Any]:
+        """``(t, weight per example)`` from ``u ~ U(0, 1)``: uniform on ``[eps, 1]`` with the weighting's
+        weight applied in ``dsm_loss`` (weight None), or importance-sampled with the likelihood weighting
+        folded into a constant weight."""
+        eps = sde.t_eps
+        if not self.importance:
+            return eps + (1.0 - eps) * u, None
+        t, w = importance_times(xp, sde, u)
+        if self.weighting == "sigma2":  # sigma^2 weighting at importance-sampled t: reweight by sigma^2 / g^2
+            w = w * sde.marginal(t, xp)[1] ** 2 / sde.diffusion2(t, xp)
+        return t, w
+
+    def _dsm(self, xp: Any, d: Any, score: Any, x0: Any, u: Any, z: Any) -> Any:
+        t, w = self._times(xp, d.sde, u)
+        if w is None:
+            return dsm_loss(xp, d.sde, score, x0, t, z, self.weighting).mean()
+        return (w * dsm_loss(xp, d.sde, score, x0, t, z, "sigma2")).mean()
+
+    def ema_decay(self, t: Any) -> Any:
+        """The averaging weight at step ``t = 1, 2, ...``: ``min(ema, (1 + t) / (10 + t))`` (as ``Adversarial``)."""
+        ema = self.ema
+        assert ema is not None  # called only when the network is averaged
+        if isinstance(t, int):
+            return min(float(ema), (1.0 + t) / (10.0 + t))
+        import jax.numpy as jnp
+
+        return jnp.minimum(ema, (1.0 + t) / (10.0 + t))
+
     # ------------------------------------------------------------------ torch
     def torch_init(self, program: Any, plan: ScorePlan, batch: Any, inputs: dict | None, optim: Any) -> Any:
         if plan.method == "dsm":
@@ -144,7 +211,60 @@ class Score(Backend):
                 plan.cache["diffusion"] = d
             plan.cache["dtype"] = d._like(batch)["dtype"]
             plan.cache["xp"] = aac.array_namespace(batch)
-        return super().torch_init(program, plan, batch, inputs, optim)
+        state = super().torch_init(program, plan, batch, inputs, optim)
+        if self._averaged(plan):
+            ema = [p.detach().clone() for p in state.params]
+            state = _EmaState(state.program, state.plan, state.params, state.optimizer, ema)
+        return state
+
+    def _averaged(self, plan: ScorePlan) -> bool:
+        """Whether the fitted network is the EMA of the iterates: DSM fits with ``ema`` set."""
+        return self.ema is not None and plan.method == "dsm"
+
+    def torch_step(self, state: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
+        import torch
+
+        state, metrics = super().torch_step(state, batch, inputs)
+        if isinstance(state, _EmaState):
+            state.t += 1
+            with torch.no_grad():  # ema <- d ema + (1 - d) theta
+                torch._foreach_lerp_(state.ema, state.params, 1.0 - self.ema_decay(state.t))
+        return state, metrics
+
+    def torch_counters(self, state: Any) -> dict[str, int]:
+        return {"t": int(state.t)} if isinstance(state, _EmaState) else {}
+
+    def torch_set_counters(self, state: Any, counters: dict[str, int]) -> None:
+        if isinstance(state, _EmaState):
+            state.t = int(counters.get("t", 0))
+
+    def torch_tensors(self, state: Any) -> list:
+        return list(state.ema) if isinstance(state, _EmaState) else []
+
+    @contextlib.contextmanager
+    def torch_fitted(self, state: Any) -> Iterator[None]:
+        """The averaged network in the program for the duration (validation mid-training), then the iterate."""
+        if not isinstance(state, _EmaState):
+            yield
+            return
+        import torch
+
+        with torch.no_grad():
+            current = [p.detach().clone() for p in state.params]
+            torch._foreach_copy_(state.params, state.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(state.params, current)
+
+    def torch_finish(self, state: Any) -> None:
+        """Write the averaged network into the program (its parameters are the fit's)."""
+        if isinstance(state, _EmaState):
+            import torch
+
+            with torch.no_grad():
+                torch._foreach_copy_(state.params, state.ema)
 
     def torch_loss(self, program: Any, plan: ScorePlan, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
         import torch
@@ -155,13 +275,12 @@ class Score(Backend):
         dtype = plan.cache.get("dtype") or d._like(batch)["dtype"]
         xp = plan.cache.get("xp") or aac.array_namespace(batch)
         x0 = batch if batch.dtype == dtype else batch.to(dtype)
-        eps = d.sde.t_eps
-        t = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device).mul_(1.0 - eps).add_(eps)  # U(eps, 1)
+        u = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device)  # t: U(eps, 1) or importance-sampled
         z = torch.randn_like(x0)
         drop = None
         if self.guidance_dropout and d.context is not None:
             drop = torch.rand(x0.shape[0], device=x0.device) < self.guidance_dropout
-        return dsm_loss(xp, d.sde, _conditioned(xp, d, x0.shape[0], drop), x0, t, z, self.weighting).mean(), {}
+        return self._dsm(xp, d, _conditioned(xp, d, x0.shape[0], drop), x0, u, z), {}
 
     def _torch_sliced(self, program: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
         import torch
@@ -182,24 +301,48 @@ class Score(Backend):
         return loss, {"score_norm": g.detach().square().sum(dims).mean()}
 
     # ------------------------------------------------------------------ JAX
+    def jax_init(
+        self, program: Any, plan: ScorePlan, batch: Any, inputs: dict | None, key: Any, optim: Any
+    ) -> tuple[dict, Any]:
+        state, step = super().jax_init(program, plan, batch, inputs, key, optim)
+        if not self._averaged(plan):
+            return state, step
+        import jax
+        import jax.numpy as jnp
+
+        state = {**state, "ema": state["params"], "ema_t": jnp.zeros((), jnp.int32)}
+
+        def averaged(state: dict, batch: Any, key: Any, inputs: Any = None) -> tuple[dict, dict]:
+            ema, t = state["ema"], state["ema_t"] + 1
+            new, metrics = step({"params": state["params"], "opt_state": state["opt_state"]}, batch, key, inputs)
+            d = self.ema_decay(t.astype(jnp.float32))
+            avg = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), ema, new["params"])
+            return {**new, "ema": avg, "ema_t": t}, metrics
+
+        return state, averaged
+
+    def jax_params(self, state: dict) -> Any:
+        """The averaged network (``ema``), or the last iterate."""
+        return state.get("ema", state["params"])
+
     def jax_loss(self, program: Any, plan: ScorePlan) -> Any:
         import jax
         import jax.numpy as jnp
 
         if plan.method == "sliced":
             return self._jax_sliced(program)
-        weighting, p_drop = self.weighting, self.guidance_dropout
+        p_drop = self.guidance_dropout
 
         def loss(params: Any, batch: Any, key: Any, inputs: Any = None) -> tuple[Any, dict]:
             k_trace, k_t, k_z, k_drop = jax.random.split(key, 4)
             d = _jax_diffusion(program, params, k_trace, batch, inputs)
-            t = jax.random.uniform(k_t, (batch.shape[0],), batch.dtype, d.sde.t_eps, 1.0)
+            u = jax.random.uniform(k_t, (batch.shape[0],), batch.dtype)
             z = jax.random.normal(k_z, batch.shape, batch.dtype)
             drop = None
             if p_drop and d.context is not None:
                 drop = jax.random.uniform(k_drop, (batch.shape[0],)) < p_drop
             score = _conditioned(jnp, d, batch.shape[0], drop)
-            return dsm_loss(jnp, d.sde, score, batch, t, z, weighting).mean(), {}
+            return self._dsm(jnp, d, score, batch, u, z), {}
 
         return loss
 
@@ -262,6 +405,33 @@ class Score(Backend):
         if plan.method == "dsm":
             raise NotSupported("a diffusion model has no latent site; Score fits give samples and log_prob only.")
         return super().posterior(program, plan, x, num_samples, seed=seed, inputs=inputs)
+
+
+@dataclass
+class _EmaState:
+    """Torch-side state of a DSM fit whose fitted network is the EMA of its iterates."""
+
+    program: Any
+    plan: Any
+    params: list
+    optimizer: Any
+    ema: list
+    t: int = 0
+
+
+def _refuse_nonsmooth(info: ModelInfo) -> None:
+    """Sliced score matching on a flow whose score jumps (splines, ReLU networks) fails silently (see the module
+    notes): refuse it before step 1, naming the smooth flow to use."""
+    from gmppl.models.flows import SMOOTH_FLOW, nonsmooth_parts
+
+    parts = nonsmooth_parts(info.obs_dist)
+    if parts:
+        raise NotSupported(
+            f"Score(method='sliced') needs a smooth log-density (its loss is an integration by parts), but the "
+            f"observed site {info.observed!r} has {'; '.join(parts)}: its score jumps, the jumps are invisible to "
+            "autodiff and the fit drives the density to a sawtooth (held-out log-likelihood collapses). Use a smooth "
+            f"flow, {SMOOTH_FLOW} (engine='numpyro' too), or fit this one with gm.inference.Likelihood()."
+        )
 
 
 def _conditioned(xp: Any, d: Any, n: int, drop: Any = None) -> Any:

@@ -31,18 +31,25 @@ SEARCH_EPS = 1e-6
 LOG_SCALE_CLIP = (-5.0, 3.0)  # Pyro's AffineCoupling clip
 
 
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "silu": jax.nn.silu}
+
+
 class MLP(eqx.Module):
-    """``Linear -> relu -> ... -> Linear`` on one example, with any hidden widths (Pyro's ``DenseNN``)."""
+    """``Linear -> act -> ... -> Linear`` on one example, with any hidden widths (Pyro's ``DenseNN``);
+    ``activation``: ``"relu"`` (default), or the smooth ``"tanh"`` / ``"silu"``."""
 
     layers: tuple[eqx.nn.Linear, ...]
+    activation: str = eqx.field(static=True, default="relu")
 
-    def __init__(self, sizes: Sequence[int], *, key: Any):
+    def __init__(self, sizes: Sequence[int], *, key: Any, activation: str = "relu"):
         keys = jax.random.split(key, len(sizes) - 1)
         self.layers = tuple(eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys, strict=True))
+        self.activation = activation
 
     def __call__(self, x: Any) -> Any:
+        act = ACTIVATIONS[self.activation]
         for layer in self.layers[:-1]:
-            x = jax.nn.relu(layer(x))
+            x = act(layer(x))
         return self.layers[-1](x)
 
 
@@ -129,11 +136,21 @@ class Coupling(eqx.Module):
     bins: int = eqx.field(static=True)
     bound: float = eqx.field(static=True)
 
-    def __init__(self, dim: int, hidden: Sequence[int], *, kind: str, key: Any, bins: int = 8, bound: float = 3.0):
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int],
+        *,
+        kind: str,
+        key: Any,
+        bins: int = 8,
+        bound: float = 3.0,
+        activation: str = "relu",
+    ):
         self.dim, self.split, self.kind, self.bins, self.bound = dim, dim // 2, kind, bins, bound
         rest = dim - self.split
         out = 2 * rest if kind == "affine" else rest * (3 * bins - 1)
-        self.net = MLP([self.split, *hidden, out], key=key)
+        self.net = MLP([self.split, *hidden, out], key=key, activation=activation)
 
     def _transform(self, x: Any, inverse: bool) -> tuple[Any, Any]:
         x1, x2 = x[..., : self.split], x[..., self.split :]
@@ -237,8 +254,22 @@ class FlowTransform(Transform):
 
 
 def coupling_flow(
-    dim: int, *, kind: str, layers: int, hidden: Sequence[int], key: Any, bins: int = 8, bound: float = 3.0
+    dim: int,
+    *,
+    kind: str,
+    layers: int,
+    hidden: Sequence[int],
+    key: Any,
+    bins: int = 8,
+    bound: float = 3.0,
+    activation: str = "relu",
 ) -> CouplingFlow:
-    """``layers`` coupling layers of ``kind`` (``"spline"`` or ``"affine"``) on ``dim``-vectors."""
+    """``layers`` coupling layers of ``kind`` (``"spline"`` or ``"affine"``) on ``dim``-vectors, their networks
+    with ``activation`` (``"relu"``, ``"tanh"``, ``"silu"``)."""
     keys = jax.random.split(key, layers)
-    return CouplingFlow(tuple(Coupling(dim, hidden, kind=kind, key=k, bins=bins, bound=bound) for k in keys[:layers]))
+    return CouplingFlow(
+        tuple(
+            Coupling(dim, hidden, kind=kind, key=k, bins=bins, bound=bound, activation=activation)
+            for k in keys[:layers]
+        )
+    )

@@ -35,6 +35,9 @@ from typing import Any, cast
 from gmppl.errors import NotSupported, UnknownName
 
 ENGINES = ("pyro", "numpyro")
+SMOOTH_ACTIVATIONS = ("tanh", "silu")
+SMOOTH_FLOW = "gm.models.flows.affine_coupling(dim, activation='tanh')"
+_KINKED = ("ReLU", "LeakyReLU", "ReLU6", "PReLU", "Hardtanh")
 
 
 def _hidden(hidden: int | Sequence[int]) -> list[int]:
@@ -128,14 +131,21 @@ def _pyro_spline_coupling(dim: int, layers: int, hidden: list[int], bins: int, b
     return _stack(make, layers)
 
 
-def _pyro_affine_coupling(dim: int, layers: int, hidden: list[int]) -> Any:
+def _torch_activation(activation: str) -> Any:
+    import torch
+
+    return {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "silu": torch.nn.SiLU}[activation]()
+
+
+def _pyro_affine_coupling(dim: int, layers: int, hidden: list[int], activation: str = "relu") -> Any:
     from pyro.distributions.transforms import AffineCoupling
     from pyro.nn import DenseNN
 
     split = dim // 2
 
     def make() -> Any:
-        return AffineCoupling(split, DenseNN(split, hidden, param_dims=[dim - split, dim - split]))
+        net = DenseNN(split, hidden, param_dims=[dim - split, dim - split], nonlinearity=_torch_activation(activation))
+        return AffineCoupling(split, net)
 
     return _stack(make, layers)
 
@@ -202,18 +212,30 @@ def spline_coupling(
 
 
 def affine_coupling(
-    dim: int, *, engine: str = "pyro", layers: int = 4, hidden: int | Sequence[int] = (64, 64), key: Any = None
+    dim: int,
+    *,
+    engine: str = "pyro",
+    layers: int = 4,
+    hidden: int | Sequence[int] = (64, 64),
+    key: Any = None,
+    activation: str = "relu",
 ) -> Any:
     """Affine (RealNVP) coupling flow: ``y_2 = exp(s(x_1)) x_2 + t(x_1)``, ``s`` clipped to ``[-5, 3]``.
 
-    Pyro: a ``ComposeTransformModule`` of ``AffineCoupling``; NumPyro: a ``CouplingFlow``.
+    ``activation`` of the coupling networks: ``"relu"`` (default), or ``"tanh"``/``"silu"`` for a flow whose
+    log-density is smooth, as score matching needs (``Score(method="sliced")`` refuses the ReLU flow and spline
+    flows, whose scores jump). Pyro: a ``ComposeTransformModule`` of ``AffineCoupling``; NumPyro: a ``CouplingFlow``.
     """
     _check("affine_coupling", dim, engine, layers, coupling=True)
+    if activation not in SMOOTH_ACTIVATIONS + ("relu",):
+        raise UnknownName(f"affine_coupling(activation={activation!r}) is unknown; use relu, tanh or silu.")
     if engine == "pyro":
-        return _pyro_affine_coupling(dim, layers, _hidden(hidden))
+        return _pyro_affine_coupling(dim, layers, _hidden(hidden), activation)
     from gmppl.models.coupling_jax import coupling_flow
 
-    return coupling_flow(dim, kind="affine", layers=layers, hidden=_hidden(hidden), key=_jax_key(key))
+    return coupling_flow(
+        dim, kind="affine", layers=layers, hidden=_hidden(hidden), key=_jax_key(key), activation=activation
+    )
 
 
 def _pyro_only(name: str, engine: str) -> None:
@@ -252,6 +274,45 @@ def spline_autoregressive(
     return _pyro_spline_autoregressive(dim, layers, _hidden(hidden), bins, bound)
 
 
+def nonsmooth_parts(d: Any) -> list[str]:
+    """The parts of a distribution's flow whose log-density gradient (score) jumps: rational-quadratic spline
+    transforms (only C^1) and coupling/autoregressive networks with ReLU-type activations (piecewise linear).
+
+    Walks the wrappers (``base_dist``), a ``TransformedDistribution``'s transforms, composed (``parts``), inverted
+    (``_inv``) and gmppl's JAX coupling flows (``flow.layers``); Pyro and NumPyro transforms alike. A network the
+    walk does not know (a user's own callable) is not judged.
+    """
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def visit(o: Any, depth: int = 0) -> None:
+        if o is None or id(o) in seen or depth > 32:
+            return
+        seen.add(id(o))
+        name = type(o).__name__
+        if "Spline" in name:
+            found.append(f"a rational-quadratic spline transform ({name})")
+            return
+        if name == "Coupling" and hasattr(o, "kind"):  # gmppl's JAX coupling layer
+            if o.kind == "spline":
+                found.append("a rational-quadratic spline coupling (gm.models.flows.spline_coupling)")
+            elif getattr(o.net, "activation", None) not in SMOOTH_ACTIVATIONS:
+                found.append(f"an affine coupling with {o.net.activation} networks (piecewise linear)")
+            return
+        for net_attr in ("hypernet", "arn", "nn"):  # Pyro's AffineCoupling / AffineAutoregressive networks
+            act = getattr(getattr(o, net_attr, None), "f", None)
+            if act is not None and type(act).__name__ in _KINKED:
+                found.append(f"{name} with {type(act).__name__} networks (piecewise linear)")
+                return
+        for attr in ("base_dist", "transforms", "parts", "_inv", "flow", "layers"):
+            child = getattr(o, attr, None)
+            for c in child if isinstance(child, list | tuple) else [child]:
+                visit(c, depth + 1)
+
+    visit(d)
+    return list(dict.fromkeys(found))
+
+
 FLOWS: dict[str, Callable[..., Any]] = {
     "spline_coupling": spline_coupling,
     "affine_coupling": affine_coupling,
@@ -272,6 +333,7 @@ __all__ = [
     "affine_autoregressive",
     "affine_coupling",
     "available",
+    "nonsmooth_parts",
     "spline_autoregressive",
     "spline_coupling",
 ]

@@ -13,6 +13,7 @@ On them, each engine's training loss and samplers call the same arithmetic; only
 (``torch.rand``/``randn`` or ``jax.random``) and the loops (Python or ``lax.scan``) are the engine's:
 
 * :func:`dsm_loss` — denoising score matching at drawn ``t`` and ``z``;
+* :func:`importance_times` — ``t`` drawn with density proportional to ``g^2 / sigma^2`` and its weight;
 * :func:`reverse_step` — one Euler–Maruyama step of the reverse-time SDE;
 * :func:`langevin_step` — one Langevin corrector step of the predictor–corrector sampler;
 * :func:`probability_flow_drift` — the velocity of the probability-flow ODE.
@@ -107,6 +108,43 @@ def as_sde(sde: Any, **kwargs: Any) -> SDE:
     if not isinstance(sde, str):
         raise UnknownName(f"sde={sde!r} must be one of {SDES} or a gmppl.models.sde.SDE.")
     return SDE(kind=sde.lower(), **kwargs)
+
+
+# ------------------------------------------------------------------ importance sampling of t
+def _lik_potential(xp: ModuleType, sde: SDE, t: Any) -> Any:
+    """``G(t)``, an antiderivative of ``g(t)^2 / sigma_t^2`` (the likelihood weight over the DSM weight)."""
+    if sde.kind == "ve":
+        r2 = 2.0 * math.log(sde.sigma_max / sde.sigma_min)
+        return 2.0 * math.log(sde.sigma_min) + xp.log(xp.expm1(r2 * t))
+    b = sde._int_beta(t)
+    if sde.kind == "vp":
+        return xp.log(xp.expm1(b))  # d/dt log(e^B - 1) = beta e^B / (e^B - 1) = g^2 / sigma^2
+    return 2.0 * xp.log(2.0 * xp.sinh(0.5 * b))  # sub-VP: g^2 / sigma^2 = beta (1 + e^-B) / (1 - e^-B)
+
+
+def _lik_potential_inverse(xp: ModuleType, sde: SDE, g: Any) -> Any:
+    """``t`` with ``G(t) = g``."""
+    if sde.kind == "ve":
+        r2 = 2.0 * math.log(sde.sigma_max / sde.sigma_min)
+        return xp.log1p(xp.exp(g - 2.0 * math.log(sde.sigma_min))) / r2
+    if sde.kind == "vp":
+        b = xp.log1p(xp.exp(-xp.abs(g))) + xp.clip(g, min=0.0)  # softplus(g): e^B - 1 = e^g
+    else:
+        b = 2.0 * xp.asinh(0.5 * xp.exp(0.5 * g))
+    b0, db = sde.beta_min, sde.beta_max - sde.beta_min
+    return 2.0 * b / (b0 + xp.sqrt(b0 * b0 + 2.0 * db * b))  # root of b0 t + db t^2 / 2 = B, cancellation-free
+
+
+def importance_times(xp: ModuleType, sde: SDE, u: Any) -> tuple[Any, Any]:
+    """``(t, w)`` from ``u ~ U(0, 1)``: ``t`` drawn on ``[eps, 1]`` with density ``q(t)`` proportional to
+    ``g(t)^2 / sigma_t^2`` (by inverting its CDF), and ``w = g(t)^2 / (sigma_t^2 (1 - eps) q(t))``, the constant
+    that makes ``w * dsm_loss(..., "sigma2")`` at these ``t`` an unbiased estimate of the likelihood-weighted
+    loss at ``t ~ U(eps, 1)`` (Song et al. 2021b, importance sampling of the likelihood weighting)."""
+    eps = sde.t_eps
+    lo = _lik_potential(xp, sde, xp.asarray(eps, dtype=u.dtype))
+    hi = _lik_potential(xp, sde, xp.asarray(1.0, dtype=u.dtype))
+    t = xp.clip(_lik_potential_inverse(xp, sde, lo + u * (hi - lo)), min=eps, max=1.0)
+    return t, (hi - lo) / (1.0 - eps) + 0.0 * t
 
 
 # ------------------------------------------------------------------ training and sampling arithmetic

@@ -191,22 +191,29 @@ def flow(
     hidden: int | tuple[int, ...] = (64, 64),
     engine: str = "pyro",
     seed: int = 0,
+    activation: str = "relu",
 ) -> Callable:
-    """A normalising flow ``x = g(z)``, ``z ~ N(0, I)``, ``g`` a spline or affine coupling stack: exact density."""
+    """A normalising flow ``x = g(z)``, ``z ~ N(0, I)``, ``g`` a spline or affine coupling stack: exact density.
+
+    ``activation`` (affine only): the coupling networks' ``"relu"``, or ``"tanh"``/``"silu"`` for a smooth
+    log-density (what ``Score(method="sliced")`` needs)."""
     _check(engine)
     from gmppl.models import flows
     from gmppl.models.pushforward import Pushforward
 
-    builders = {"spline": flows.spline_coupling, "affine": flows.affine_coupling}
+    builders: dict[str, Callable[..., Any]] = {"spline": flows.spline_coupling, "affine": flows.affine_coupling}
     if kind not in builders:
         raise UnknownName(f"kind={kind!r}; use one of {sorted(builders)}.")
+    extra = {"activation": activation} if kind == "affine" else {}
+    if kind != "affine" and activation != "relu":
+        raise UnknownName(f"activation={activation!r} is for kind='affine'; spline couplings' networks are ReLU.")
     if engine == "pyro":
         import pyro
         import pyro.distributions as dist
         import torch
 
         torch.manual_seed(seed)
-        g = builders[kind](dim, engine="pyro", layers=layers, hidden=hidden)
+        g = builders[kind](dim, engine="pyro", layers=layers, hidden=hidden, **extra)
 
         def model(x: Any = None, n: int | None = None) -> None:
             pyro.module("flow", g)
@@ -220,7 +227,7 @@ def flow(
     import numpyro.distributions as ndist
     from numpyro.contrib.module import eqx_module
 
-    gj = builders[kind](dim, engine="numpyro", layers=layers, hidden=hidden, key=seed)
+    gj = builders[kind](dim, engine="numpyro", layers=layers, hidden=hidden, key=seed, **extra)
 
     def jmodel(x: Any = None, n: int | None = None) -> None:
         f = eqx_module("flow", gj)

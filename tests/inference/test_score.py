@@ -23,6 +23,7 @@ import torch
 
 import gmppl as gm
 from gmppl.engines import make_program
+from gmppl.models import zoo
 from gmppl.models.diffusion import find_diffusion
 from gmppl.models.sde import SDE
 
@@ -436,3 +437,48 @@ def test_sliced_fits_a_flow_to_nearly_the_likelihood_fits_heldout_loglik(engine:
     start = multivariate_normal(np.zeros(2), np.eye(2)).logpdf(xte).mean()
     assert lp_ml.mean() - lp_ssm.mean() < SSM_GAP, (lp_ml.mean(), lp_ssm.mean())
     assert lp_ssm.mean() > start + 0.5, (lp_ssm.mean(), start)
+
+
+# ------------------------------------------------------------------ EMA of the score network, time sampling
+def _ema_fit(engine: str, steps: int, ema: float | None, **kw) -> dict[str, np.ndarray]:  # noqa: ANN003
+    model = zoo.diffusion(2, width=8, depth=2, engine=engine)
+    x = gm.datasets.moons(128, seed=0)
+    fit = gm.fit(model, x, gm.inference.Score(ema=ema, **kw), steps=steps, batch_size=32, seed=1, progress=False)
+    return {k: np.asarray(v, dtype=np.float64) for k, v in fit.params.items()}
+
+
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+def test_dsm_fit_is_the_ema_of_its_iterates(engine: str) -> None:
+    """The fitted network is ``e_t = d_t e_{t-1} + (1 - d_t) theta_t``, ``d_t = min(ema, (1 + t) / (10 + t))``:
+    the iterates ``theta_t`` are the ``ema=None`` fits of ``t`` steps (each step's random stream does not depend
+    on the fit's length)."""
+    theta3 = _ema_fit(engine, 3, None)
+    e2, e3 = (_ema_fit(engine, t, 0.999) for t in (2, 3))
+    d3 = min(0.999, 4.0 / 13.0)
+    for name, value in e3.items():
+        np.testing.assert_allclose(value, d3 * e2[name] + (1 - d3) * theta3[name], rtol=1e-5, atol=1e-7)
+        assert not np.array_equal(value, theta3[name])
+    with pytest.raises(gm.BackendError):
+        gm.inference.Score(ema=1.0)
+
+
+def test_importance_time_sampling_fits_and_unknown_ones_are_refused() -> None:
+    params = _ema_fit("numpyro", 5, None, weighting="likelihood", time_sampling="importance")
+    assert all(np.isfinite(v).all() for v in params.values())
+    with pytest.raises(gm.UnknownName):
+        gm.inference.Score(time_sampling="stratified")
+
+
+# ------------------------------------------------------------------ sliced score matching refuses non-smooth flows
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+def test_sliced_refuses_a_flow_whose_score_jumps_and_names_the_smooth_one(engine: str) -> None:
+    """Spline couplings (C^1 only) and ReLU coupling networks (piecewise linear) are refused before step 1 with
+    the smooth flow named; ``affine_coupling(activation="tanh")`` is fitted."""
+    x = gm.datasets.moons(64, seed=0)
+    sliced = gm.inference.Score(method="sliced")
+    for kind in ("spline", "affine"):
+        with pytest.raises(gm.NotSupported, match=r"affine_coupling\(dim, activation='tanh'\)"):
+            gm.fit(zoo.flow(2, kind=kind, engine=engine), x, sliced, steps=2, progress=False)
+    smooth = zoo.flow(2, kind="affine", activation="tanh", layers=1, hidden=4, engine=engine)
+    fit = gm.fit(smooth, x, sliced, steps=1, progress=False)
+    assert np.isfinite(fit.history["loss"]).all()
