@@ -648,8 +648,7 @@ def _guarded_maps(d: Any, xp: Any) -> tuple[Any, Any]:
     ``-q/p`` where the data are scarce, linearly). Beyond it f-GAN's overflow: a critic chasing an
     unbounded ``T*`` (``-q/p`` for reverse KL where the generator puts mass the data lack, ``1 + log(p/q)``
     for KL where the data have mass the generator lacks) drives ``exp(+-v)`` in one term and its gradient
-    past float32 (NaN) and, well before that, lets one example's gradient dominate Adam's second moment;
-    here both grow linearly. Each ``T`` still ranges over all of ``f*``'s domain, so the bound's supremum
+    past float32 (NaN); here both grow linearly. Each ``T`` still ranges over all of ``f*``'s domain, so the bound's supremum
     is unchanged."""
     import array_api_compat
 
