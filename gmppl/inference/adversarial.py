@@ -26,12 +26,29 @@ on it; the average sits closer to it, so it puts more samples on the modes (most
 see ``examples/gan_ring.py``). Training (the history, the critic) runs on the iterates; ``ema=None``
 returns the last one.
 
+Defaults for f-divergences, one setting for all nine (no per-divergence tuning): Adam(2e-3, betas (0.5, 0.9))
+for the generator and the same Adam at twice the rate for the critic (two time-scales, Heusel et al. 2017:
+the critic keeps up with a generator that moves at 2e-3), one critic step, the averaged generator. The
+learning rate is ten times DCGAN's 2e-4, at which a generator needs thousands of steps to move its
+parameters by one unit; ``beta2 = 0.9`` (WGAN-GP's) lets Adam's second moment forget one large gradient in
+tens of steps, not thousands (after a spike at 0.999 a player can sit frozen for the rest of the fit).
+``w1`` keeps WGAN-GP's recipe: Adam(1e-4, betas (0.5, 0.9)) for both players, five critic steps. The
+1-D exactness tests (``tests/inference/test_adversarial.py``) run on these defaults.
+
 Each step does ``critic_steps`` ascent steps on ``F`` in ``w`` (fresh generated samples each, the
 same real minibatch; default 1 for f-divergences, 5 for ``w1``), then one descent step in ``theta``: ``generator_loss="saddle"`` descends
 ``-E_{P_theta}[f*(T(y))]`` (the gradient of ``D_f`` itself at the optimal critic, by the envelope
 theorem); ``"nonsaturating"`` descends ``-E_{P_theta}[T(y)]`` (Nowozin et al.'s alternative; for
 ``gan`` the ``-log D`` trick). ``f*(activation(v))`` is the divergence's fused, overflow-free
-``conjugate_activation``.
+``conjugate_activation``, except for KL, reverse KL, Neyman, squared Hellinger and Jeffreys, whose
+f-GAN maps hold ``exp(+-v)``: a critic chasing their unbounded optimal ``T*`` (``-q/p`` where the
+generator has mass the data lack, ``1 + log(p/q)`` where the data have mass the generator lacks) drives
+one term and its gradient past float32, and the fit goes NaN. These use a guarded exponential, ``exp(v)``
+on ``|v| <= 20`` continued linearly beyond (see `_guarded_maps`): f-GAN's maps wherever a critic can use
+them, the same family of ``T`` (so the same supremum), and linear growth in the critic's output. Jeffreys
+takes the critic's output as a log density ratio, ``T = f'(e^v) = v + 1 - e^(-v)``,
+``f*(T) = e^v + v - 1``, the form the others have (f-GAN's ``T = v`` makes a critic reach ``-q/p``
+linearly, and it fell short).
 
 History metrics per step: ``loss`` (the generator's objective: the saddle value
 ``E_P[T] - E_{P_theta}[f*(T)]`` for ``saddle``, ``-E_{P_theta}[T]`` for ``nonsaturating``),
@@ -55,6 +72,7 @@ of the reported ``divergence``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,6 +95,7 @@ from gmppl.optim import Adam
 _GENERATOR_LOSSES = ("saddle", "nonsaturating")
 _LIPSCHITZ = ("auto", "gradient_penalty", "one_sided_penalty", "spectral_norm", None)
 _PENALTIES = ("gradient_penalty", "one_sided_penalty")
+_GUARDED = ("kl", "reverse_kl", "neyman", "squared_hellinger", "jeffreys")  # see `_guarded_maps`
 
 
 @dataclass(frozen=True)
@@ -99,9 +118,13 @@ class Adversarial(Backend):
     from the data), ``"conv"``, or a user module. ``lipschitz``: ``"one_sided_penalty"``,
     ``"gradient_penalty"`` (two-sided, WGAN-GP), ``"spectral_norm"`` or None; ``"auto"`` is the
     one-sided penalty for ``w1`` and None for f-divergences (see the module notes). ``optim`` is the
-    generator's optimiser (``gm.fit(optim=...)`` overrides it), ``critic_optim`` the critic's
-    (default: the generator's). Defaults: f-GANs one critic step and Adam(2e-4, betas (0.5, 0.999));
-    ``w1`` the WGAN-GP recipe, five critic steps and Adam(1e-4, betas (0.5, 0.9)). ``output_penalty``: weight of ``E[V^2]`` in the critic's loss (None:
+    generator's optimiser (``gm.fit(optim=...)`` overrides it), ``critic_optim`` the critic's (default: for
+    f-divergences the generator's ``gm.optim.Adam`` at twice its learning rate, else the generator's
+    optimiser). Defaults, one setting for every f-divergence: one critic step, Adam(2e-3, betas (0.5, 0.9))
+    for the generator and Adam(4e-3, betas (0.5, 0.9)) for the critic (a rate at which a generator moves in
+    a few thousand steps, a critic that keeps up, an Adam that recovers from one large gradient in tens of
+    steps; see the module notes); ``w1`` the WGAN-GP recipe, five critic steps and Adam(1e-4, betas (0.5,
+    0.9)) for both. ``output_penalty``: weight of ``E[V^2]`` in the critic's loss (None:
     ``1e-4`` for total variation, else 0; see the module notes). ``ema``: the fitted generator is the
     exponential moving average of its iterates with this decay (see the module notes); None keeps
     the last iterate.
@@ -195,11 +218,21 @@ class Adversarial(Backend):
 
     @property
     def default_optim(self) -> Any:
-        """The generator's optimiser when ``gm.fit`` is given none: Adam(2e-4, betas=(0.5, 0.999)) (DCGAN's)
-        for f-GANs, Adam(1e-4, betas=(0.5, 0.9)) for ``w1`` (WGAN-GP's, Gulrajani et al. 2017)."""
+        """The generator's optimiser when ``gm.fit`` is given none: Adam(2e-3, betas=(0.5, 0.9)) for f-GANs,
+        Adam(1e-4, betas=(0.5, 0.9)) for ``w1`` (WGAN-GP's, Gulrajani et al. 2017)."""
         if self.optim is not None:
             return self.optim
-        return Adam(lr=1e-4, betas=(0.5, 0.9)) if self.is_w1 else Adam(lr=2e-4, betas=(0.5, 0.999))
+        return Adam(lr=1e-4, betas=(0.5, 0.9)) if self.is_w1 else Adam(lr=2e-3, betas=(0.5, 0.9))
+
+    def critic_optimizer(self, optim: Any) -> Any:
+        """The critic's optimiser given the generator's ``optim``: ``critic_optim``, or by default, for an
+        f-divergence and a ``gm.optim.Adam`` generator, the same Adam at twice the learning rate (two
+        time-scales, Heusel et al. 2017: the critic keeps up with the generator); otherwise ``optim`` itself."""
+        if self.critic_optim is not None:
+            return self.critic_optim
+        if not self.is_w1 and type(optim) is Adam:
+            return dataclasses.replace(optim, lr=2.0 * optim.lr)
+        return optim
 
     def ema_decay(self, t: Any) -> Any:
         """The averaging weight at step ``t = 1, 2, ...``: ``min(ema, (1 + t) / (10 + t))``."""
@@ -220,6 +253,8 @@ class Adversarial(Backend):
             return (lambda v: v), (lambda v: v)
         if isinstance(d, divergences.TotalVariation):
             return _softsign_half, _softsign_half  # f*(t) = t on |t| <= 1/2
+        if d.name in _GUARDED:
+            return _guarded_maps(d, xp)
         if xp is None:
             return d.activation, d.conjugate_activation
         return (lambda v: d._activation(xp, v)), (lambda v: d._conjugate_activation(xp, v))
@@ -351,7 +386,7 @@ class Adversarial(Backend):
             gen_params=gen,
             critic_params=crit,
             gen_opt=build_torch(optim, gen) if gen else None,
-            critic_opt=build_torch(self.critic_optim if self.critic_optim is not None else optim, crit),
+            critic_opt=build_torch(self.critic_optimizer(optim), crit),
             maps=self._maps(array_api_compat.array_namespace(batch)),
             ema=[p.detach().clone() for p in gen] if self.ema is not None and gen else None,
             traceable=not plan.density,
@@ -479,7 +514,7 @@ class Adversarial(Backend):
         from gmppl.optim import build_optax
 
         gen_tx = build_optax(optim)
-        crit_tx = build_optax(self.critic_optim if self.critic_optim is not None else optim)
+        crit_tx = build_optax(self.critic_optimizer(optim))
         apply = plan.apply
         params = program.params
         gen0 = {k: v for k, v in params.items() if k != CRITIC}
@@ -594,6 +629,78 @@ def _softsign_half(v: Any) -> Any:
     saturates polynomially (slope ``1 / (2 (1 + |v|)^2)``), not exponentially, so neither player's
     gradient dies as the critic sharpens towards the step ``sign(p - q) / 2``."""
     return v / (2.0 * (1.0 + abs(v)))
+
+
+#: `_log_guarded_exp`'s range: ``exp(v)`` itself on ``|v| <= 20`` (``e^20 ~ 5e8``).
+_GUARD = 20.0
+
+
+def _log_guarded_exp(xp: Any, v: Any) -> Any:
+    """``log E(v)`` for the guarded exponential ``E(v)``: ``exp(v)`` on ``|v| <= c`` (``c = _GUARD``), continued
+    linearly, ``E = e^c (1 + v - c)``, above ``c`` and ``1 / E = e^c (1 - c - v)`` below ``-c``. A C^1
+    increasing bijection of the reals onto ``(0, inf)`` whose value and reciprocal grow linearly, not
+    exponentially, in the critic's output: ``log E = clip(v, -c, c) + log1p(relu(v - c)) - log1p(relu(-v - c))``
+    (no branch is evaluated where it overflows)."""
+    c = _GUARD
+    hi, lo = v - c, -v - c
+    hi, lo = (hi + abs(hi)) / 2, (lo + abs(lo)) / 2
+    return (v - hi + lo) + xp.log1p(hi) - xp.log1p(lo)
+
+
+def _guarded_maps(d: Any, xp: Any) -> tuple[Any, Any]:
+    """``(activation, f* o activation)`` for the f-divergences whose f-GAN maps hold ``exp(+-v)``: KL,
+    reverse KL, Neyman, squared Hellinger, and Jeffreys in its log-ratio form, each with `_log_guarded_exp`'s
+    ``E`` in place of ``exp`` (``L = log E``):
+
+    ==================  =========================  ==============================  =========================
+    divergence          activation T(v)            f*(T(v))                        f-GAN's (Nowozin et al.)
+    ==================  =========================  ==============================  =========================
+    KL                  1 + L(v - 1)               E(v - 1)                        T = v
+    reverse KL          -1 / E(v)                  L(v) - 1                        T = -exp(-v)
+    Neyman              1 - 1 / E(v)               2 - 2 / sqrt(E(v))              T = 1 - exp(-v)
+    squared Hellinger   1 - 1 / E(v)               E(v) - 1                        T = 1 - exp(-v)
+    Jeffreys            L + 1 - 1 / E,  L = L(v)   E + L - 1                       T = v (Lambert W f*)
+    ==================  =========================  ==============================  =========================
+
+    On ``|v| <= 20`` these are f-GAN's maps (Jeffreys': ``T = f'(e^v)``, ``v`` the critic's log density
+    ratio, the form the others have already; f-GAN's identity makes a critic reach ``T* = 1 + log u - 1/u``,
+    ``-q/p`` where the data are scarce, linearly). Beyond it f-GAN's overflow: a critic chasing an
+    unbounded ``T*`` (``-q/p`` for reverse KL where the generator puts mass the data lack, ``1 + log(p/q)``
+    for KL where the data have mass the generator lacks) drives ``exp(+-v)`` in one term and its gradient
+    past float32 (NaN); here both grow linearly. Each ``T`` still ranges over all of ``f*``'s domain, so the bound's supremum
+    is unchanged."""
+    import array_api_compat
+
+    name = d.name
+
+    def ns(v: Any) -> Any:
+        return xp if xp is not None else array_api_compat.array_namespace(v)
+
+    def act(v: Any) -> Any:
+        x = ns(v)
+        if name == "kl":
+            return 1.0 + _log_guarded_exp(x, v - 1.0)
+        lg = _log_guarded_exp(x, v)
+        if name == "reverse_kl":
+            return -x.exp(-lg)
+        if name == "jeffreys":
+            return lg - x.expm1(-lg)
+        return -x.expm1(-lg)  # neyman, squared_hellinger
+
+    def conj(v: Any) -> Any:
+        x = ns(v)
+        if name == "kl":
+            return x.exp(_log_guarded_exp(x, v - 1.0))
+        lg = _log_guarded_exp(x, v)
+        if name == "reverse_kl":
+            return lg - 1.0
+        if name == "neyman":
+            return -2.0 * x.expm1(-0.5 * lg)
+        if name == "jeffreys":
+            return x.expm1(lg) + lg
+        return x.expm1(lg)  # squared_hellinger
+
+    return act, conj
 
 
 def _torch_norm(grads: list) -> Any:
