@@ -35,6 +35,7 @@ def main() -> dict:
         ("elbo", lambda: zoo.vae(2, latent_dim=2, engine="numpyro"), gm.inference.ELBO, 100),
         # a two-player game amplifies rounding: compare early, before the players' feedback does
         ("adversarial", lambda: zoo.gan(2, latent_dim=2, engine="numpyro"), gm.inference.Adversarial, 10),
+        ("score", lambda: zoo.diffusion(2, width=32, engine="numpyro"), gm.inference.Score, 50),
     ]:
         fits = [
             gm.fit(make(), x, backend(), steps=steps, batch_size=64, seed=0, devices=d, progress=False) for d in (1, 2)

@@ -19,8 +19,8 @@ HERE = Path(__file__).parent
 
 def test_two_devices_give_the_one_device_fit() -> None:
     """Adam steps on 1 and on 2 devices: the same parameters up to float32 reassociation of the batch mean
-    (relative 1e-3: the difference is rounding, amplified by the optimiser's steps; 100 steps for one objective,
-    10 for the adversarial game, whose feedback amplifies it faster). The noise is the same draw on both
+    (relative 1e-3: the difference is rounding, amplified by the optimiser's steps; 100 steps for one objective
+    (Likelihood, ELBO; 50 for Score's denoising loss), 10 for the adversarial game, whose feedback amplifies it faster). The noise is the same draw on both
     layouts (step 0's ELBO and GAN losses agree to float32 rounding). An ensemble (``chains=2``) spreads one
     chain per device and equals the one-device ensemble (relative 1e-4); its sharded state checkpoints and
     resumes bitwise on 2 devices and to rounding on 1. Bad requests are refused before training.
@@ -32,7 +32,7 @@ def test_two_devices_give_the_one_device_fit() -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["devices"] == 2
-    for name in ("likelihood", "elbo", "adversarial"):
+    for name in ("likelihood", "elbo", "adversarial", "score"):
         assert out[name] < 1e-3, (name, out[name])
         assert out[f"{name}_loss0"] < 1e-5, (name, out[f"{name}_loss0"])
     assert out["chains"] < 1e-4, out["chains"]
@@ -46,6 +46,7 @@ def test_two_devices_give_the_one_device_fit() -> None:
     assert any("NUTS draws with the PPL's own sampler" in e for e in errors), errors
 
 
+@pytest.mark.slow  # about 60 s: two processes each compile the fit
 def test_a_fit_across_two_processes_gives_the_one_process_fit(tmp_path: Path) -> None:
     """Two processes joined by ``jax.distributed.initialize`` (one CPU device each, as two hosts would be) fit with
     ``devices=jax.devices()``: one chain splits its batch over them, two chains take one each. Both processes end
