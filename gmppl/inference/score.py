@@ -49,7 +49,7 @@ Caveats for ``"sliced"``, both from the Fisher divergence ``E_{P_X} ||grad log p
   data is not penalised. Adam's per-coordinate scaling turns gradient noise in those blind directions
   into full-size steps: a smaller learning rate than for maximum likelihood keeps the mass in place.
 
-So ``check`` refuses, before step 1, a sliced fit of a flow with spline transforms or ReLU-type coupling or
+So ``check`` warns, before step 1, of a sliced fit of a flow with spline transforms or ReLU-type coupling or
 autoregressive networks (``gmppl.models.flows.nonsmooth_parts``), naming the smooth flow to use:
 ``gm.models.flows.affine_coupling(dim, activation="tanh")`` (or ``zoo.flow(dim, kind="affine",
 activation="tanh")``). A user's own network is not judged.
@@ -58,6 +58,7 @@ activation="tanh")``). A user's own network is not judged.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -70,6 +71,8 @@ from gmppl.inference.base import Backend
 from gmppl.models.diffusion import find_diffusion
 from gmppl.models.diffusion_options import context_rows, drop_context, null_context
 from gmppl.models.sde import dsm_loss, importance_times
+
+log = logging.getLogger("gmppl")
 
 METHODS = ("auto", "dsm", "sliced")
 WEIGHTINGS = ("sigma2", "likelihood")
@@ -140,7 +143,7 @@ class Score(Backend):
         if not (self.method == "auto" and "density" in info.capabilities):
             super().check(info)
         if self.resolve(info) == "sliced":
-            _refuse_nonsmooth(info)
+            _warn_nonsmooth(info)
 
     def resolve(self, info: ModelInfo) -> str:
         """The method used for a model: ``"dsm"`` or ``"sliced"``."""
@@ -419,19 +422,24 @@ class _EmaState:
     t: int = 0
 
 
-def _refuse_nonsmooth(info: ModelInfo) -> None:
+def _warn_nonsmooth(info: ModelInfo) -> None:
     """Sliced score matching on a flow whose score jumps (splines, ReLU networks) fails silently (see the module
-    notes): refuse it before step 1, naming the smooth flow to use."""
+    notes): say so before step 1, naming the smooth flow to use. A warning, not an error: the fit is the user's
+    to run (a short one, a comparison), and its held-out likelihood shows the damage."""
+    import warnings
+
     from gmppl.models.flows import SMOOTH_FLOW, nonsmooth_parts
 
     parts = nonsmooth_parts(info.obs_dist)
     if parts:
-        raise NotSupported(
+        msg = (
             f"Score(method='sliced') needs a smooth log-density (its loss is an integration by parts), but the "
             f"observed site {info.observed!r} has {'; '.join(parts)}: its score jumps, the jumps are invisible to "
-            "autodiff and the fit drives the density to a sawtooth (held-out log-likelihood collapses). Use a smooth "
-            f"flow, {SMOOTH_FLOW} (engine='numpyro' too), or fit this one with gm.inference.Likelihood()."
+            "autodiff and the fit can drive the density to a sawtooth (held-out log-likelihood collapses). Use a "
+            f"smooth flow, {SMOOTH_FLOW} (engine='numpyro' too), or fit this one with gm.inference.Likelihood()."
         )
+        log.warning("%s", msg)
+        warnings.warn(msg, UserWarning, stacklevel=4)
 
 
 def _conditioned(xp: Any, d: Any, n: int, drop: Any = None) -> Any:

@@ -223,7 +223,7 @@ def affine_coupling(
     """Affine (RealNVP) coupling flow: ``y_2 = exp(s(x_1)) x_2 + t(x_1)``, ``s`` clipped to ``[-5, 3]``.
 
     ``activation`` of the coupling networks: ``"relu"`` (default), or ``"tanh"``/``"silu"`` for a flow whose
-    log-density is smooth, as score matching needs (``Score(method="sliced")`` refuses the ReLU flow and spline
+    log-density is smooth, as score matching needs (``Score(method="sliced")`` warns of the ReLU flow and spline
     flows, whose scores jump). Pyro: a ``ComposeTransformModule`` of ``AffineCoupling``; NumPyro: a ``CouplingFlow``.
     """
     _check("affine_coupling", dim, engine, layers, coupling=True)
