@@ -84,6 +84,7 @@ import numpy as np
 
 from gmppl import divergences
 from gmppl.errors import BackendError, NotSupported, UnknownName
+from gmppl.inference import averaging
 from gmppl.inference.base import Backend
 from gmppl.inference.critics import (
     CRITIC,
@@ -237,14 +238,9 @@ class Adversarial(Backend):
         return optim
 
     def ema_decay(self, t: Any) -> Any:
-        """The averaging weight at step ``t = 1, 2, ...``: ``min(ema, (1 + t) / (10 + t))``."""
-        ema = self.ema
-        assert ema is not None  # called only when the generator is averaged
-        if isinstance(t, int):
-            return min(float(ema), (1.0 + t) / (10.0 + t))
-        import jax.numpy as jnp
-
-        return jnp.minimum(ema, (1.0 + t) / (10.0 + t))
+        """The averaging weight at step ``t = 1, 2, ...`` (``gmppl.inference.averaging.decay``)."""
+        assert self.ema is not None  # called only when averaged
+        return averaging.decay(self.ema, t)
 
     # ------------------------------------------------------------------ the objective, engine-free
     def _maps(self, xp: Any = None) -> tuple[Any, Any]:
@@ -435,8 +431,7 @@ class Adversarial(Backend):
             state.gen_opt.step()
             if state.ema is not None:
                 state.t += 1
-                with torch.no_grad():  # ema <- d ema + (1 - d) theta
-                    torch._foreach_lerp_(state.ema, state.gen_params, 1.0 - self.ema_decay(state.t))
+                averaging.torch_update(state.ema, state.gen_params, self.ema_decay(state.t))
         else:
             gnorm = torch.zeros((), device=batch.device)
         loss = (real_term.detach() + g_obj if self.generator_loss == "saddle" or self.is_w1 else g_obj).detach()
@@ -486,24 +481,13 @@ class Adversarial(Backend):
         if state.ema is None:
             yield
             return
-        import torch
-
-        with torch.no_grad():
-            current = [p.detach().clone() for p in state.gen_params]
-            torch._foreach_copy_(state.gen_params, state.ema)
-        try:
+        with averaging.torch_swapped_in(state.gen_params, state.ema):
             yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(state.gen_params, current)
 
     def torch_finish(self, state: Any) -> None:
         """Write the averaged generator into the program (its parameters are the fit's)."""
         if state.ema is not None:
-            import torch
-
-            with torch.no_grad():
-                torch._foreach_copy_(state.gen_params, state.ema)
+            averaging.torch_write(state.gen_params, state.ema)
 
     # ------------------------------------------------------------------ JAX
     def jax_init(
@@ -589,7 +573,7 @@ class Adversarial(Backend):
                 t = state["ema_t"] + 1
                 d = self.ema_decay(t.astype(jnp.float32))
                 new["ema_t"] = t
-                new["ema"] = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), state["ema"], gen)
+                new["ema"] = averaging.jax_update(state["ema"], gen, d)
             return new, jax.tree.map(jnp.asarray, metrics)
 
         return state, step

@@ -67,6 +67,7 @@ import array_api_compat as aac
 
 from gmppl.engines.base import ModelInfo
 from gmppl.errors import BackendError, NotSupported, UnknownName
+from gmppl.inference import averaging
 from gmppl.inference.base import Backend
 from gmppl.models.diffusion import find_diffusion
 from gmppl.models.diffusion_options import context_rows, drop_context, null_context
@@ -195,14 +196,9 @@ class Score(Backend):
         return (w * dsm_loss(xp, d.sde, score, x0, t, z, "sigma2")).mean()
 
     def ema_decay(self, t: Any) -> Any:
-        """The averaging weight at step ``t = 1, 2, ...``: ``min(ema, (1 + t) / (10 + t))`` (as ``Adversarial``)."""
-        ema = self.ema
-        assert ema is not None  # called only when the network is averaged
-        if isinstance(t, int):
-            return min(float(ema), (1.0 + t) / (10.0 + t))
-        import jax.numpy as jnp
-
-        return jnp.minimum(ema, (1.0 + t) / (10.0 + t))
+        """The averaging weight at step ``t = 1, 2, ...`` (``gmppl.inference.averaging.decay``)."""
+        assert self.ema is not None  # called only when averaged
+        return averaging.decay(self.ema, t)
 
     # ------------------------------------------------------------------ torch
     def torch_init(self, program: Any, plan: ScorePlan, batch: Any, inputs: dict | None, optim: Any) -> Any:
@@ -225,13 +221,10 @@ class Score(Backend):
         return self.ema is not None and plan.method == "dsm"
 
     def torch_step(self, state: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
-        import torch
-
         state, metrics = super().torch_step(state, batch, inputs)
         if isinstance(state, _EmaState):
             state.t += 1
-            with torch.no_grad():  # ema <- d ema + (1 - d) theta
-                torch._foreach_lerp_(state.ema, state.params, 1.0 - self.ema_decay(state.t))
+            averaging.torch_update(state.ema, state.params, self.ema_decay(state.t))
         return state, metrics
 
     def torch_counters(self, state: Any) -> dict[str, int]:
@@ -250,24 +243,13 @@ class Score(Backend):
         if not isinstance(state, _EmaState):
             yield
             return
-        import torch
-
-        with torch.no_grad():
-            current = [p.detach().clone() for p in state.params]
-            torch._foreach_copy_(state.params, state.ema)
-        try:
+        with averaging.torch_swapped_in(state.params, state.ema):
             yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(state.params, current)
 
     def torch_finish(self, state: Any) -> None:
         """Write the averaged network into the program (its parameters are the fit's)."""
         if isinstance(state, _EmaState):
-            import torch
-
-            with torch.no_grad():
-                torch._foreach_copy_(state.params, state.ema)
+            averaging.torch_write(state.params, state.ema)
 
     def torch_loss(self, program: Any, plan: ScorePlan, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:
         import torch
@@ -310,7 +292,6 @@ class Score(Backend):
         state, step = super().jax_init(program, plan, batch, inputs, key, optim)
         if not self._averaged(plan):
             return state, step
-        import jax
         import jax.numpy as jnp
 
         state = {**state, "ema": state["params"], "ema_t": jnp.zeros((), jnp.int32)}
@@ -319,7 +300,7 @@ class Score(Backend):
             ema, t = state["ema"], state["ema_t"] + 1
             new, metrics = step({"params": state["params"], "opt_state": state["opt_state"]}, batch, key, inputs)
             d = self.ema_decay(t.astype(jnp.float32))
-            avg = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), ema, new["params"])
+            avg = averaging.jax_update(ema, new["params"], d)
             return {**new, "ema": avg, "ema_t": t}, metrics
 
         return state, averaged
