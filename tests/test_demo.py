@@ -25,6 +25,8 @@ def test_quick_demo_writes_report_figures_and_fits(tmp_path):
         assert name in report, name
     assert "Score(sliced)" not in report  # a fit the demo would show failing
     assert "Mode coverage" in report and "Bernoulli(0.3)" in report
+    assert "| C2ST |" in report and "Floors, the training data against the held-out data: moons C2ST" in report
+    assert report.count("- **") >= 9  # one line per fit on what it shows
     for png in ("samples.png", "losses.png", "divergences.png"):
         assert (tmp_path / png).stat().st_size > 1000, png
     fits = sorted(p.name for p in (tmp_path / "fits").iterdir())

@@ -93,9 +93,25 @@ def test_a_graph_that_fails_on_a_later_draw_hands_over_to_the_handlers(monkeypat
         assert len(calls) == 1  # not retried
 
 
-def test_an_adversarial_fit_of_a_flow_runs_through_the_handlers() -> None:
-    """A spline flow's draws past its tails change the shapes inside the transform: a flow is never traced."""
+def test_an_adversarial_fit_of_a_flow_runs_through_the_handlers(monkeypatch) -> None:
+    """A spline flow's draws past its tails change the shapes inside the transform: a flow is never traced,
+    while an implicit generator is (the tracer is asked once per batch size)."""
+    from gmppl.engines import pyro as engine
+
+    asked = []
+    traced = engine.compiled_generate
+    monkeypatch.setattr(engine, "compiled_generate", lambda program, n: asked.append(n) or traced(program, n))
     x = gm.datasets.moons(256, seed=0)
+    gm.fit(
+        zoo.gan(2, latent_dim=2, engine="pyro"),
+        x,
+        gm.inference.Adversarial("js"),
+        steps=3,
+        batch_size=64,
+        progress=False,
+    )
+    assert asked == [64]
+    asked.clear()
     fit = gm.fit(
         zoo.flow(2, engine="pyro", layers=2),
         x,
@@ -105,3 +121,4 @@ def test_an_adversarial_fit_of_a_flow_runs_through_the_handlers() -> None:
         progress=False,
     )
     assert np.isfinite(fit.history["loss"]).all()
+    assert asked == []
