@@ -249,9 +249,12 @@ def make_optimizer(optim: Any) -> Any:
     return build_optax(optim)
 
 
-@jax.jit
+def _floating(tree: Any) -> list:
+    return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
+
+
 def _all_finite(leaves: list) -> Any:
-    return jnp.all(jnp.stack([jnp.isfinite(a).all() for a in leaves]))
+    return jnp.all(jnp.stack([jnp.isfinite(a).all() for a in leaves])) if leaves else jnp.bool_(True)
 
 
 class JaxLoop:
@@ -307,14 +310,19 @@ class JaxLoop:
         put = _host if self.on_mesh else (lambda a: a)
         self.x = jax.device_put(put(programs[0].as_array(data)), self.device)
         self.inputs = jax.device_put(jax.tree.map(put, programs[0].as_inputs(inputs)), self.device)
+        # the first batch, which sets the state's shapes, cut on the host (slicing a device array compiles)
+        m = min(self.x.shape[0], batch_size)
+        self.head = jax.device_put(
+            (np.asarray(data)[:m], {k: np.asarray(v)[:m] for k, v in programs[0].as_inputs(inputs).items()}),
+            self.device,
+        )
 
     def init(self, seeds: list[int], optim: Any) -> tuple:
         n, b = self.x.shape[0], self.batch_size
         states, keys, step = [], [], None
         for program, plan, seed in zip(self.programs, self.plans, seeds, strict=True):
             key, k0 = jax.random.split(jax.random.PRNGKey(seed))
-            head = {k: v[: min(n, b)] for k, v in self.inputs.items()}
-            state, step_c = self.backend.jax_init(program, plan, self.x[: min(n, b)], head, k0, optim)
+            state, step_c = self.backend.jax_init(program, plan, *self.head, k0, optim)
             step = step or step_c  # the same pure function for every chain: chain 0's closure
             states.append(state)
             keys.append(key)
@@ -335,7 +343,7 @@ class JaxLoop:
         # from a Python float, ``numpyro.param("w", 1.0)``) would make later chunks compile all over again.
         where = self.state_device or self.device
         # onto a mesh through the host: it may span hosts, and numpy arrays are never weakly typed
-        strong = _host if self.on_mesh else (lambda a: jnp.asarray(a, dtype=a.dtype) if isinstance(a, jax.Array) else a)
+        strong = _host if self.on_mesh else (lambda a: jnp.asarray(a, dtype=a.dtype) if getattr(a, "weak_type", False) else a)
         return jax.tree.map(
             lambda a: jax.device_put(strong(a), where) if isinstance(a, jax.Array | np.ndarray | np.generic) else a,
             carry,
@@ -343,7 +351,8 @@ class JaxLoop:
 
     def run_chunk(self, state: tuple, k: int, start: int = 0) -> tuple[tuple, dict[str, np.ndarray]]:
         """``k`` steps from step ``start`` (the steps already taken: it seeds each step's key)."""
-        carry, metrics = self._run(state, self.x, self.inputs, np.int32(start), np.int32(k))
+        carry, metrics, finite = self._run(state, self.x, self.inputs, np.int32(start), np.int32(k))
+        self._finite = (carry, finite)  # read by `finite` (computed in the chunk: no separate compile or dispatch)
         out = {name: _host(v).astype(np.float64).reshape(self.chains, -1)[:, :k] for name, v in metrics.items()}
         return carry, out
 
@@ -355,8 +364,10 @@ class JaxLoop:
 
     def finite(self, snap: tuple) -> bool:
         """Whether every floating array of the state (parameters, optimiser moments, averages) is finite."""
-        leaves = [a for a in jax.tree.leaves(snap) if jnp.issubdtype(a.dtype, jnp.floating)]
-        return bool(_all_finite(leaves)) if leaves else True
+        done = getattr(self, "_finite", None)
+        if done is not None and done[0] is snap:  # the state the last chunk returned: it checked itself
+            return bool(np.all(_host(done[1])))
+        return bool(jax.jit(_all_finite)(_floating(snap)))
 
     def to_arrays(self, state: tuple) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Every array of the training state (parameters, optimiser states, averages, data order, keys)."""
@@ -421,8 +432,8 @@ def _chunk_runner(step: Callable, batch_size: int, length: int, shard: Callable 
     """``length`` steps of ``step``; steps past ``active`` leave the state unchanged (one compile for all).
 
     Minibatches are drawn without replacement: each epoch walks a fresh permutation of the data
-    (the tail that does not fill a batch is skipped that epoch), so ``batch_size == len(data)`` is
-    full-batch gradient descent. Step ``t`` uses ``fold_in(key, t)``. With ``shard``, each minibatch is
+    (the tail that does not fill a batch is skipped that epoch); ``batch_size == len(data)`` is
+    full-batch gradient descent on the data as given (no permutation). Step ``t`` uses ``fold_in(key, t)``. With ``shard``, each minibatch is
     split over the devices (one program, XLA's SPMD partitioner averages the gradient over the global batch).
     """
     place = shard or (lambda a: a)
@@ -434,6 +445,9 @@ def _chunk_runner(step: Callable, batch_size: int, length: int, shard: Callable 
         def body(carry: Any, i: Any) -> tuple[Any, Any]:
             state, perm, offset = carry
             k1, k2 = jax.random.split(jax.random.fold_in(key, start + i))
+            if batch_size >= n:  # full batch: every step sees all the data, in any order (no shuffle to compile)
+                new, metrics = step(state, place(x), k2, {k: place(v) for k, v in inputs.items()})
+                return (jax.tree.map(lambda a, b: jnp.where(i < active, a, b), new, state), perm, offset), metrics
             fresh = offset + batch_size > n
             perm = jax.lax.cond(fresh, lambda: jax.random.permutation(k1, n), lambda: perm)
             offset = jnp.where(fresh, 0, offset)
@@ -444,6 +458,6 @@ def _chunk_runner(step: Callable, batch_size: int, length: int, shard: Callable 
             return (new, perm, jnp.where(keep, offset + batch_size, offset)), metrics
 
         (state, perm, offset), metrics = jax.lax.scan(body, (state, perm, offset), jnp.arange(length))
-        return (state, perm, offset, key), metrics
+        return (state, perm, offset, key), metrics, _all_finite(_floating(state))
 
     return run
