@@ -343,7 +343,11 @@ class JaxLoop:
         # from a Python float, ``numpyro.param("w", 1.0)``) would make later chunks compile all over again.
         where = self.state_device or self.device
         # onto a mesh through the host: it may span hosts, and numpy arrays are never weakly typed
-        strong = _host if self.on_mesh else (lambda a: jnp.asarray(a, dtype=a.dtype) if getattr(a, "weak_type", False) else a)
+        strong = (
+            _host
+            if self.on_mesh
+            else (lambda a: jnp.asarray(a, dtype=a.dtype) if getattr(a, "weak_type", False) else a)
+        )
         return jax.tree.map(
             lambda a: jax.device_put(strong(a), where) if isinstance(a, jax.Array | np.ndarray | np.generic) else a,
             carry,

@@ -164,8 +164,11 @@ class JaxContinuousFlow(ndist.Distribution):
     def log_prob_estimate(
         self, value: Any, *, trace: str | None = None, probes: int | None = None, key: Any = None
     ) -> tuple[Any, Any, Any]:
-        """``(log p(x), Hutchinson standard error or None, velocity evaluations)``; pure and jittable."""
+        """``(log p(x), Hutchinson standard error or None, velocity evaluations)``; pure and jittable; each
+        example's ODE solved to the tolerance (`gmppl.models.ode.per_example_rms`)."""
         import diffrax
+
+        from gmppl.models.ode import per_example_rms
 
         o = self.options
         k = len(self.event_shape)
@@ -200,7 +203,8 @@ class JaxContinuousFlow(ndist.Distribution):
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(dynamics), diffrax.Dopri5(), t0=1.0, t1=0.0, dt0=None,
             y0=(x1, jnp.zeros(x1.shape[0], x1.dtype)),
-            stepsize_controller=diffrax.PIDController(rtol=o.rtol, atol=o.atol), max_steps=o.max_steps,
+            stepsize_controller=diffrax.PIDController(rtol=o.rtol, atol=o.atol, norm=per_example_rms),
+            max_steps=o.max_steps,
         )  # fmt: skip
         x0, ell = sol.ys[0][-1], sol.ys[1][-1]
         flat = x0.reshape(x0.shape[0], -1)

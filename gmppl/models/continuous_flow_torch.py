@@ -174,8 +174,11 @@ class TorchContinuousFlow(pdist.TorchDistribution):
     def log_prob_estimate(
         self, value: torch.Tensor, *, trace: str | None = None, probes: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """``(log p(x), its Hutchinson standard error or None, velocity evaluations)``, shaped like the batch."""
+        """``(log p(x), its Hutchinson standard error or None, velocity evaluations)``, shaped like the batch;
+        each example's ODE solved to the tolerance (`gmppl.models.ode.per_example_rms`)."""
         from torchdiffeq import odeint
+
+        from gmppl.models.ode import per_example_rms
 
         o = self.options
         k = len(self.event_shape)
@@ -209,7 +212,7 @@ class TorchContinuousFlow(pdist.TorchDistribution):
         with torch.no_grad():
             xs, ls = odeint(
                 dynamics, (x1, torch.zeros(x1.shape[0], dtype=x1.dtype, device=x1.device)), grid, rtol=o.rtol,
-                atol=o.atol, method="dopri5", options={"max_num_steps": o.max_steps},
+                atol=o.atol, method="dopri5", options={"max_num_steps": o.max_steps, "norm": per_example_rms},
             )  # fmt: skip
             lp = (_std_normal_logp(xs[-1]) + ls[-1]).reshape(probes, n)
         mean = lp.mean(0).reshape(batch)

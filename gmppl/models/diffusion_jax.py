@@ -181,8 +181,11 @@ class JaxDiffusion(ndist.Distribution):
     ) -> tuple[Any, Any, Any]:
         """``(log p(x), Hutchinson standard error or None, score evaluations)``; pure and jittable.
 
-        Always the unguided model's likelihood, ``p(x | c)`` given each example's context row."""
+        Always the unguided model's likelihood, ``p(x | c)`` given each example's context row; each example's
+        ODE solved to the tolerance (`gmppl.models.ode.per_example_rms`)."""
         import diffrax
+
+        from gmppl.models.ode import per_example_rms
 
         o = self.options
         k = len(self.event_shape)
@@ -221,7 +224,7 @@ class JaxDiffusion(ndist.Distribution):
             t1=1.0,
             dt0=None,
             y0=(x0, jnp.zeros(x0.shape[0], x0.dtype)),
-            stepsize_controller=diffrax.PIDController(rtol=o.rtol, atol=o.atol),
+            stepsize_controller=diffrax.PIDController(rtol=o.rtol, atol=o.atol, norm=per_example_rms),
             max_steps=o.max_steps,
         )
         x1, div = sol.ys[0][-1], sol.ys[1][-1]

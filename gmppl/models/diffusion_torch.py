@@ -217,11 +217,13 @@ class TorchDiffusion(pdist.TorchDistribution):
 
         from torchdiffeq import odeint
 
+        from gmppl.models.ode import per_example_rms
+
         grid = torch.tensor([self.sde.t_eps, 1.0], dtype=x0.dtype, device=x0.device)
         with torch.no_grad():
             xs, divs = odeint(
                 dynamics, (x0, torch.zeros(x0.shape[0], **self._like(x0))), grid, rtol=o.rtol, atol=o.atol,
-                method="dopri5",
+                method="dopri5", options={"norm": per_example_rms},
             )  # fmt: skip
             lp = (self.sde.prior_logp(xs[-1]) + divs[-1]).reshape(probes, n)
         mean = lp.mean(0).reshape(batch)
