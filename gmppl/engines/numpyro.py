@@ -432,6 +432,18 @@ def _host(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
+def _active_step(step: Callable, active: Any, state: Any, batch: Any, key: Any, inputs: dict) -> tuple[Any, Any]:
+    """``step(state, batch, key, inputs)`` where ``active``, else the state unchanged (metrics zero). A
+    ``lax.cond`` runs one branch: selecting between the stepped and the old state element-wise instead
+    cost a pass over every parameter and optimiser moment per step (4% of a small VAE's step)."""
+    shapes = jax.eval_shape(step, state, batch, key, inputs)[1]
+    return jax.lax.cond(
+        active,
+        lambda: step(state, batch, key, inputs),
+        lambda: (state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)),
+    )
+
+
 def _chunk_runner(step: Callable, batch_size: int, length: int, shard: Callable | None = None) -> Callable:
     """``length`` steps of ``step``; steps past ``active`` leave the state unchanged (one compile for all).
 
@@ -450,16 +462,15 @@ def _chunk_runner(step: Callable, batch_size: int, length: int, shard: Callable 
             state, perm, offset = carry
             k1, k2 = jax.random.split(jax.random.fold_in(key, start + i))
             if batch_size >= n:  # full batch: every step sees all the data, in any order (no shuffle to compile)
-                new, metrics = step(state, place(x), k2, {k: place(v) for k, v in inputs.items()})
-                return (jax.tree.map(lambda a, b: jnp.where(i < active, a, b), new, state), perm, offset), metrics
+                new, metrics = _active_step(step, i < active, state, place(x), k2, jax.tree.map(place, inputs))
+                return (new, perm, offset), metrics
             fresh = offset + batch_size > n
             perm = jax.lax.cond(fresh, lambda: jax.random.permutation(k1, n), lambda: perm)
             offset = jnp.where(fresh, 0, offset)
             idx = jax.lax.dynamic_slice(perm, (offset,), (batch_size,))
-            new, metrics = step(state, place(x[idx]), k2, {k: place(v[idx]) for k, v in inputs.items()})
-            keep = i < active
-            new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
-            return (new, perm, jnp.where(keep, offset + batch_size, offset)), metrics
+            rows = {k: place(v[idx]) for k, v in inputs.items()}
+            new, metrics = _active_step(step, i < active, state, place(x[idx]), k2, rows)
+            return (new, perm, jnp.where(i < active, offset + batch_size, offset)), metrics
 
         (state, perm, offset), metrics = jax.lax.scan(body, (state, perm, offset), jnp.arange(length))
         return (state, perm, offset, key), metrics, _all_finite(_floating(state))
