@@ -116,7 +116,7 @@ class Case:
     baseline: str | None = None
     quality_name: str = ""
     result: dict = field(default_factory=dict)
-    #: whether the harness times a cold process of this case (False: a case that is not a fit, e.g. a table)
+    #: whether the case is a fit, timed cold and warm (False: e.g. a case that prints a table; no rate shown)
     cold: bool = True
 
     def __post_init__(self) -> None:
@@ -198,7 +198,8 @@ def report(title: str, cases: list[Case], setup_s: float | None = None) -> str:
         if c.baseline:
             cold_ratio, warm_ratio = (f"{v} {c.baseline}" if v else v for v in (cold_ratio, warm_ratio))
         q = "" if r.get("quality") is None else f"{c.quality_name} {r['quality']:.4g}"
-        lines.append(f"| {c.name} | {cold} | {cold_ratio} | {r['steps_per_s']:.0f} | {warm_ratio} | {q} |")
+        warm = f"{r['steps_per_s']:.0f}" if c.cold else ""  # not a fit (a table printed by the case): no rate
+        lines.append(f"| {c.name} | {cold} | {cold_ratio} | {warm} | {warm_ratio} | {q} |")
     if setup_s is not None:
         lines += [
             "",
