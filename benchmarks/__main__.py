@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--quick] [NAME ...]``: run every ``benchmarks/bench_*.py`` and print its table."""
+"""``python -m benchmarks [--quick] [NAME ...]``: run every ``benchmarks/bench_*.py`` and print its table
+(cold process and warm steady state of every case, each as a ratio to its baseline: ``benchmarks/harness.py``)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import importlib
 import pkgutil
 import platform
 import sys
+import time
 from pathlib import Path
 
 import benchmarks
-from benchmarks.harness import run_cases
+from benchmarks.harness import COLD_REPEATS, run_cases
 
 
 def main(argv: list[str]) -> int:
@@ -20,11 +22,13 @@ def main(argv: list[str]) -> int:
     for mod in sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_")):
         if names and not any(n in mod for n in names):
             continue
+        t0 = time.perf_counter()
         module = importlib.import_module(f"benchmarks.{mod}")
         if hasattr(module, "run"):  # measures its own way (bench_coldstart: a fresh process per measurement)
             module.run(quick)
         else:
-            run_cases(module.TITLE, module.cases(quick))
+            run_cases(module.TITLE, module.cases(quick), module=mod, quick=quick, cold_repeats=COLD_REPEATS)
+        print(f"\n({mod}: {time.perf_counter() - t0:.0f} s)\n", flush=True)
     return 0
 
 

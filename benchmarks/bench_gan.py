@@ -4,7 +4,10 @@ plain loops a user would write, on the 8-Gaussian ring (radius 2, std 0.02).
 Same networks on every side: generator and critic MLPs with two hidden layers of 128 units
 (generator ReLU, critic leaky ReLU, gmppl's default critic for 2-D data), batch 256, Adam(1e-4,
 betas (0.5, 0.999)) for both players, one critic step per generator step, the standard GAN
-losses (critic: binary cross-entropy on real/fake logits; generator: ``-log D(G(z))``).
+losses (critic: binary cross-entropy on real/fake logits; generator: ``-log D(G(z))``). gmppl's Adversarial
+returns the exponential moving average of the generator's iterates by default (``ema=0.999``), so every hand
+loop keeps the same average after each generator step (torch: ``torch._foreach_lerp_``; JAX: a ``tree_map``
+in the jitted step) and samples from it.
 
 What is timed: steady-state steps/s on every side, as in ``bench_vae``. The baselines are warmed up
 first (their jit compilation excluded) and timed whole; the gmppl cases are timed from the end of
@@ -15,7 +18,7 @@ The first chunk's wall time is printed separately (``COMPILE``): on JAX it is a 
 user writes first, and the same step in 100-step ``lax.scan`` chunks (gmppl's own dispatch shape).
 Quality: the share of high-quality samples (within 3 std of a mode) after the run.
 
-One run (``--quick``, 2000 steps, best of 3; CPU, 2 cores shared with other jobs): torch plain
+One run (earlier: ``--quick`` at 2000 steps, hand loops without the average, best of 3; CPU, 2 cores shared with other jobs): torch plain
 loop 58 steps/s, gmppl pyro 52 (0.89x); JAX jit-per-step loop 472, lax.scan loop 599, gmppl numpyro
 614 (1.30x and 1.03x); first chunk 1.3 s (pyro) and 2.0 s (numpyro, compile cache warm).
 
@@ -29,13 +32,16 @@ import time
 
 import numpy as np
 
-from benchmarks.harness import Case, steady
+from benchmarks.harness import Case, ema_decay, steady
 
 TITLE = "GAN (2x128 MLPs, batch 256, Adam 1e-4): gmppl Adversarial vs plain loops"
 BATCH = 256
 WIDTH = 128
 LR, BETAS = 1e-4, (0.5, 0.999)
 TORCH_CHUNK, JAX_CHUNK = 25, 100
+#: gmppl's Adversarial returns the average of the generator's iterates by default (``ema=0.999``): the hand
+#: loops keep the same average (``min(ema, (1 + t) / (10 + t))`` at generator step ``t``) and sample from it
+EMA = 0.999
 COMPILE: dict[str, float] = {}
 
 
@@ -82,7 +88,9 @@ def _torch_cases(steps: int) -> list[Case]:
         og = torch.optim.Adam(g.parameters(), lr=LR, betas=BETAS, fused=fused)
         od = torch.optim.Adam(d.parameters(), lr=LR, betas=BETAS, fused=fused)
         ones, zeros = torch.ones(BATCH), torch.zeros(BATCH)
-        for _ in range(n_steps):
+        gp = list(g.parameters())
+        avg = [p.detach().clone() for p in gp]
+        for i in range(n_steps):
             real = x[torch.randint(len(x), (BATCH,))]
             fake = g(torch.randn(BATCH, 2))
             loss_d = F.binary_cross_entropy_with_logits(d(real).reshape(-1), ones) + F.binary_cross_entropy_with_logits(
@@ -95,7 +103,10 @@ def _torch_cases(steps: int) -> list[Case]:
             og.zero_grad()
             loss_g.backward()
             og.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(avg, gp, 1.0 - ema_decay(EMA, i + 1))
         with torch.no_grad():
+            torch._foreach_copy_(gp, avg)
             return _quality(g(torch.randn(2500, 2)).numpy(), centres)
 
     def gmppl(n_steps: int) -> float:
@@ -132,7 +143,12 @@ def _torch_cases(steps: int) -> list[Case]:
         # gmppl builds torch's fused Adam for gm.optim.Adam: the same loop with it, for reference
         Case("torch plain loop, fused Adam", lambda n: plain(n, fused=True), steps, quality_name="high quality"),
         Case(
-            "gmppl pyro", gmppl, steps, warmup=2 * TORCH_CHUNK, baseline="torch plain loop", quality_name="high quality"
+            "gmppl pyro",
+            gmppl,
+            steps,
+            warmup=2 * TORCH_CHUNK,
+            baseline="torch plain loop, fused Adam",
+            quality_name="high quality",
         ),
     ]
 
@@ -174,7 +190,7 @@ def _jax_cases(steps: int) -> list[Case]:
         return jax.vmap(eqx.combine(dp, ds))(v)[:, 0]
 
     def update(state, key):  # noqa: ANN001, ANN202
-        gp, dp, og, od = state
+        gp, dp, og, od, avg, t = state
         k1, k2 = jax.random.split(key)
         real = x[jax.random.randint(k1, (BATCH,), 0, x.shape[0])]
         z = jax.random.normal(k2, (BATCH, 2))
@@ -188,7 +204,10 @@ def _jax_cases(steps: int) -> list[Case]:
         dp = optax.apply_updates(dp, upd)
         gg = jax.grad(lambda gp: jnp.mean(jax.nn.softplus(-disc(dp, gen(gp, z)))))(gp)
         upd, og = tx.update(gg, og, gp)
-        return optax.apply_updates(gp, upd), dp, og, od
+        gp = optax.apply_updates(gp, upd)
+        d = ema_decay(EMA, (t + 1).astype(jnp.float32))
+        avg = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), avg, gp)
+        return gp, dp, og, od, avg, t + 1
 
     step = jax.jit(update)
 
@@ -197,22 +216,22 @@ def _jax_cases(steps: int) -> list[Case]:
         return jax.lax.scan(lambda s, k: (update(s, k), None), state, jax.random.split(key, JAX_CHUNK))[0]
 
     def scanned(n_steps: int) -> float:
-        state = (gp0, dp0, tx.init(gp0), tx.init(dp0))
+        state = (gp0, dp0, tx.init(gp0), tx.init(dp0), gp0, jnp.zeros((), jnp.int32))
         key = jax.random.PRNGKey(0)
         for _ in range(max(n_steps // JAX_CHUNK, 1)):
             key, k = jax.random.split(key)
             state = chunk(state, k)
         jax.block_until_ready(state)
-        return _quality(np.asarray(gen(state[0], jax.random.normal(jax.random.PRNGKey(1), (2500, 2)))), centres)
+        return _quality(np.asarray(gen(state[4], jax.random.normal(jax.random.PRNGKey(1), (2500, 2)))), centres)
 
     def plain(n_steps: int) -> float:
-        state = (gp0, dp0, tx.init(gp0), tx.init(dp0))
+        state = (gp0, dp0, tx.init(gp0), tx.init(dp0), gp0, jnp.zeros((), jnp.int32))
         key = jax.random.PRNGKey(0)
         for _ in range(n_steps):
             key, k = jax.random.split(key)
             state = step(state, k)
         jax.block_until_ready(state)
-        return _quality(np.asarray(gen(state[0], jax.random.normal(jax.random.PRNGKey(1), (2500, 2)))), centres)
+        return _quality(np.asarray(gen(state[4], jax.random.normal(jax.random.PRNGKey(1), (2500, 2)))), centres)
 
     def gmppl(n_steps: int) -> float:
         def model(x=None, n=None):
@@ -242,7 +261,7 @@ def _jax_cases(steps: int) -> list[Case]:
             gmppl,
             steps,
             warmup=2 * JAX_CHUNK,
-            baseline="jax plain loop (jit per step)",
+            baseline="jax lax.scan loop (100 per call)",
             quality_name="high quality",
         ),
     ]
@@ -272,6 +291,6 @@ if __name__ == "__main__":
     from benchmarks.harness import run_cases
 
     all_cases = cases(quick="--quick" in sys.argv)
-    run_cases(TITLE, all_cases)
+    run_cases(TITLE, all_cases, module="bench_gan", quick="--quick" in sys.argv)
     targets(all_cases)
     print(COMPILE)

@@ -1,11 +1,16 @@
 """Score matching: gmppl's ``Score`` (DSM) vs hand-written denoising-score-matching loops, and sampler cost.
 
 Training: the same network (``ScoreMLP(2)``: 3 hidden layers of 128 SiLU units + a 32-d sinusoidal
-time embedding), VP SDE, batch 256, Adam(1e-3), on two moons; the baselines are the loops a user
-would write (torch: one Python step per batch; JAX: a jitted step called once per batch, compiled
-afresh in each run as in a new script, since every ``gm.fit`` compiles its own program); the JAX
-"steady state" rows time steps 100..N only (compilation and setup excluded). Quality is the final mean
-loss (same objective on every case).
+time embedding), VP SDE, batch 256, Adam(1e-3), on two moons. ``gm.inference.Score()`` returns the
+exponential moving average of the iterates by default (``ema=0.999``, weight ``min(ema, (1 + t) / (10 + t))``
+at step ``t``), so the baselines are the loops a user matching that default writes, with the same average
+("EMA"): torch, one Python step per batch and ``torch._foreach_lerp_`` after each Adam step (with torch's
+Adam, with the fused Adam gmppl builds, and, for reference, without the average); JAX, a ``tree_map`` average
+in a jitted step per batch and in a ``jit(lax.scan)`` of 100 steps per dispatch (gmppl's own dispatch shape).
+Every case is timed in its steady state, from the end of the first 100 steps (setup, tracing, compilation
+left out: the cold column has them); the torch cases in the main thread's CPU time (one intra-op thread, so
+a busy neighbour's share of the core is left out), the JAX cases in wall time. Quality is the final mean
+loss (same objective on every case, on the iterates).
 
 Sampling (printed as a second table): after training, the number of score evaluations (NFE) and
 the wall time of Euler–Maruyama with a growing grid vs the adaptive Dopri5 probability-flow ODE
@@ -24,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import DEVICE, Case, on_device
+from benchmarks.harness import DEVICE, Case, ema_decay, jax_scan_loop, on_device, steady
 
 TITLE = "Score (DSM) training steps/s vs plain torch / JAX loops; sampler cost to a W1 target"
-BATCH = 256
+BATCH, CHUNK = 256, 100
+#: gmppl's Score averages the iterates by default (``Score(ema=0.999)``): every hand loop with "EMA" does too
+EMA = 0.999
 TARGET_REL = 1.1
 
 
@@ -38,7 +45,7 @@ def _moons(n: int, seed: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- torch
-def _torch_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
+def _torch_cases(x: np.ndarray) -> tuple[list[Case], dict]:
     import pyro
     import torch
 
@@ -48,15 +55,18 @@ def _torch_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
     torch.set_num_threads(1)
     sde = SDE("vp")
     xt = torch.as_tensor(x, device=DEVICE)
+    clock = time.thread_time if DEVICE == "cpu" else time.perf_counter
     state: dict = {}
 
-    def plain(steps: int) -> float:
+    def plain(steps: int, fused: bool = False, ema: float | None = EMA) -> tuple[float, float]:
         with on_device():  # the net and every draw on the benchmark device
             torch.manual_seed(0)
             net = gm.models.ScoreMLP(2)
-            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-            losses = []
-            for _ in range(steps):
+            params = list(net.parameters())
+            opt = torch.optim.Adam(params, lr=1e-3, fused=fused or None)
+            avg = [p.detach().clone() for p in params] if ema is not None else []
+            losses, stamps = [], []
+            for i in range(steps):
                 x0 = xt[torch.randint(len(xt), (BATCH,))]
                 t = sde.t_eps + (1 - sde.t_eps) * torch.rand(BATCH)
                 z = torch.randn_like(x0)
@@ -65,10 +75,16 @@ def _torch_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if ema is not None:  # the average of the iterates gmppl's Score returns by default
+                    with torch.no_grad():
+                        torch._foreach_lerp_(avg, params, 1.0 - ema_decay(ema, i + 1))
                 losses.append(loss.detach())
-            return float(torch.stack(losses[-50:]).mean())
+                if (i + 1) % CHUNK == 0:
+                    stamps.append((i + 1, clock()))
+            return float(torch.stack(losses[-50:]).mean()), steady(stamps, steps)
 
-    def fitted(steps: int) -> float:
+    def fitted(steps: int) -> tuple[float, float]:
+        torch.manual_seed(0)
         net = gm.models.ScoreMLP(2)
 
         def model(x: Any = None, n: int | None = None) -> None:
@@ -76,13 +92,28 @@ def _torch_cases(x: np.ndarray) -> tuple[Case, Case, dict]:
             with pyro.plate("data", x.shape[0] if x is not None else n):
                 pyro.sample("x", gm.models.Diffusion(s, sde="vp"), obs=x)
 
-        fit = gm.fit(model, x, gm.inference.Score(), steps=steps, batch_size=BATCH, device=DEVICE, progress=False)
+        stamps: list[tuple[int, float]] = []
+        fit = gm.fit(
+            model,
+            x,
+            gm.inference.Score(),
+            steps=steps,
+            batch_size=BATCH,
+            device=DEVICE,
+            progress=False,
+            callbacks=[lambda step, metrics: stamps.append((step, clock()))],  # once per 100-step chunk
+        )
         state["fit"] = fit
-        return float(fit.history["loss"][-50:].mean())
+        return float(fit.history["loss"][-50:].mean()), steady(stamps, steps)
 
+    best = "torch loop, fused Adam, EMA"
     return (
-        Case("torch loop", plain, steps=0, quality_name="loss"),
-        Case("gmppl pyro Score", fitted, steps=0, baseline="torch loop", quality_name="loss"),
+        [
+            Case("torch loop, EMA", plain, steps=0, quality_name="loss"),
+            Case(best, lambda n: plain(n, fused=True), steps=0, quality_name="loss"),
+            Case("torch loop, no EMA", lambda n: plain(n, ema=None), steps=0, quality_name="loss"),
+            Case("gmppl pyro Score", fitted, steps=0, baseline=best, quality_name="loss"),
+        ],
         state,
     )
 
@@ -116,39 +147,42 @@ def _jax_cases(x: np.ndarray) -> tuple[list[Case], dict]:
     net0 = gm.models.ScoreMLP(2, key=jax.random.PRNGKey(0))
     params0, static = eqx.partition(net0, eqx.is_inexact_array)
 
-    def plain(steps: int) -> float:
-        # A fresh jit per run, as in a new script: its compilation is timed, like gm.fit's.
+    def per_step(steps: int) -> tuple[float, float]:
+        """A jitted step per batch (with the EMA), timed from step 100 (compilation and setup left out)."""
+
         @jax.jit
-        def step(params: Any, opt_state: Any, key: Any) -> tuple:
+        def step(params: Any, opt_state: Any, avg: Any, t: Any, key: Any) -> tuple:
             loss, g = jax.value_and_grad(loss_fn)(params, static, key)
             updates, opt_state = opt.update(g, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
+            params = optax.apply_updates(params, updates)
+            d = ema_decay(EMA, (t + 1).astype(jnp.float32))
+            avg = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), avg, params)
+            return params, opt_state, avg, t + 1, loss
 
-        params, opt_state = params0, opt.init(params0)
+        params, opt_state, avg, t = params0, opt.init(params0), params0, jnp.zeros((), jnp.int32)
         keys = jax.random.split(jax.random.PRNGKey(0), steps)
         losses = []
         t0 = time.perf_counter()
         for i, k in enumerate(keys):
-            params, opt_state, loss = step(params, opt_state, k)
+            params, opt_state, avg, t, loss = step(params, opt_state, avg, t, k)
             losses.append(loss)
-            if i == 99:
+            if i == CHUNK - 1:
                 loss.block_until_ready()
                 t0 = time.perf_counter()
         losses[-1].block_until_ready()
-        state["plain_steady"] = (steps - 100) / (time.perf_counter() - t0)
-        return float(jnp.stack(losses[-50:]).mean())
+        return float(jnp.stack(losses[-50:]).mean()), (time.perf_counter() - t0) / (steps - CHUNK) * steps
 
-    def plain_steady(steps: int) -> tuple[float, float]:
-        q = plain(steps)
-        return q, steps / state["plain_steady"]
+    def scanned(steps: int) -> tuple[float, float]:
+        _, losses, stamps = jax_scan_loop(lambda p, k: loss_fn(p, static, k), params0, opt, steps, CHUNK, ema=EMA)
+        return float(np.concatenate(losses)[-50:].mean()), steady(stamps, steps)
 
-    def fitted(steps: int) -> float:
+    def fitted(steps: int) -> tuple[float, float]:
         def model(x: Any = None, n: int | None = None) -> None:
             s = eqx_module("score", net0)
             with numpyro.plate("data", x.shape[0] if x is not None else n):
                 numpyro.sample("x", gm.models.Diffusion(s, sde="vp"), obs=x)
 
-        marks: list[float] = []
+        stamps: list[tuple[int, float]] = []
         fit = gm.fit(
             model,
             x,
@@ -156,24 +190,17 @@ def _jax_cases(x: np.ndarray) -> tuple[list[Case], dict]:
             steps=steps,
             batch_size=BATCH,
             progress=False,
-            callbacks=[lambda step, m: marks.append(time.perf_counter())],  # once per 100-step chunk
+            callbacks=[lambda step, m: stamps.append((step, time.perf_counter()))],  # once per 100-step chunk
         )
-        if len(marks) > 1:
-            state["gmppl_steady"] = (steps - 100) / (marks[-1] - marks[0])
         state["fit"] = fit
-        return float(fit.history["loss"][-50:].mean())
+        return float(fit.history["loss"][-50:].mean()), steady(stamps, steps)
 
-    def fitted_steady(steps: int) -> tuple[float, float]:
-        q = fitted(steps)
-        return q, steps / state["gmppl_steady"]
-
-    base, steady = "jax loop (jit per step, compile timed)", "jax loop, steady state"
+    scan = "jax lax.scan loop, EMA"
     return (
         [
-            Case(base, plain, steps=0, quality_name="loss"),
-            Case("gmppl numpyro Score", fitted, steps=0, baseline=base, quality_name="loss"),
-            Case(steady, plain_steady, steps=0, quality_name="loss"),
-            Case("gmppl numpyro, steady state", fitted_steady, steps=0, baseline=steady, quality_name="loss"),
+            Case("jax jit-per-step loop, EMA", per_step, steps=0, baseline=scan, quality_name="loss"),
+            Case(scan, scanned, steps=0, quality_name="loss"),
+            Case("gmppl numpyro Score", fitted, steps=0, baseline=scan, quality_name="loss"),
         ],
         state,
     )
@@ -261,17 +288,17 @@ def _interleave(group: list[Case], steps: int, repeats: int = 3) -> None:
 def cases(quick: bool) -> list[Case]:
     steps = 300 if quick else 2000
     x, held = _moons(8000, 0), _moons(500 if quick else 1000, 1)
-    t_plain, t_fit, tstate = _torch_cases(x)
+    torch_cases, tstate = _torch_cases(x)
     jax_cases, _ = _jax_cases(x)
-    out = [t_plain, t_fit, *jax_cases]
+    out = [*torch_cases, *jax_cases]
     for c in out:
         c.steps = steps
-    _interleave([t_plain, t_fit], steps)
+    _interleave(torch_cases, steps)
     _interleave(jax_cases, steps)
 
     def samplers(_: int) -> None:
         if "table" not in tstate:
             tstate["table"] = sampler_table(tstate["fit"], held, quick)
 
-    out.append(Case("(sampler table printed above)", samplers, steps=1, warmup=0))
+    out.append(Case("(sampler table printed above)", samplers, steps=1, warmup=0, cold=False))
     return out

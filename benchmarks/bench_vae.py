@@ -8,8 +8,10 @@ batch 128, Adam(1e-3), the first 1500 images for training.
   and ``svi.step(batch)``; (b) plain torch — reparameterised ``z``, Bernoulli log-likelihood, analytic
   KL, ``torch.optim.Adam``; vs gmppl's torch engine on the same Pyro program, compiled: ``ELBO()``
   (``Trace_ELBO``'s Monte Carlo KL: compared with Pyro SVI) and ``ELBO(objective="meanfield")``
-  (analytic KL, the plain loop's estimator: compared with it). gmppl builds ``gm.optim.Adam`` as
-  torch's fused Adam; the row "torch loop, fused Adam" shows what the plain loop gains from the same.
+  (analytic KL, the plain loop's estimator: compared with the best hand loop, the plain loop with the
+  fused Adam gmppl builds for ``gm.optim.Adam``, at one thread; with the plain loop at two). Like for like:
+  the same estimator and arithmetic; Pyro's graph does a little more elementwise work (its Normal-Normal KL
+  divides by the prior's scale, the plate scales each term, ``rsample`` fills zeros/ones before ``normal``).
 - JAX: (c) idiomatic NumPyro — ``SVI`` with a jitted ``svi.update`` per step; (d) plain JAX — equinox
   networks, optax, 100 steps per ``jit(lax.scan)`` dispatch; vs gmppl's JAX engine.
 
@@ -154,10 +156,12 @@ def _torch_cases(x: np.ndarray, x_test: np.ndarray, threads: int) -> list[Case]:
         Case(svi, pyro_svi, steps=0, quality_name="test ELBO"),
         Case(f"gmppl pyro ELBO trace ({thr})", lambda s: fitted(s, "trace"), steps=0, baseline=svi),
         Case(loop, plain, steps=0, quality_name="test ELBO"),
-        Case(f"gmppl pyro ELBO meanfield ({thr})", lambda s: fitted(s, "meanfield"), steps=0, baseline=loop),
     ]
-    if threads == 1:  # what the plain loop gains from the fused Adam gmppl builds (not a target: the loop is)
-        out.append(Case(f"torch loop, fused Adam ({thr})", lambda s: plain(s, True), steps=0, baseline=loop))
+    if threads == 1:  # the plain loop with the fused Adam gmppl builds: the best hand loop, meanfield's baseline
+        fused = f"torch loop, fused Adam ({thr})"
+        out.append(Case(fused, lambda s: plain(s, True), steps=0))
+        loop = fused
+    out.append(Case(f"gmppl pyro ELBO meanfield ({thr})", lambda s: fitted(s, "meanfield"), steps=0, baseline=loop))
     return out
 
 
@@ -307,6 +311,6 @@ if __name__ == "__main__":
     from benchmarks.harness import run_cases
 
     all_cases = cases(quick="--quick" in sys.argv)
-    run_cases(TITLE, all_cases)
+    run_cases(TITLE, all_cases, module="bench_vae", quick="--quick" in sys.argv)
     targets(all_cases)
     print(COMPILE)
