@@ -454,7 +454,7 @@ def _chunk_runner(step: Callable, batch_size: int, length: int, shard: Callable 
     """
     place = shard or (lambda a: a)
 
-    def run(carry: Any, x: Any, inputs: Any, start: Any, active: Any) -> tuple[Any, Any]:
+    def run(carry: Any, x: Any, inputs: Any, start: Any, active: Any) -> tuple[Any, Any, Any]:
         n = x.shape[0]
         state, perm, offset, key = carry
 
