@@ -446,11 +446,13 @@ def _active_step(step: Callable, active: Any, state: Any, batch: Any, key: Any, 
 
 def _chunk_runner(step: Callable, batch_size: int, length: int, shard: Callable | None = None) -> Callable:
     """``length`` steps of ``step``; steps past ``active`` leave the state unchanged (one compile for all).
+    ``run`` returns the carry, the per-step metrics and whether every floating array of the state is finite.
 
     Minibatches are drawn without replacement: each epoch walks a fresh permutation of the data
     (the tail that does not fill a batch is skipped that epoch); ``batch_size == len(data)`` is
-    full-batch gradient descent on the data as given (no permutation). Step ``t`` uses ``fold_in(key, t)``. With ``shard``, each minibatch is
-    split over the devices (one program, XLA's SPMD partitioner averages the gradient over the global batch).
+    full-batch gradient descent on the data as given (no permutation). Step ``t`` uses ``fold_in(key, t)``.
+    With ``shard``, each minibatch is split over the devices (one program, XLA's SPMD partitioner averages
+    the gradient over the global batch).
     """
     place = shard or (lambda a: a)
 
