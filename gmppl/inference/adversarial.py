@@ -26,19 +26,28 @@ on it; the average sits closer to it, so it puts more samples on the modes (most
 see ``examples/gan_ring.py``). Training (the history, the critic) runs on the iterates; ``ema=None``
 returns the last one.
 
-Defaults for f-divergences, one setting for all nine (no per-divergence tuning): Adam(2e-3, betas (0.5, 0.9))
+Defaults, one optimiser pair for all ten divergences (no per-divergence tuning): Adam(2e-3, betas (0.5, 0.9))
 for the generator and the same Adam at twice the rate for the critic (two time-scales, Heusel et al. 2017:
-the critic keeps up with a generator that moves at 2e-3), one critic step, the averaged generator. The
-learning rate is ten times DCGAN's 2e-4, at which a generator needs thousands of steps to move its
-parameters by one unit; ``beta2 = 0.9`` (WGAN-GP's) lets Adam's second moment forget one large gradient in
-tens of steps, not thousands (after a spike at 0.999 a player can sit frozen for the rest of the fit).
-``w1`` keeps WGAN-GP's recipe: Adam(1e-4, betas (0.5, 0.9)) for both players, five critic steps. The
-1-D exactness tests (``tests/inference/test_adversarial.py``) run on these defaults. A wide
-generator whose weights need small moves fits better at a smaller step (``examples/gan_digits.py`` passes
+the critic keeps up with a generator that moves at 2e-3), the averaged generator; one critic step for the
+f-divergences, two for ``w1``. The learning rate is ten times DCGAN's 2e-4, at which a generator needs
+thousands of steps to move its parameters by one unit; ``beta2 = 0.9`` (WGAN-GP's) lets Adam's second
+moment forget one large gradient in tens of steps, not thousands (after a spike at 0.999 a player can sit
+frozen for the rest of the fit). ``w1`` used to keep WGAN-GP's recipe, Adam(1e-4, betas (0.5, 0.9)) for
+both players and five critic steps; at that rate a generator needs far more than 10000 steps to spread
+over the 25-Gaussian grid, and slower rates (5e-4 to 7e-4) still left modes empty there. At 2e-3 ``w1``
+takes the f-GANs' optimiser pair and one more critic step: with a single step its critic fell behind and
+the generator collapsed on the grid; three or five steps at this rate did worse than two. The penalty
+weight stays at WGAN-GP's 10: 1 did worse, 30 and 100 a little better on the grid and a little worse on the
+ring, by about the seed-to-seed spread; Adam's ``beta1 = 0`` and a longer average changed nothing (the runs
+are in ``examples/gan_ring.py``'s docstring). On the grid ``w1`` still leaves more samples between the
+modes than JS does in as many steps: its critic's slope is capped at 1, so it pushes the mass a continuous
+generator strings between modes off less hard than a log-ratio critic. The 1-D exactness tests
+(``tests/inference/test_adversarial.py``) run on these defaults. A wide generator whose weights need small
+moves fits better at a smaller step (``examples/gan_digits.py`` passes
 ``optim=gm.optim.Adam(2e-4, betas=(0.5, 0.9))``; the critic follows at twice it).
 
 Each step does ``critic_steps`` ascent steps on ``F`` in ``w`` (fresh generated samples each, the
-same real minibatch; default 1 for f-divergences, 5 for ``w1``), then one descent step in ``theta``: ``generator_loss="saddle"`` descends
+same real minibatch; default 1 for f-divergences, 2 for ``w1``), then one descent step in ``theta``: ``generator_loss="saddle"`` descends
 ``-E_{P_theta}[f*(T(y))]`` (the gradient of ``D_f`` itself at the optimal critic, by the envelope
 theorem); ``"nonsaturating"`` descends ``-E_{P_theta}[T(y)]`` (Nowozin et al.'s alternative; for
 ``gan`` the ``-log D`` trick). ``f*(activation(v))`` is the divergence's fused, overflow-free
@@ -122,12 +131,12 @@ class Adversarial(Backend):
     ``"gradient_penalty"`` (two-sided, WGAN-GP), ``"spectral_norm"`` or None; ``"auto"`` is the
     one-sided penalty for ``w1`` and None for f-divergences (see the module notes). ``optim`` is the
     generator's optimiser (``gm.fit(optim=...)`` overrides it), ``critic_optim`` the critic's (default: for
-    f-divergences the generator's ``gm.optim.Adam`` at twice its learning rate, else the generator's
-    optimiser). Defaults, one setting for every f-divergence: one critic step, Adam(2e-3, betas (0.5, 0.9))
-    for the generator and Adam(4e-3, betas (0.5, 0.9)) for the critic (a rate at which a generator moves in
-    a few thousand steps, a critic that keeps up, an Adam that recovers from one large gradient in tens of
-    steps; see the module notes); ``w1`` the WGAN-GP recipe, five critic steps and Adam(1e-4, betas (0.5,
-    0.9)) for both. ``output_penalty``: weight of ``E[V^2]`` in the critic's loss (None:
+    a ``gm.optim.Adam`` generator the same Adam at twice its learning rate, else the generator's
+    optimiser). Defaults, one setting for every divergence: Adam(2e-3, betas (0.5, 0.9)) for the generator
+    and Adam(4e-3, betas (0.5, 0.9)) for the critic (a rate at which a generator moves in a few thousand
+    steps, a critic that keeps up, an Adam that recovers from one large gradient in tens of steps; see the
+    module notes); one critic step for f-divergences, two for ``w1`` (whose critic, with one, fell behind
+    a generator at this rate). ``output_penalty``: weight of ``E[V^2]`` in the critic's loss (None:
     ``1e-4`` for total variation, else 0; see the module notes). ``ema``: the fitted generator is the
     exponential moving average of its iterates with this decay (see the module notes); None keeps
     the last iterate.
@@ -205,11 +214,13 @@ class Adversarial(Backend):
 
     @property
     def n_critic(self) -> int:
-        """Critic steps per generator step: ``critic_steps``, or by default 5 for ``w1`` (WGAN-GP) and 1 for
-        f-divergences (f-GAN's single-step alternation)."""
+        """Critic steps per generator step: ``critic_steps``, or by default 2 for ``w1`` and 1 for f-divergences
+        (f-GAN's single-step alternation). The ``w1`` critic, already on the faster time-scale, needs a second
+        step to keep up with a generator at 2e-3 (with one, it fell behind and the generator collapsed on the
+        25-Gaussian grid); WGAN-GP's five, at this rate, made the fit worse, not better (see the module notes)."""
         if self.critic_steps is not None:
             return int(self.critic_steps)
-        return 5 if self.is_w1 else 1
+        return 2 if self.is_w1 else 1
 
     @property
     def output_weight(self) -> float:
@@ -221,19 +232,21 @@ class Adversarial(Backend):
 
     @property
     def default_optim(self) -> Any:
-        """The generator's optimiser when ``gm.fit`` is given none: Adam(2e-3, betas=(0.5, 0.9)) for f-GANs,
-        Adam(1e-4, betas=(0.5, 0.9)) for ``w1`` (WGAN-GP's, Gulrajani et al. 2017)."""
+        """The generator's optimiser when ``gm.fit`` is given none: Adam(2e-3, betas=(0.5, 0.9)) for every
+        divergence, ``w1`` included (WGAN-GP's Adam(1e-4) needs far more than 10000 steps to spread a generator
+        over many modes; see the module notes)."""
         if self.optim is not None:
             return self.optim
-        return Adam(lr=1e-4, betas=(0.5, 0.9)) if self.is_w1 else Adam(lr=2e-3, betas=(0.5, 0.9))
+        return Adam(lr=2e-3, betas=(0.5, 0.9))
 
     def critic_optimizer(self, optim: Any) -> Any:
-        """The critic's optimiser given the generator's ``optim``: ``critic_optim``, or by default, for an
-        f-divergence and a ``gm.optim.Adam`` generator, the same Adam at twice the learning rate (two
-        time-scales, Heusel et al. 2017: the critic keeps up with the generator); otherwise ``optim`` itself."""
+        """The critic's optimiser given the generator's ``optim``: ``critic_optim``, or by default, for a
+        ``gm.optim.Adam`` generator, the same Adam at twice the learning rate (two time-scales, Heusel et al.
+        2017: the critic keeps up with the generator), for the f-divergences and ``w1`` alike; otherwise
+        ``optim`` itself."""
         if self.critic_optim is not None:
             return self.critic_optim
-        if not self.is_w1 and type(optim) is Adam:
+        if type(optim) is Adam:
             return dataclasses.replace(optim, lr=2.0 * optim.lr)
         return optim
 

@@ -389,8 +389,8 @@ def test_unknown_divergence_is_refused_at_construction() -> None:
         gm.inference.Adversarial(divergence="w1", lipschitz=None)
     with pytest.raises(gm.BackendError):
         gm.inference.Adversarial(critic_steps=0)
-    # defaults: f-GAN one critic step, Adam(2e-3, (0.5, 0.9)) and the critic at twice the rate; w1 the WGAN-GP
-    # recipe (one optimiser for both), one-sided penalty
+    # defaults: Adam(2e-3, (0.5, 0.9)) and the critic at twice the rate for every divergence; one critic step for
+    # the f-GANs, two for w1, whose critic has the one-sided penalty
     js, w1 = gm.inference.Adversarial("js"), gm.inference.Adversarial("w1")
     assert (js.constraint, w1.constraint, js.ema, w1.ema) == (None, "one_sided_penalty", 0.999, 0.999)
     for bad in (1.0, -0.1, True, "0.9"):
@@ -401,9 +401,9 @@ def test_unknown_divergence_is_refused_at_construction() -> None:
     assert (
         gm.inference.Adversarial("kl", critic_optim=gm.optim.Adam(1e-3)).critic_optimizer(js.default_optim).lr == 1e-3
     )
-    assert (w1.n_critic, w1.default_optim.lr, w1.default_optim.betas) == (5, 1e-4, (0.5, 0.9))
-    assert w1.critic_optimizer(w1.default_optim) == w1.default_optim
-    assert gm.inference.Adversarial("w1", critic_steps=2).n_critic == 2
+    assert (w1.n_critic, w1.default_optim.lr, w1.default_optim.betas, w1.penalty) == (2, 2e-3, (0.5, 0.9), 10.0)
+    assert w1.critic_optimizer(w1.default_optim) == gm.optim.Adam(4e-3, betas=(0.5, 0.9))
+    assert gm.inference.Adversarial("w1", critic_steps=5).n_critic == 5
     with pytest.raises(gm.BackendError, match="output_penalty"):
         gm.inference.Adversarial(output_penalty=-1.0)
     assert gm.inference.Adversarial(divergence=gm.divergences.Neyman()).div.name == "neyman"
