@@ -51,7 +51,7 @@ What hurts here is the critic running ahead, not the generator's step (seed 0, t
     | 2e-3, both decaying linearly to 0 | 2e-3 | 6.99 | 1.63 |
 
 The default keeps the critic at twice the generator's rate because the 1-D fits need it: with the critic at the
-generator's rate (decaying or not), Neyman's fit of the three-mode mixture of issue 17 stops 0.11-0.13 from its
+generator's rate (decaying or not), Neyman's fit of the README's three-mode 1-D mixture stops 0.11-0.13 from its
 exact minimiser, where at twice the rate it lands 0.02 from it. A wide generator therefore passes its own step.
 
     python examples/gan_digits.py --engine numpyro --steps 20000 --out out/gan_digits

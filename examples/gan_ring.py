@@ -27,10 +27,10 @@ chain unless said; CPU, 2 shared cores, the seconds include sharing the machine 
     | grid | reverse_kl | 100000 | 25/25 | 98.1% | 0.010 | 353 |
     | grid | w1 | 60000 | 25/25 | 96.0% | 0.004 | 1013 |
 
-At the f-GANs' current defaults (Adam(2e-3, betas (0.5, 0.9)), the critic at twice the rate; issue 17) the
+At the f-GANs' current defaults (Adam(2e-3, betas (0.5, 0.9)), the critic at twice the rate) the
 f-GANs get there far sooner: at 10000 steps on the ring, JS 8/8 modes (97.0% high quality), KL 8/8
 (90.6%), reverse KL 4/8 (41.9%), where the earlier defaults had 0/8 (0%) for all three at 10000 steps.
-With the issue's smaller 2x128 generator (``--width 128 --depth 2 --steps 10000``, seed 0; "old w1" is
+With a smaller 2x128 generator (``--width 128 --depth 2 --steps 10000``, seed 0; "old w1" is
 WGAN-GP's recipe, the previous ``w1`` default: Adam(1e-4, betas (0.5, 0.9)) for both players, five
 critic steps; "w1" the current default: the f-GANs' Adam(2e-3) / critic Adam(4e-3), two critic steps; both
 with the one-sided penalty, weight 10, and ``ema=0.999``):
@@ -51,8 +51,8 @@ with the one-sided penalty, weight 10, and ``ema=0.999``):
 With seed 1, ``w1`` on NumPyro: ring 8/8, 96.2%, grid 25/25, 87.8%. On NumPyro the grid in 10000 steps is
 still out of reach for KL and reverse KL; on Pyro (the same seed, but another initialisation and noise
 stream) both found every mode, KL at 72.8% high quality, so at 10000 steps these grid fits depend on the
-run (the f-GAN rows are at issue 17's defaults, unchanged here). ``w1`` now captures every mode on both
-targets and engines, but its grid samples stay a few points short of the issue's 90% high quality: a
+run (the f-GAN rows are at the f-GAN defaults). ``w1`` now captures every mode on both
+targets and engines, but its grid samples stay a few points short of 90% high quality: a
 continuous generator must put some mass between the modes, and the W1 critic's slope, capped at 1, pushes
 that mass off less hard than JS's log-ratio critic.
 What was tried for ``w1`` on the grid (NumPyro, seed 0, generator / critic learning rate, critic steps):

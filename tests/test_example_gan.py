@@ -78,7 +78,7 @@ def test_gan_digits_example(tmp_path: Path) -> None:
     assert metrics["classifier_held_out_accuracy"] > 0.85
 
 
-# The bar is every mode and >= 90% high-quality samples. Measured on these settings (NumPyro): JS ring
+# The target is every mode and >= 90% high-quality samples. Measured on these settings (NumPyro): JS ring
 # 96.1%, grid 91.1% (seed 0); w1 (Adam(2e-3) / critic Adam(4e-3), two critic steps, penalty 10) ring 95.8% and
 # 96.2% (seeds 0, 1), grid 84.4% and 87.8% (seeds 0, 1), short of the bar (see the example's docstring). The
 # floor sits under the lowest of them (w1 on the grid, 84.4%) by about the seed-to-seed spread measured there

@@ -432,21 +432,10 @@ def _host(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-def _active_step(step: Callable, active: Any, state: Any, batch: Any, key: Any, inputs: dict) -> tuple[Any, Any]:
-    """``step(state, batch, key, inputs)`` where ``active``, else the state unchanged (metrics zero). A
-    ``lax.cond`` runs one branch: selecting between the stepped and the old state element-wise instead
-    cost a pass over every parameter and optimiser moment per step (4% of a small VAE's step)."""
-    shapes = jax.eval_shape(step, state, batch, key, inputs)[1]
-    return jax.lax.cond(
-        active,
-        lambda: step(state, batch, key, inputs),
-        lambda: (state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)),
-    )
-
-
 def _chunk_runner(step: Callable, batch_size: int, length: int, shard: Callable | None = None) -> Callable:
-    """``length`` steps of ``step``; steps past ``active`` leave the state unchanged (one compile for all).
-    ``run`` returns the carry, the per-step metrics and whether every floating array of the state is finite.
+    """Up to ``length`` steps of ``step``: ``run`` takes ``active`` of them (one compile for every count) and
+    returns the carry, the per-step metrics (zero past ``active``) and whether every floating array of the
+    state is finite.
 
     Minibatches are drawn without replacement: each epoch walks a fresh permutation of the data
     (the tail that does not fill a batch is skipped that epoch); ``batch_size == len(data)`` is
@@ -460,21 +449,28 @@ def _chunk_runner(step: Callable, batch_size: int, length: int, shard: Callable 
         n = x.shape[0]
         state, perm, offset, key = carry
 
-        def body(carry: Any, i: Any) -> tuple[Any, Any]:
-            state, perm, offset = carry
+        def one(i: Any, state: Any, perm: Any, offset: Any) -> tuple[Any, Any, Any, Any]:
             k1, k2 = jax.random.split(jax.random.fold_in(key, start + i))
             if batch_size >= n:  # full batch: every step sees all the data, in any order (no shuffle to compile)
-                new, metrics = _active_step(step, i < active, state, place(x), k2, jax.tree.map(place, inputs))
-                return (new, perm, offset), metrics
+                return (*step(state, place(x), k2, jax.tree.map(place, inputs)), perm, offset)
             fresh = offset + batch_size > n
             perm = jax.lax.cond(fresh, lambda: jax.random.permutation(k1, n), lambda: perm)
             offset = jnp.where(fresh, 0, offset)
             idx = jax.lax.dynamic_slice(perm, (offset,), (batch_size,))
-            rows = {k: place(v[idx]) for k, v in inputs.items()}
-            new, metrics = _active_step(step, i < active, state, place(x[idx]), k2, rows)
-            return (new, perm, jnp.where(i < active, offset + batch_size, offset)), metrics
+            new, metrics = step(state, place(x[idx]), k2, {k: place(v[idx]) for k, v in inputs.items()})
+            return new, metrics, perm, offset + batch_size
 
-        (state, perm, offset), metrics = jax.lax.scan(body, (state, perm, offset), jnp.arange(length))
+        # ``active`` steps in a loop whose trip count is a traced value: one compile for every count, and no
+        # step past it to mask (masking each step's state cost a pass over every parameter and moment)
+        shapes = jax.eval_shape(one, jnp.int32(0), state, perm, offset)[1]
+        metrics = jax.tree.map(lambda s: jnp.zeros((length, *s.shape), s.dtype), shapes)
+
+        def body(i: Any, carry: tuple) -> tuple:
+            state, perm, offset, metrics = carry
+            state, m, perm, offset = one(i, state, perm, offset)
+            return state, perm, offset, jax.tree.map(lambda buf, v: buf.at[i].set(v), metrics, m)
+
+        state, perm, offset, metrics = jax.lax.fori_loop(0, active, body, (state, perm, offset, metrics))
         return (state, perm, offset, key), metrics, _all_finite(_floating(state))
 
     return run
