@@ -42,9 +42,9 @@ ring, by about the seed-to-seed spread; Adam's ``beta1 = 0`` and a longer averag
 are in ``examples/gan_ring.py``'s docstring). On the grid ``w1`` still leaves more samples between the
 modes than JS does in as many steps: its critic's slope is capped at 1, so it pushes the mass a continuous
 generator strings between modes off less hard than a log-ratio critic. The 1-D exactness tests
-(``tests/inference/test_adversarial.py``) run on these defaults. A wide generator whose weights need small
-moves fits better at a smaller step (``examples/gan_digits.py`` passes
-``optim=gm.optim.Adam(2e-4, betas=(0.5, 0.9))``; the critic follows at twice it).
+(``tests/inference/test_adversarial.py``) run on these defaults; the 1-D Neyman fit needs the critic at twice
+the generator's rate. A wide generator fits worse with the critic that far ahead (``examples/gan_digits.py``,
+whose docstring has the runs, passes ``optim=gm.optim.Adam(2e-4, betas=(0.5, 0.9))``).
 
 Each step does ``critic_steps`` ascent steps on ``F`` in ``w`` (fresh generated samples each, the
 same real minibatch; default 1 for f-divergences, 2 for ``w1``), then one descent step in ``theta``: ``generator_loss="saddle"`` descends
