@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import DEVICE, Case, jax_scan_loop, on_device, steady
+from benchmarks.harness import DEVICE, Case, jax_scan_loop, on_device, steady, timed_fit
 
 TITLE = "Likelihood (spline flow, moons) steps/s vs plain torch / JAX MLE loops"
 BATCH, LR, LAYERS, HIDDEN, CHUNK, TORCH_CHUNK = 256, 1e-3, 4, (64, 64), 100, 100
@@ -78,19 +78,10 @@ def _torch_cases(x: np.ndarray, threads: int) -> list[Case]:
             with pyro.plate("data", x.shape[0] if x is not None else n):
                 pyro.sample("x", gm.models.Pushforward(base, flow), obs=x)
 
-        stamps: list[tuple[int, float]] = []
-        fit = gm.fit(
-            model,
-            x,
-            gm.inference.Likelihood(),
-            steps=steps,
-            batch_size=BATCH,
-            optim=LR,
-            device=DEVICE,
-            progress=False,
-            callbacks=[lambda step, metrics: stamps.append((step, clock()))],  # once per 100-step chunk
+        fit, seconds, _ = timed_fit(
+            model, x, gm.inference.Likelihood(), steps, batch_size=BATCH, optim=LR, device=DEVICE, clock=clock
         )
-        return float(fit.history["loss"][-50:].mean()), steady(stamps, steps)
+        return float(fit.history["loss"][-50:].mean()), seconds
 
     thr = f"{threads} thr, cpu-s" if clock is time.thread_time else f"{threads} thr"
     loop = f"torch loop ({thr})"
@@ -142,20 +133,9 @@ def _jax_cases(x: np.ndarray) -> list[Case]:
             with numpyro.plate("data", x.shape[0] if x is not None else n):
                 numpyro.sample("x", gm.models.Pushforward(base, g), obs=x)
 
-        stamps: list[tuple[int, float]] = []
-        t0 = time.perf_counter()
-        fit = gm.fit(
-            model,
-            x,
-            gm.inference.Likelihood(),
-            steps=steps,
-            batch_size=BATCH,
-            optim=LR,
-            progress=False,
-            callbacks=[lambda step, metrics: stamps.append((step, time.perf_counter()))],
-        )
-        COMPILE["gmppl numpyro (first chunk, s)"] = round(stamps[0][1] - t0, 2)
-        return float(fit.history["loss"][-50:].mean()), steady(stamps, steps)
+        fit, seconds, first = timed_fit(model, x, gm.inference.Likelihood(), steps, batch_size=BATCH, optim=LR)
+        COMPILE["gmppl numpyro (first chunk, s)"] = round(first, 2)
+        return float(fit.history["loss"][-50:].mean()), seconds
 
     return [
         Case("jax scan loop", plain, steps=0, quality_name="nll"),

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_score import _interleave
-from benchmarks.harness import DEVICE, Case, jax_scan_loop, on_device, steady
+from benchmarks.harness import DEVICE, Case, jax_scan_loop, on_device, steady, timed_fit
 
 TITLE = "FlowMatching (OT path, ContinuousFlow + ScoreMLP, moons) steps/s vs plain torch / JAX CFM loops"
 BATCH, LR, SIGMA_MIN, CHUNK = 256, 2e-3, 1e-3, 100
@@ -81,19 +81,17 @@ def _torch_cases(x: np.ndarray) -> list[Case]:
             with pyro.plate("data", x.shape[0] if x is not None else n):
                 pyro.sample("x", gm.models.ContinuousFlow(v), obs=x)
 
-        stamps: list[tuple[int, float]] = []
-        fit = gm.fit(
+        fit, seconds, _ = timed_fit(
             model,
             x,
             gm.inference.FlowMatching(sigma_min=SIGMA_MIN),
-            steps=steps,
+            steps,
             batch_size=BATCH,
             optim=LR,
             device=DEVICE,
-            progress=False,
-            callbacks=[lambda step, metrics: stamps.append((step, clock()))],  # once per 100-step chunk
+            clock=clock,
         )
-        return float(fit.history["loss"][-50:].mean()), steady(stamps, steps)
+        return float(fit.history["loss"][-50:].mean()), seconds
 
     best = "torch loop, fused Adam"  # the Adam gmppl builds for gm.optim.Adam
     return [
@@ -138,18 +136,10 @@ def _jax_cases(x: np.ndarray) -> list[Case]:
             with numpyro.plate("data", x.shape[0] if x is not None else n):
                 numpyro.sample("x", gm.models.ContinuousFlow(v), obs=x)
 
-        stamps: list[tuple[int, float]] = []
-        fit = gm.fit(
-            model,
-            x,
-            gm.inference.FlowMatching(sigma_min=SIGMA_MIN),
-            steps=steps,
-            batch_size=BATCH,
-            optim=LR,
-            progress=False,
-            callbacks=[lambda step, metrics: stamps.append((step, time.perf_counter()))],  # once per 100-step chunk
+        fit, seconds, _ = timed_fit(
+            model, x, gm.inference.FlowMatching(sigma_min=SIGMA_MIN), steps, batch_size=BATCH, optim=LR
         )
-        return float(fit.history["loss"][-50:].mean()), steady(stamps, steps)
+        return float(fit.history["loss"][-50:].mean()), seconds
 
     base = "jax scan loop, steady state"
     return [

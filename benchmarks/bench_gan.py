@@ -28,11 +28,9 @@ loop 58 steps/s, gmppl pyro 52 (0.89x); JAX jit-per-step loop 472, lax.scan loop
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from benchmarks.harness import Case, ema_decay, steady
+from benchmarks.harness import Case, ema_decay, timed_fit
 
 TITLE = "GAN (2x128 MLPs, batch 256, Adam 1e-4): gmppl Adversarial vs plain loops"
 BATCH = 256
@@ -43,15 +41,6 @@ TORCH_CHUNK, JAX_CHUNK = 25, 100
 #: loops keep the same average (``min(ema, (1 + t) / (10 + t))`` at generator step ``t``) and sample from it
 EMA = 0.999
 COMPILE: dict[str, float] = {}
-
-
-def _stamped(fit_call, steps: int, label: str):  # noqa: ANN001, ANN202
-    """Run ``fit_call(callbacks)``; return the fit and the steady-state seconds for ``steps`` steps."""
-    stamps: list[tuple[int, float]] = []
-    t0 = time.perf_counter()
-    fit = fit_call([lambda step, metrics: stamps.append((step, time.perf_counter()))])
-    COMPILE[f"{label}: first {stamps[0][0]} steps incl. setup (+ compile), s"] = round(stamps[0][1] - t0, 2)
-    return fit, steady(stamps, steps)
 
 
 def _ring(n: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -121,21 +110,8 @@ def _torch_cases(steps: int) -> list[Case]:
 
         adam = gm.optim.Adam(LR, betas=BETAS)
         backend = gm.inference.Adversarial("gan", generator_loss="nonsaturating", optim=adam, critic_optim=adam)
-        fit, seconds = _stamped(
-            lambda cbs: gm.fit(
-                model,
-                x_np,
-                backend,
-                steps=n_steps,
-                batch_size=BATCH,
-                seed=0,
-                progress=False,
-                device="cpu",
-                callbacks=cbs,
-            ),
-            n_steps,
-            "gmppl pyro",
-        )
+        fit, seconds, first = timed_fit(model, x_np, backend, n_steps, batch_size=BATCH, seed=0, device="cpu")
+        COMPILE["gmppl pyro: first chunk incl. setup (+ compile), s"] = round(first, 2)
         return _quality(np.asarray(fit.sample(2500, seed=1)), centres), seconds
 
     return [
@@ -244,13 +220,8 @@ def _jax_cases(steps: int) -> list[Case]:
         backend = gm.inference.Adversarial(
             "gan", generator_loss="nonsaturating", critic=d0, optim=adam, critic_optim=adam
         )
-        fit, seconds = _stamped(
-            lambda cbs: gm.fit(
-                model, x_np, backend, steps=n_steps, batch_size=BATCH, seed=0, progress=False, callbacks=cbs
-            ),
-            n_steps,
-            "gmppl numpyro",
-        )
+        fit, seconds, first = timed_fit(model, x_np, backend, n_steps, batch_size=BATCH, seed=0)
+        COMPILE["gmppl numpyro: first chunk incl. setup (+ compile), s"] = round(first, 2)
         return _quality(np.asarray(fit.sample(2500, seed=1)), centres), seconds
 
     return [
@@ -273,7 +244,7 @@ def cases(quick: bool) -> list[Case]:
 
 
 def targets(cases: list[Case]) -> str:
-    """The issue's targets as ratios of steady-state steps/s (>= 0.9 on both engines)."""
+    """The targets as ratios of steady-state steps/s (>= 0.9 on both engines)."""
     rate = {c.name: c.result["steps_per_s"] for c in cases}
     text = (
         f"- gmppl pyro: {rate['gmppl pyro'] / rate['torch plain loop']:.2f}x the plain torch loop (target >= 0.9), "

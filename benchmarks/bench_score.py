@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import DEVICE, Case, ema_decay, jax_scan_loop, on_device, steady
+from benchmarks.harness import DEVICE, Case, ema_decay, jax_scan_loop, on_device, steady, timed_fit
 
 TITLE = "Score (DSM) training steps/s vs plain torch / JAX loops; sampler cost to a W1 target"
 BATCH, CHUNK = 256, 100
@@ -92,19 +92,9 @@ def _torch_cases(x: np.ndarray) -> tuple[list[Case], dict]:
             with pyro.plate("data", x.shape[0] if x is not None else n):
                 pyro.sample("x", gm.models.Diffusion(s, sde="vp"), obs=x)
 
-        stamps: list[tuple[int, float]] = []
-        fit = gm.fit(
-            model,
-            x,
-            gm.inference.Score(),
-            steps=steps,
-            batch_size=BATCH,
-            device=DEVICE,
-            progress=False,
-            callbacks=[lambda step, metrics: stamps.append((step, clock()))],  # once per 100-step chunk
-        )
+        fit, seconds, _ = timed_fit(model, x, gm.inference.Score(), steps, batch_size=BATCH, device=DEVICE, clock=clock)
         state["fit"] = fit
-        return float(fit.history["loss"][-50:].mean()), steady(stamps, steps)
+        return float(fit.history["loss"][-50:].mean()), seconds
 
     best = "torch loop, fused Adam, EMA"
     return (
@@ -182,18 +172,9 @@ def _jax_cases(x: np.ndarray) -> tuple[list[Case], dict]:
             with numpyro.plate("data", x.shape[0] if x is not None else n):
                 numpyro.sample("x", gm.models.Diffusion(s, sde="vp"), obs=x)
 
-        stamps: list[tuple[int, float]] = []
-        fit = gm.fit(
-            model,
-            x,
-            gm.inference.Score(),
-            steps=steps,
-            batch_size=BATCH,
-            progress=False,
-            callbacks=[lambda step, m: stamps.append((step, time.perf_counter()))],  # once per 100-step chunk
-        )
+        fit, seconds, _ = timed_fit(model, x, gm.inference.Score(), steps, batch_size=BATCH)
         state["fit"] = fit
-        return float(fit.history["loss"][-50:].mean()), steady(stamps, steps)
+        return float(fit.history["loss"][-50:].mean()), seconds
 
     scan = "jax lax.scan loop, EMA"
     return (

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import Case, jax_scan_loop, steady
+from benchmarks.harness import Case, jax_scan_loop, steady, timed_fit
 
 TITLE = (
     "ELBO (VAE 64-256-8, binarised digits) steps/s vs Pyro SVI, plain torch, NumPyro SVI, JAX lax.scan "
@@ -133,23 +133,18 @@ def _torch_cases(x: np.ndarray, x_test: np.ndarray, threads: int) -> list[Case]:
     def fitted(steps: int, objective: str) -> tuple[float, float]:
         _, dec = nets()
         model, _ = pyro_program(None, dec)
-        stamps: list[tuple[int, float]] = []
-        t0 = clock()
-        fit = gm.fit(
+        fit, seconds, first = timed_fit(
             model,
             x,
             gm.inference.ELBO(objective=objective),
-            steps=steps,
+            steps,
             batch_size=BATCH,
             optim=LR,
             device="cpu",
-            progress=False,
-            callbacks=[lambda step, metrics: stamps.append((step, clock()))],
+            clock=clock,
         )
-        COMPILE[f"gmppl pyro {objective}, first {stamps[0][0]} steps incl. setup + JIT trace ({thr}), s"] = round(
-            stamps[0][1] - t0, 2
-        )
-        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), steady(stamps, steps)
+        COMPILE[f"gmppl pyro {objective}, first chunk incl. setup + JIT trace ({thr}), s"] = round(first, 2)
+        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), seconds
 
     svi, loop = f"pyro SVI Trace_ELBO ({thr})", f"torch loop, analytic KL ({thr})"
     out = [
@@ -249,20 +244,9 @@ def _jax_cases(x: np.ndarray, x_test: np.ndarray) -> list[Case]:
         return float(test_elbo(enc, dec, jax.random.PRNGKey(1))), steady(stamps, steps)
 
     def fitted(steps: int) -> tuple[float, float]:
-        stamps: list[tuple[int, float]] = []
-        t0 = clock()
-        fit = gm.fit(
-            model,
-            x,
-            gm.inference.ELBO(),
-            steps=steps,
-            batch_size=BATCH,
-            optim=LR,
-            progress=False,
-            callbacks=[lambda step, metrics: stamps.append((step, clock()))],
-        )
-        COMPILE[f"gmppl numpyro, first {stamps[0][0]} steps incl. setup + compile, s"] = round(stamps[0][1] - t0, 2)
-        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), steady(stamps, steps)
+        fit, seconds, first = timed_fit(model, x, gm.inference.ELBO(), steps, batch_size=BATCH, optim=LR, clock=clock)
+        COMPILE["gmppl numpyro, first chunk incl. setup + compile, s"] = round(first, 2)
+        return float(fit.log_prob(x_test, num_particles=EVAL_K).elbo.mean()), seconds
 
     return [
         Case("numpyro SVI (jit update)", numpyro_svi, steps=0, quality_name="test ELBO"),

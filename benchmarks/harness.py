@@ -59,6 +59,28 @@ def ema_decay(ema: float, t: Any) -> Any:
     return jnp.minimum(ema, (1.0 + t) / (10.0 + t))
 
 
+def timed_fit(
+    model: Any, data: Any, backend: Any, steps: int, *, clock: Callable[[], float] = time.perf_counter, **kw: Any
+) -> tuple[Any, float, float]:
+    """``gm.fit(model, data, backend, steps=steps, **kw)`` stamped at each callback (once per 100-step chunk):
+    the fit, the seconds ``steps`` steps take in steady state (:func:`steady`) and the seconds to the first
+    stamp (setup, tracing, compilation and the first chunk)."""
+    import gmppl as gm
+
+    stamps: list[tuple[int, float]] = []
+    t0 = clock()
+    fit = gm.fit(
+        model,
+        data,
+        backend,
+        steps=steps,
+        progress=False,
+        callbacks=[lambda step, m: stamps.append((step, clock()))],
+        **kw,
+    )
+    return fit, steady(stamps, steps), stamps[0][1] - t0
+
+
 def jax_scan_loop(
     loss: Callable[[Any, Any], Any],
     params: Any,
