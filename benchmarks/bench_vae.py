@@ -268,7 +268,7 @@ def cases(quick: bool) -> list[Case]:
 
 
 def targets(cases: list[Case]) -> str:
-    """The issue's targets, as ratios of steady-state steps/s."""
+    """The targets, as ratios of steady-state steps/s."""
     rate = {c.name: c.result["steps_per_s"] for c in cases}
     lines = []
     for name in rate:
