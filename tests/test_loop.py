@@ -178,6 +178,8 @@ def test_the_jax_chunk_compiles_once(data: np.ndarray, make) -> None:
         state, metrics = loop.run_chunk(state, k)
         assert metrics["loss"].shape == (1, k)
     assert loop._run._cache_size() == 1
+    # the partial chunk took exactly its 50 steps: Adam counted 250 updates
+    assert int(state[0]["opt_state"][0].count) == 250
 
 
 def test_progress_bar_shows_in_a_notebook(monkeypatch) -> None:
