@@ -605,50 +605,94 @@ def compiled_generate(program: PyroProgram, n: int) -> Callable[[], torch.Tensor
     Running the program through Pyro's effect handlers costs a small generator about as much as its own
     forward pass (``pyro.module`` looks each parameter up through the handler stack, the sample and plate
     sites build their messages); the traced graph runs the same torch ops, random draws included, with the
-    parameter tensors looked up once (the optimiser, restores and loads update them in place). The trace and
-    its check run under a forked random state, so the caller's stream is untouched. It is refused (the caller
-    keeps the handlers) where the tracer warns that a tensor was read as a Python value (a branch or a size
-    taken from a draw: the trace would hold one case), and where two draws from other seeds than the trace's
-    do not reproduce the handlers' values exactly (e.g. draws outside torch). Should
-    the graph still fail on a later draw (a shape it baked in), that call and every later one run through the
-    handlers. Call it inside the program's scope.
+    parameter tensors looked up once. Checked on two draws from other seeds than the trace's, which must
+    reproduce the handlers' values exactly (draws outside torch would not); see ``traced``. Call it inside
+    the program's scope.
+    """
+    return traced(lambda: program.generate(n, grad=True), [(), ()], program)
+
+
+def compiled_log_prob(program: PyroProgram, x: torch.Tensor, inputs: dict | None = None) -> Callable | None:
+    """``program.log_prob`` as a traced graph ``run(x, *input_values)`` for batches shaped as ``x`` (and
+    ``inputs``, passed by position in their order), or None where it would differ.
+
+    A flow's log-density re-run through Pyro's handlers pays for ``pyro.module``'s parameter lookups and the
+    distribution's and plate's messages on every step; the graph runs only the torch ops. Checked on the batch
+    reversed (not the one traced; the inputs reversed with it), which must give the handlers' values; see
+    ``traced``. Call it inside the program's scope.
+    """
+    names = tuple(inputs or {})
+
+    def log_prob(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        return program.log_prob(x, dict(zip(names, values, strict=True)))
+
+    args = (x, *(inputs or {}).values())
+    checks = [tuple(a.flip(0) for a in args)]
+    try:  # and the model's own draws, which reach where the data do not (a spline's tails)
+        checks.append((program.sample(len(x), seed=0, inputs=inputs), *args[1:]))
+    except Exception:  # a program that cannot generate at this batch: the reversed batch only
+        pass
+    return traced(log_prob, checks, program, args)
+
+
+def traced(fn: Callable, checks: list[tuple], program: PyroProgram, args: tuple = ()) -> Callable | None:
+    """``fn(*args)`` (a function of the program's parameters and tensor arguments) as a graph traced by
+    ``pyro.ops.jit`` on ``args``, run with the parameter tensors looked up once (the optimiser, restores and
+    loads update them in place), or None where the graph would not be ``fn``.
+
+    It is refused where the tracer warns that a tensor was read as a Python value outside Pyro and torch (a
+    branch or a size taken from a value: the trace would hold one case), and where, for each argument tuple in ``checks`` (run from
+    seed 1, 2, ...; the trace from seed 0), the graph's value is not ``fn``'s (exactly, to float rounding).
+    The trace and checks run under a forked random state, so the caller's stream is untouched. Should the graph
+    still fail on a later call (a shape it baked in), that call and every later one run ``fn``.
     """
     import warnings
 
     devices = [program.device] if program.device.type == "cuda" else []
-    traced = pyro.ops.jit.trace(lambda: program.generate(n, grad=True), ignore_warnings=False)
+    compiled = pyro.ops.jit.trace(fn, ignore_warnings=False)
     try:
         with warnings.catch_warnings(record=True) as caught, torch.random.fork_rng(devices=devices):
             warnings.simplefilter("always")
             torch.manual_seed(0)
-            traced()
-            if any(str(w.message).startswith(_VALUE_READ) for w in caught):
+            compiled(*args)
+            if any(str(w.message).startswith(_VALUE_READ) and not _library(w.filename) for w in caught):
                 return None  # a tensor read as a Python value (a branch, a size): the trace holds one case only
-            (graph,) = traced.compiled.values()
-            params = tuple(pyro.param(name).unconstrained() for name in traced._param_names)  # type: ignore[attr-defined]
+            (graph,) = compiled.compiled.values()
+            params = tuple(pyro.param(name).unconstrained() for name in compiled._param_names)  # type: ignore[attr-defined]
 
-            def graph_run() -> torch.Tensor:
+            def graph_run(*args: Any) -> torch.Tensor:
                 with torch.jit.optimized_execution(False):  # autograd over the ops, as eager (see elbo._Compiled)
-                    return graph(*params)
+                    return graph(*params, *args)
 
-            for seed in (1, 2):
+            for seed, check in enumerate(checks, 1):
                 torch.manual_seed(seed)
-                eager = program.generate(n, grad=True)
+                eager = fn(*check)
                 torch.manual_seed(seed)
-                same = graph_run()
-                if not (same.shape == eager.shape and same.dtype == eager.dtype and bool(torch.equal(same, eager))):
+                same = graph_run(*check)
+                if not (same.shape == eager.shape and same.dtype == eager.dtype and _same(same, eager)):
                     return None
     except Exception:  # not traceable: the handlers it is
         return None
     broken = False
 
-    def run() -> torch.Tensor:
+    def run(*args: Any) -> torch.Tensor:
         nonlocal broken
         if not broken:
             try:
-                return graph_run()
+                return graph_run(*args)
             except RuntimeError:  # a size baked into the trace; the handlers from now on
                 broken = True
-        return program.generate(n, grad=True)
+        return fn(*args)
 
     return run
+
+
+def _library(filename: str) -> bool:
+    """Whether code is Pyro's or torch's own: where their tracer warnings read shapes (a spline's bin count) or
+    guard values (``assert``), not branch on them; the graph's checks still run."""
+    return any(filename.startswith(os.path.dirname(m.__file__) + os.sep) for m in (pyro, torch))
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, or equal to float rounding: the same ops may round differently as a graph."""
+    return bool(torch.equal(a, b)) or bool(torch.allclose(a, b, rtol=1e-6, atol=1e-6 * float(b.abs().max())))

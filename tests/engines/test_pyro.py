@@ -1,5 +1,6 @@
-"""The Pyro engine's traced generator (``compiled_generate``): the same values as Pyro's handlers, random draws
-included; refused where it would differ; a graph that fails on a later draw hands over to the handlers."""
+"""The Pyro engine's traced graphs (``compiled_generate``, ``compiled_log_prob``): the same values and gradients
+as Pyro's handlers, random draws included; refused where they would differ; a graph that fails on a later call
+hands over to the handlers."""
 
 from __future__ import annotations
 
@@ -122,3 +123,35 @@ def test_an_adversarial_fit_of_a_flow_runs_through_the_handlers(monkeypatch) -> 
     )
     assert np.isfinite(fit.history["loss"]).all()
     assert asked == []
+
+
+def test_the_traced_log_density_is_the_handlers_on_any_batch_and_trains_the_same_parameters() -> None:
+    """A spline flow's log-density as a graph: exactly the handlers' values and gradients, on the batch traced, on
+    another one, and on points far past the splines' tails (where the transform is the identity)."""
+    from gmppl.engines.pyro import compiled_log_prob
+
+    program = program_of(zoo.flow(2, engine="pyro", layers=2, hidden=(16,)))
+    x = torch.as_tensor(gm.datasets.moons(64, seed=0), dtype=torch.float32)
+    with program.scope():
+        run = compiled_log_prob(program, x)
+        assert run is not None
+        params = list(program.params().values())
+        for batch in (x, torch.randn(64, 2), 10 * torch.randn(64, 2)):
+            a, b = run(batch), program.log_prob(batch)
+            assert torch.equal(a, b)
+            for g, h in zip(torch.autograd.grad(a.sum(), params), torch.autograd.grad(b.sum(), params), strict=True):
+                assert torch.equal(g, h)
+
+
+def test_a_log_density_that_branches_on_its_data_keeps_the_handlers() -> None:
+    from gmppl.engines.pyro import compiled_log_prob
+
+    def branching(x=None, n=None):
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data", n if x is None else x.shape[0]):
+            scale = 2.0 if x is not None and float(x[0, 0]) > 0 else 1.0  # a Python branch on the data
+            pyro.sample("x", dist.Normal(loc, scale).to_event(1), obs=x)
+
+    program = program_of(branching)
+    with program.scope():
+        assert compiled_log_prob(program, torch.randn(16, 2)) is None
