@@ -6,7 +6,8 @@ spline couplings) on two moons, batch 256, Adam(1e-3).
 - torch: the loop a user writes without gmppl — ``TransformedDistribution(base, [flow])``,
   ``-log_prob(batch).mean()``, ``torch.optim.Adam`` (and, at one thread, the fused Adam gmppl builds:
   gmppl's baseline there) — against ``gm.fit`` on the same flow inside a Pyro program (``pyro.module`` +
-  ``plate`` + ``Pushforward``, traced every step). Both at 1 and at 2 torch intra-op threads (this decides
+  ``plate`` + ``Pushforward``; ``Likelihood`` runs its log-density as a graph traced once, without Pyro's
+  handlers). Both at 1 and at 2 torch intra-op threads (this decides
   the thread count for small models). Steady state from step 100 (setup left out); one thread in the main
   thread's CPU time, two threads in wall time.
 - JAX: a ``jit`` + ``lax.scan`` of 100 Adam steps per dispatch (optax) on the equinox flow, against

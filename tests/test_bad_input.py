@@ -295,3 +295,76 @@ def test_data_go_under_the_observed_name_or_x():
     for model in (named, as_x):
         fit = gm.fit(model, X, gm.inference.Likelihood(), observed="obs", steps=2, progress=False)
         assert fit.params["mu"].shape == (2,)
+
+
+def _batch_mixing_field(engine: str, kind: str):
+    """A program whose velocity/score net sums over the batch: right on one example (so its event shape is found),
+    one row for a batch of any size, which an ODE or SDE would broadcast over every example."""
+    if engine == "pyro":
+        import pyro
+        import torch
+
+        class Mixing(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.ones(2))
+
+            def forward(self, x, t):
+                return (x * self.w).sum(0, keepdim=True)
+
+        net = Mixing()
+        build = gm.models.ContinuousFlow if kind == "velocity" else gm.models.Diffusion
+
+        def model(x=None, n=None):
+            pyro.module("net", net)
+            with pyro.plate("data", x.shape[0] if x is not None else n):
+                pyro.sample("x", build(net), obs=x)
+
+        return model
+    import jax.numpy as jnp
+    import numpyro
+
+    def field(x, t):
+        return x.sum(0, keepdims=True)
+
+    field.event_shape = (2,)
+    build = gm.models.ContinuousFlow if kind == "velocity" else gm.models.Diffusion
+
+    def jmodel(x=None, n=None):
+        numpyro.param("unused", jnp.zeros(1))
+        with numpyro.plate("data", x.shape[0] if x is not None else n):
+            numpyro.sample("x", build(field), obs=x)
+
+    return jmodel
+
+
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+@pytest.mark.parametrize("kind", ["velocity", "score"])
+def test_a_field_network_that_mixes_the_batch_is_refused_before_step_one(engine: str, kind: str) -> None:
+    backend = gm.inference.FlowMatching() if kind == "velocity" else gm.inference.Score()
+    x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    with pytest.raises(gm.ModelError, match=f"the {kind} network maps a batch of shape"):
+        gm.fit(_batch_mixing_field(engine, kind), x, backend, steps=2, progress=False)
+
+
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+@pytest.mark.parametrize("model", ["continuous_flow", "diffusion"])
+def test_setting_up_a_fit_solves_no_ode_or_sde(engine: str, model: str, monkeypatch) -> None:
+    """Inspection reads the shapes of a generating run, not its values: an ODE/SDE-sampled site checks its network
+    on a batch and returns zeros, where it solved (on JAX compiling a sampler for about a second)."""
+    import importlib
+
+    from gmppl.models import zoo
+
+    side = "torch" if engine == "pyro" else "jax"
+    name = f"{side.capitalize()}{'ContinuousFlow' if model == 'continuous_flow' else 'Diffusion'}"
+    cls = getattr(importlib.import_module(f"gmppl.models.{model}_{side}"), name)
+
+    def no_solve(*args, **kwargs):
+        raise AssertionError("a sampler ran while setting up the fit")
+
+    monkeypatch.setattr(cls, "generate", no_solve)
+    backend = gm.inference.FlowMatching() if model == "continuous_flow" else gm.inference.Score()
+    build = zoo.continuous_flow if model == "continuous_flow" else zoo.diffusion
+    fit = gm.fit(build(2, engine=engine), gm.datasets.moons(64, seed=0), backend, steps=2, progress=False)
+    assert np.isfinite(fit.history["loss"]).all()

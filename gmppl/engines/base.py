@@ -22,6 +22,27 @@ from typing import Any, Protocol
 ENGINE_LOCK = threading.RLock()
 
 
+_SHAPES_ONLY = threading.local()
+
+
+@contextlib.contextmanager
+def shapes_only() -> Any:
+    """Run a program where only the shapes of its draws are read (model inspection's generating run): gmppl's
+    ODE- and SDE-sampled distributions then check their network on abstract values and return zeros shaped as
+    their draws instead of solving (on JAX the solve compiles for about a second, to be thrown away)."""
+    previous = getattr(_SHAPES_ONLY, "on", False)
+    _SHAPES_ONLY.on = True
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.on = previous
+
+
+def reading_shapes() -> bool:
+    """Whether the current run reads only the shapes of its draws (see :func:`shapes_only`)."""
+    return getattr(_SHAPES_ONLY, "on", False)
+
+
 def in_scope[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
     """Run ``fn(program, ...)`` inside ``program.scope()``: what it reads of the program's modules, also from
     distributions traced inside it and used after, is the program's fitted values."""

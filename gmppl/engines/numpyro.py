@@ -20,7 +20,7 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
-from gmppl.engines.base import ModelInfo
+from gmppl.engines.base import ModelInfo, shapes_only
 from gmppl.engines.calls import Call, make_call
 from gmppl.engines.jax_cache import enable_jax_cache
 from gmppl.engines.sites import (
@@ -141,7 +141,8 @@ class NumPyroProgram:
             rows = self.as_inputs(inputs)
             n = max(2, len(example))
             head = {k: v[:n] for k, v in rows.items()}
-            gen = handlers.trace(handlers.seed(self.fn, key)).get_trace(x=None, n=n, **head)
+            with shapes_only():  # its values are not read: ODE/SDE draws are not solved
+                gen = handlers.trace(handlers.seed(self.fn, key)).get_trace(x=None, n=n, **head)
             check_event_shape(gen, self.observed, example)
             cond = handlers.trace(handlers.seed(self.fn, key)).get_trace(x=x, n=None, **rows)
             params = self._params_of(cond)

@@ -20,7 +20,7 @@ import torch
 from pyro.params.param_store import StateDict
 
 from gmppl.engines import distributed
-from gmppl.engines.base import ENGINE_LOCK, ModelInfo
+from gmppl.engines.base import ENGINE_LOCK, ModelInfo, shapes_only
 from gmppl.engines.calls import Call, make_call
 from gmppl.engines.sites import (
     Site,
@@ -246,7 +246,8 @@ class PyroProgram:
         """Find the roles of the program's sites by running it (conditioned and generating)."""
         x = self.as_array(example)
         try:
-            gen = self.trace(x=None, n=2, inputs=_head(inputs, 2))
+            with shapes_only():  # its values are not read: ODE/SDE draws are not solved
+                gen = self.trace(x=None, n=2, inputs=_head(inputs, 2))
             check_event_shape(gen.nodes, self.observed, example)
             cond = self.trace(x=x, n=None, inputs=inputs)
             check_support(cond.nodes, self.observed, example)
@@ -690,7 +691,10 @@ def traced(fn: Callable, checks: list[tuple], program: PyroProgram, args: tuple 
 def _library(filename: str) -> bool:
     """Whether code is Pyro's or torch's own: where their tracer warnings read shapes (a spline's bin count) or
     guard values (``assert``), not branch on them; the graph's checks still run."""
-    return any(filename.startswith(os.path.dirname(m.__file__) + os.sep) for m in (pyro, torch))
+    return filename.startswith(_LIBRARIES)
+
+
+_LIBRARIES = tuple(os.path.dirname(str(m.__file__)) + os.sep for m in (pyro, torch))
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -34,7 +34,9 @@ class Likelihood(Backend):
     requires: ClassVar[frozenset[str]] = frozenset({"density"})
     jit: bool = True
 
-    def prepare(self, program: Any, info: Any, example: Any, *, seed: int, inputs: dict | None = None) -> LikelihoodPlan:
+    def prepare(
+        self, program: Any, info: Any, example: Any, *, seed: int, inputs: dict | None = None
+    ) -> LikelihoodPlan:
         return LikelihoodPlan()
 
     def torch_loss(self, program: Any, plan: Any, batch: Any, inputs: dict | None = None) -> tuple[Any, dict]:

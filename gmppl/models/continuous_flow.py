@@ -168,6 +168,16 @@ def probe_shape(call: Any, max_dim: int = 256) -> tuple[int, ...]:
     )
 
 
+def check_field(out: Any, x: Any, name: str) -> None:
+    """Refuse a network whose field ``out`` (a velocity or score, found on abstract values) is not shaped as
+    its input ``x``: an ODE or SDE could not integrate it."""
+    if tuple(out.shape) != tuple(x.shape):
+        raise ModelError(
+            f"the {name} network maps a batch of shape {tuple(x.shape)} to shape {tuple(out.shape)}; it must return "
+            f"one {name} per example, shaped as its input."
+        )
+
+
 def check_context_rows(rows: tuple[int, ...], batch_shape: tuple[int, ...]) -> None:
     """Refuse context rows ``rows`` (the context's batch dims) that do not broadcast to ``batch_shape``."""
     ok = len(rows) <= len(batch_shape) and all(

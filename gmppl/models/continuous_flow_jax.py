@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpyro.distributions as ndist
 from numpyro.distributions import constraints
 
-from gmppl.models.continuous_flow import STAGES, FlowOptions, check_context_rows, probe_shape
+from gmppl.engines.base import reading_shapes
+from gmppl.models.continuous_flow import STAGES, FlowOptions, check_context_rows, check_field, probe_shape
 
 
 def jax_event_shape(net: Any, context: Any = None) -> tuple[int, ...]:
@@ -107,6 +108,11 @@ class JaxContinuousFlow(ndist.Distribution):
 
     # ------------------------------------------------------------------ sampling
     def sample(self, key: Any, sample_shape: tuple = ()) -> Any:
+        if reading_shapes():  # model inspection: the velocity net checked abstractly, no solve
+            shape = tuple(sample_shape) + tuple(self.batch_shape)
+            x = jax.ShapeDtypeStruct((math.prod(shape), *self.event_shape), jnp.zeros(()).dtype)
+            check_field(jax.eval_shape(lambda x: self.velocity(x, 0.5, self.context_rows(shape)), x), x, "velocity")
+            return jnp.zeros(shape + tuple(self.event_shape))
         return jax.lax.stop_gradient(_generate_jit(self, key, tuple(sample_shape)))
 
     def generate(

@@ -13,7 +13,8 @@ import pyro.distributions as pdist
 import torch
 from torch.distributions import constraints
 
-from gmppl.models.continuous_flow import FlowOptions, check_context_rows, probe_shape
+from gmppl.engines.base import reading_shapes
+from gmppl.models.continuous_flow import FlowOptions, check_context_rows, check_field, probe_shape
 
 _SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: torchdiffeq's names for the solvers.
@@ -113,6 +114,12 @@ class TorchContinuousFlow(pdist.TorchDistribution):
 
     # ------------------------------------------------------------------ sampling
     def sample(self, sample_shape: Any = torch.Size()) -> torch.Tensor:
+        if reading_shapes():  # model inspection: the velocity net checked on zeros, no solve
+            shape = tuple(sample_shape) + tuple(self.batch_shape)
+            x = torch.zeros((math.prod(shape), *self.event_shape), **self._like())
+            with torch.no_grad():
+                check_field(self.velocity(x, torch.tensor(0.5), self.context_rows(shape)), x, "velocity")
+            return x.reshape(*shape, *self.event_shape)
         x, _ = self.generate(tuple(sample_shape))
         return x
 

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpyro.distributions as ndist
 from numpyro.distributions import constraints
 
+from gmppl.engines.base import reading_shapes
+from gmppl.models.continuous_flow import check_field
 from gmppl.models.diffusion_options import (
     DiffusionOptions,
     context_rows,
@@ -117,6 +119,10 @@ class JaxDiffusion(ndist.Distribution):
     # ------------------------------------------------------------------ sampling
     def sample(self, key: Any, sample_shape: tuple = ()) -> Any:
         shape = tuple(sample_shape) + tuple(self.batch_shape)
+        if reading_shapes():  # model inspection: the score net checked abstractly, no reverse process
+            x = jax.ShapeDtypeStruct((math.prod(shape), *self.event_shape), jnp.zeros(()).dtype)
+            check_field(jax.eval_shape(lambda x: self.score(x, 0.5, guided=self.guided), x), x, "score")
+            return jnp.zeros(shape + tuple(self.event_shape))
         x = _generate_jit(self, key, math.prod(shape))
         return jax.lax.stop_gradient(x).reshape(shape + tuple(self.event_shape))
 

@@ -14,6 +14,8 @@ import pyro.distributions as pdist
 import torch
 from torch.distributions import constraints
 
+from gmppl.engines.base import reading_shapes
+from gmppl.models.continuous_flow import check_field
 from gmppl.models.diffusion_options import (
     DiffusionOptions,
     context_rows,
@@ -128,6 +130,11 @@ class TorchDiffusion(pdist.TorchDistribution):
     # ------------------------------------------------------------------ sampling
     def sample(self, sample_shape: Any = torch.Size()) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
+        if reading_shapes():  # model inspection: the score net checked on zeros, no reverse process
+            x = torch.zeros((math.prod(shape), *self.event_shape), **self._like())
+            with torch.no_grad():
+                check_field(self.score(x, torch.tensor(0.5, dtype=x.dtype), guided=self.guided), x, "score")
+            return x.reshape(shape + self.event_shape)
         with torch.no_grad():
             x, _ = self.generate(math.prod(shape))
         return x.reshape(shape + self.event_shape)

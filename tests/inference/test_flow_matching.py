@@ -298,7 +298,9 @@ def test_chains_minibatch_ot_validation_arviz_posterior_and_save(engine: str, tm
         back = flow.transform(torch.as_tensor(z[0]), solver="dopri5")[0].detach().numpy()
         np.testing.assert_allclose(back, xs, atol=1e-3)
         lp4, se = backend.log_prob(p, fit.plan, p.as_array(xs[:4]), trace="hutchinson", probes=4, return_stderr=True)
-        assert se.shape == (4,) and (se > 0).all() and np.isfinite(lp4.numpy()).all()
+        # in 2-D a Rademacher probe's estimate takes two values (e1 e2 = +-1), so four probes agree, and an
+        # example's standard error is 0, with probability 1/8
+        assert se.shape == (4,) and (se >= 0).all() and (se > 0).any() and np.isfinite(lp4.numpy()).all()
     else:  # torch: test_save_and_load_give_the_same_fit; here the weights, which fix every evaluation
         fit.save(tmp_path)
         again = gm.load(tmp_path, model)
