@@ -368,3 +368,36 @@ def test_setting_up_a_fit_solves_no_ode_or_sde(engine: str, model: str, monkeypa
     build = zoo.continuous_flow if model == "continuous_flow" else zoo.diffusion
     fit = gm.fit(build(2, engine=engine), gm.datasets.moons(64, seed=0), backend, steps=2, progress=False)
     assert np.isfinite(fit.history["loss"]).all()
+
+
+@pytest.mark.parametrize("engine", ["pyro", "numpyro"])
+def test_a_guide_that_does_not_follow_the_batch_is_refused(engine: str) -> None:
+    """An autoguide over per-example latents holds one location per training example: on a minibatch it would
+    score the wrong rows. Checked before step 1 by running the guide on one example fewer (on JAX abstractly)."""
+    if engine == "pyro":
+        from pyro.infer.autoguide import AutoNormal
+
+        model = pyro_latent()
+    else:
+        import jax.numpy as jnp
+        import numpyro
+        import numpyro.distributions as dist
+        from numpyro.infer.autoguide import AutoNormal
+
+        def model(x=None, n=None):
+            w = numpyro.param("w", jnp.ones(2))
+            with numpyro.plate("data", x.shape[0] if x is not None else n):
+                z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+                numpyro.sample("x", dist.Normal(z[:, None] * w, 0.1).to_event(1), obs=x)
+
+    x = np.random.default_rng(0).normal(size=(32, 2)).astype(np.float32)
+    with pytest.raises(gm.BackendError, match="the guide runs on 8 examples but on 7 its sites"):
+        gm.fit(
+            model,
+            x,
+            gm.inference.ELBO(guide=AutoNormal(model)),
+            steps=2,
+            batch_size=8,
+            progress=False,
+            callbacks=[never_called],
+        )

@@ -138,6 +138,39 @@ def sample_predictive(
     return x[np.random.default_rng(seed).permutation(len(x))[: int(n)]]
 
 
+def _jax_site_roles(program: Any, head: np.ndarray, rows: dict) -> dict[str, dict]:
+    """Each site's type, observation flag and plates from a run of the NumPyro program on ``head`` (and the first
+    rows of ``rows``), on abstract values: no operation runs or compiles (an eager run at a new batch size
+    compiled each of the program's operations again). A program that cannot run abstractly runs eagerly."""
+    import jax
+
+    def roles(tr: dict) -> dict[str, dict]:
+        return {
+            k: {
+                "type": s["type"],
+                "is_observed": s.get("is_observed", False),
+                "cond_indep_stack": s.get("cond_indep_stack", ()),
+            }
+            for k, s in tr.items()
+        }
+
+    found: dict[str, dict] = {}
+
+    def run(xh: Any, rs: dict) -> None:
+        found.update(roles(program.trace(program.params, jax.random.PRNGKey(0), x=xh, inputs=rs)))
+
+    m = len(head)
+    first = {k: jax.ShapeDtypeStruct((m, *v.shape[1:]), v.dtype) for k, v in rows.items()}
+    try:
+        jax.eval_shape(run, jax.ShapeDtypeStruct(head.shape, program.as_array(head[:0]).dtype), first)
+        return found
+    except Exception:  # e.g. a value read in Python (a branch, np.asarray): the eager run, which also reports errors
+        x = program.as_array(head)
+        return roles(
+            program.trace(program.params, jax.random.PRNGKey(0), x=x, inputs={k: v[:m] for k, v in rows.items()})
+        )
+
+
 def _latent_names(sites: dict[str, Any]) -> list[str]:
     """Unobserved sample sites, not counting plates (Pyro records a plate as a ``_Subsample`` site)."""
     return [
@@ -191,12 +224,7 @@ def guide_draws(
 
         head = x[: min(n, 16)]
         rows = program.as_inputs(inputs)
-        model_tr = program.trace(
-            program.params,
-            jax.random.PRNGKey(0),
-            x=program.as_array(head),
-            inputs={k: v[: len(head)] for k, v in rows.items()},
-        )
+        model_tr = _jax_site_roles(program, head, rows)
         names = _latent_names(model_tr)
         local = local_sites(model_tr, len(head), program.observed)
         if not set(names) - local:

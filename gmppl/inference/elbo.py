@@ -222,16 +222,16 @@ def _check_objective_engine(objective: Any, module: str, engine: str) -> None:
         )
 
 
-def _check_other_batch_size(run_guide: Callable, x: Any, full: dict) -> None:
+def _check_other_batch_size(latent_shapes: Callable[[int], dict], n: int, full: dict) -> None:
     """Training feeds minibatches of another size than the setup example: the guide must follow ``len(x)``
-    (its per-example latents, sized ``len(x)`` on the example, must be sized ``len(x) - 1`` on one fewer)."""
-    n = len(x)
+    (its per-example latents, sized ``n`` on the example, must be sized ``n - 1`` when ``latent_shapes(n - 1)``
+    runs it on one example fewer and returns each latent's shape)."""
     if n < 2:
         return
     sized = [k for k, site in _latents(full).items() if tuple(site["value"].shape[:1]) == (n,)]
     try:
-        short = _latents(run_guide(x[:-1]))
-        wrong = [k for k in sized if tuple(short[k]["value"].shape[:1]) != (n - 1,)]
+        short = latent_shapes(n - 1)
+        wrong = [k for k in sized if tuple(short[k][:1]) != (n - 1,)]
         problem = f"its sites {wrong} keep {n} values" if wrong else ""
     except Exception as e:
         problem = f"it fails ({type(e).__name__}: {e})"
@@ -552,7 +552,12 @@ def _pyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.ndarra
                 ) from e
             _check_match(model_tr.nodes, guide_tr.nodes)
             _check_other_batch_size(
-                lambda xs: poutine.trace(guide).get_trace(xs, **_head(rows, len(xs))).nodes, x, guide_tr.nodes
+                lambda m: {
+                    k: tuple(site["value"].shape)
+                    for k, site in _latents(poutine.trace(guide).get_trace(x[:m], **_head(rows, m)).nodes).items()
+                },
+                len(x),
+                guide_tr.nodes,
             )
             model_tr = poutine.trace(poutine.replay(program.fn, trace=guide_tr)).get_trace(x, **rows)
         program.move_params()
@@ -870,13 +875,18 @@ def _numpyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.nda
     program.params = jax.device_put(params, program.device)
     _check_match(model_tr, guide_tr)
     constrained = program.constrain(params)
-    _check_other_batch_size(
-        lambda xs: handlers.trace(handlers.seed(handlers.substitute(guide, data=constrained), key)).get_trace(
-            xs, **_head(rows, len(xs))
-        ),
-        x,
-        guide_tr,
-    )
+
+    def latent_shapes(m: int) -> dict:  # on abstract values: a run at another size would compile every op again
+        def latents(xs: Any, rs: dict) -> dict:
+            run = handlers.seed(handlers.substitute(guide, data=constrained), key)
+            return {k: site["value"] for k, site in _latents(handlers.trace(run).get_trace(xs, **rs)).items()}
+
+        def first(a: Any) -> Any:
+            return jax.ShapeDtypeStruct((m, *a.shape[1:]), a.dtype)
+
+        return {k: v.shape for k, v in jax.eval_shape(latents, first(x), jax.tree.map(first, rows)).items()}
+
+    _check_other_batch_size(latent_shapes, len(x), guide_tr)
     model_tr = handlers.trace(
         handlers.replay(handlers.seed(handlers.substitute(program.fn, data=program.constrain(params)), key), guide_tr)
     ).get_trace(x, **rows)
