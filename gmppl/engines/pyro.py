@@ -619,8 +619,9 @@ def compiled_log_prob(program: PyroProgram, x: torch.Tensor, inputs: dict | None
 
     A flow's log-density re-run through Pyro's handlers pays for ``pyro.module``'s parameter lookups and the
     distribution's and plate's messages on every step; the graph runs only the torch ops. Checked on the batch
-    reversed (not the one traced; the inputs reversed with it), which must give the handlers' values; see
-    ``traced``. Call it inside the program's scope.
+    reversed (not the one traced; the inputs reversed with it) and on the model's own draws (which reach where
+    the data may not, e.g. a spline's tails): both must give the handlers' values; see ``traced``. Call it
+    inside the program's scope.
     """
     names = tuple(inputs or {})
 
@@ -642,8 +643,9 @@ def traced(fn: Callable, checks: list[tuple], program: PyroProgram, args: tuple 
     loads update them in place), or None where the graph would not be ``fn``.
 
     It is refused where the tracer warns that a tensor was read as a Python value outside Pyro and torch (a
-    branch or a size taken from a value: the trace would hold one case), and where, for each argument tuple in ``checks`` (run from
-    seed 1, 2, ...; the trace from seed 0), the graph's value is not ``fn``'s (exactly, to float rounding).
+    branch or a size taken from a value: the trace would hold one case), and where, for an argument tuple in
+    ``checks`` (run from seed 1, 2, ...; the trace from seed 0), the graph's value is not ``fn``'s (to float
+    rounding).
     The trace and checks run under a forked random state, so the caller's stream is untouched. Should the graph
     still fail on a later call (a shape it baked in), that call and every later one run ``fn``.
     """
