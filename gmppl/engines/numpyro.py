@@ -250,6 +250,13 @@ def make_optimizer(optim: Any) -> Any:
     return build_optax(optim)
 
 
+def first_rows(tree: Any, m: int) -> Any:
+    """The first ``m`` rows of every array in ``tree`` as abstract values (``jax.ShapeDtypeStruct``, in the dtype
+    JAX gives the array): for running a program with ``jax.eval_shape`` at another batch size, where an eager run
+    would compile each of its operations again."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct((m, *a.shape[1:]), jax.dtypes.canonicalize_dtype(a.dtype)), tree)
+
+
 def _floating(tree: Any) -> list:
     return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
 

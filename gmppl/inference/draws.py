@@ -159,10 +159,11 @@ def _jax_site_roles(program: Any, head: np.ndarray, rows: dict) -> dict[str, dic
     def run(xh: Any, rs: dict) -> None:
         found.update(roles(program.trace(program.params, jax.random.PRNGKey(0), x=xh, inputs=rs)))
 
+    from gmppl.engines.numpyro import first_rows
+
     m = len(head)
-    first = {k: jax.ShapeDtypeStruct((m, *v.shape[1:]), v.dtype) for k, v in rows.items()}
     try:
-        jax.eval_shape(run, jax.ShapeDtypeStruct(head.shape, program.as_array(head[:0]).dtype), first)
+        jax.eval_shape(run, *first_rows((head, rows), m))
         return found
     except Exception:  # e.g. a value read in Python (a branch, np.asarray): the eager run, which also reports errors
         x = program.as_array(head)

@@ -846,6 +846,8 @@ def _numpyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.nda
     from numpyro.distributions import constraints
     from numpyro.distributions.transforms import biject_to
 
+    from gmppl.engines.numpyro import first_rows
+
     x, rows = program.as_array(example), program.as_inputs(inputs)
     key = jax.random.PRNGKey(seed)
     model_tr = program.trace(program.params, key, x=x, inputs=rows)
@@ -881,10 +883,7 @@ def _numpyro_setup(backend: ELBO, program: Any, info: ModelInfo, example: np.nda
             run = handlers.seed(handlers.substitute(guide, data=constrained), key)
             return {k: site["value"] for k, site in _latents(handlers.trace(run).get_trace(xs, **rs)).items()}
 
-        def first(a: Any) -> Any:
-            return jax.ShapeDtypeStruct((m, *a.shape[1:]), a.dtype)
-
-        return {k: v.shape for k, v in jax.eval_shape(latents, first(x), jax.tree.map(first, rows)).items()}
+        return {k: v.shape for k, v in jax.eval_shape(latents, *first_rows((x, rows), m)).items()}
 
     _check_other_batch_size(latent_shapes, len(x), guide_tr)
     model_tr = handlers.trace(
