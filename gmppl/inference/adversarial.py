@@ -26,25 +26,21 @@ on it; the average sits closer to it, so it puts more samples on the modes (most
 see ``examples/gan_ring.py``). Training (the history, the critic) runs on the iterates; ``ema=None``
 returns the last one.
 
-Defaults, one optimiser pair for all ten divergences (no per-divergence tuning): Adam(2e-3, betas (0.5, 0.9))
-for the generator and the same Adam at twice the rate for the critic (two time-scales, Heusel et al. 2017:
-the critic keeps up with a generator that moves at 2e-3), the averaged generator; one critic step for the
-f-divergences, two for ``w1``. The learning rate is ten times DCGAN's 2e-4, at which a generator needs
-thousands of steps to move its parameters by one unit; ``beta2 = 0.9`` (WGAN-GP's) lets Adam's second
-moment forget one large gradient in tens of steps, not thousands (after a spike at 0.999 a player can sit
-frozen for the rest of the fit). ``w1`` used to keep WGAN-GP's recipe, Adam(1e-4, betas (0.5, 0.9)) for
-both players and five critic steps; at that rate a generator needs far more than 10000 steps to spread
-over the 25-Gaussian grid, and slower rates (5e-4 to 7e-4) still left modes empty there. At 2e-3 ``w1``
-takes the f-GANs' optimiser pair and one more critic step: with a single step its critic fell behind and
-the generator collapsed on the grid; three or five steps at this rate did worse than two. The penalty
-weight stays at WGAN-GP's 10: 1 did worse, 30 and 100 a little better on the grid and a little worse on the
-ring, by about the seed-to-seed spread; Adam's ``beta1 = 0`` and a longer average changed nothing (the runs
-are in ``examples/gan_ring.py``'s docstring). On the grid ``w1`` still leaves more samples between the
-modes than JS does in as many steps: its critic's slope is capped at 1, so it pushes the mass a continuous
-generator strings between modes off less hard than a log-ratio critic. The 1-D exactness tests
-(``tests/inference/test_adversarial.py``) run on these defaults; the 1-D Neyman fit needs the critic at twice
-the generator's rate. A wide generator fits worse with the critic that far ahead (``examples/gan_digits.py``,
-whose docstring has the runs, passes ``optim=gm.optim.Adam(2e-4, betas=(0.5, 0.9))``).
+Defaults, one setting for all ten divergences (no per-divergence tuning): Adam(2e-3, betas (0.5, 0.9)) for both
+players, the averaged generator, one critic step for the f-divergences and two for ``w1``. The learning rate is
+ten times DCGAN's 2e-4, at which a generator needs thousands of steps to move its parameters by one unit;
+``beta2 = 0.9`` (WGAN-GP's) lets Adam's second moment forget one large gradient in tens of steps, not thousands
+(after a spike at 0.999 a player can sit frozen for the rest of the fit). The critic runs at the generator's
+rate: at twice it (two time-scales, Heusel et al. 2017; this backend's earlier default) the 1-D fits were as
+exact, the 2-D grid fits a little worse, and a wide generator much worse, its critic running ahead
+(``examples/gan_digits.py``). WGAN-GP's own recipe for ``w1`` (Adam(1e-4) for both players, five critic steps)
+needs far more than 10000 steps to spread a generator over many modes. At 2e-3 the ``w1`` critic needs a second
+step (with one it fell behind and the generator collapsed on the 25-Gaussian grid); more steps, or a slower or
+faster critic, did worse. The penalty weight stays at WGAN-GP's 10. On the grid ``w1`` still leaves more samples
+between the modes than JS does in as many steps: its critic's slope is capped at 1, so it pushes the mass a
+continuous generator strings between modes off less hard than a log-ratio critic. The runs behind each choice
+are in ``examples/gan_ring.py``'s docstring and the README; the 1-D exactness tests
+(``tests/inference/test_adversarial.py``) run on these defaults.
 
 Each step does ``critic_steps`` ascent steps on ``F`` in ``w`` (fresh generated samples each, the
 same real minibatch; default 1 for f-divergences, 2 for ``w1``), then one descent step in ``theta``: ``generator_loss="saddle"`` descends
@@ -83,7 +79,6 @@ of the reported ``divergence``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -130,16 +125,14 @@ class Adversarial(Backend):
     from the data), ``"conv"``, or a user module. ``lipschitz``: ``"one_sided_penalty"``,
     ``"gradient_penalty"`` (two-sided, WGAN-GP), ``"spectral_norm"`` or None; ``"auto"`` is the
     one-sided penalty for ``w1`` and None for f-divergences (see the module notes). ``optim`` is the
-    generator's optimiser (``gm.fit(optim=...)`` overrides it), ``critic_optim`` the critic's (default: for
-    a ``gm.optim.Adam`` generator the same Adam at twice its learning rate, else the generator's
-    optimiser). Defaults, one setting for every divergence: Adam(2e-3, betas (0.5, 0.9)) for the generator
-    and Adam(4e-3, betas (0.5, 0.9)) for the critic (a rate at which a generator moves in a few thousand
-    steps, a critic that keeps up, an Adam that recovers from one large gradient in tens of steps; see the
-    module notes); one critic step for f-divergences, two for ``w1`` (whose critic, with one, fell behind
-    a generator at this rate). ``output_penalty``: weight of ``E[V^2]`` in the critic's loss (None:
-    ``1e-4`` for total variation, else 0; see the module notes). ``ema``: the fitted generator is the
-    exponential moving average of its iterates with this decay (see the module notes); None keeps
-    the last iterate.
+    generator's optimiser (``gm.fit(optim=...)`` overrides it), ``critic_optim`` the critic's (default: the
+    generator's). Defaults, one setting for every divergence: Adam(2e-3, betas (0.5, 0.9)) for both players (a
+    rate at which a generator moves in a few thousand steps, an Adam that recovers from one large gradient in
+    tens of steps; see the module notes); one critic step for f-divergences, two for ``w1`` (whose critic, with
+    one, fell behind a generator at this rate). ``output_penalty``: weight of ``E[V^2]`` in the critic's loss
+    (None: ``1e-4`` for total variation, else 0; see the module notes). ``ema``: the fitted generator is the
+    exponential moving average of its iterates with this decay (see the module notes); None keeps the last
+    iterate.
 
     Example::
 
@@ -215,9 +208,9 @@ class Adversarial(Backend):
     @property
     def n_critic(self) -> int:
         """Critic steps per generator step: ``critic_steps``, or by default 2 for ``w1`` and 1 for f-divergences
-        (f-GAN's single-step alternation). The ``w1`` critic, already on the faster time-scale, needs a second
-        step to keep up with a generator at 2e-3 (with one, it fell behind and the generator collapsed on the
-        25-Gaussian grid); WGAN-GP's five, at this rate, made the fit worse, not better (see the module notes)."""
+        (f-GAN's single-step alternation). The ``w1`` critic needs a second step to keep up with a generator at
+        2e-3 (with one, it fell behind and the generator collapsed on the 25-Gaussian grid); three or five steps
+        made the fit worse, not better (see the module notes)."""
         if self.critic_steps is not None:
             return int(self.critic_steps)
         return 2 if self.is_w1 else 1
@@ -240,14 +233,11 @@ class Adversarial(Backend):
         return Adam(lr=2e-3, betas=(0.5, 0.9))
 
     def critic_optimizer(self, optim: Any) -> Any:
-        """The critic's optimiser given the generator's ``optim``: ``critic_optim``, or by default, for a
-        ``gm.optim.Adam`` generator, the same Adam at twice the learning rate (two time-scales, Heusel et al.
-        2017: the critic keeps up with the generator), for the f-divergences and ``w1`` alike; otherwise
-        ``optim`` itself."""
+        """The critic's optimiser given the generator's ``optim``: ``critic_optim``, or by default ``optim``
+        itself (the same optimiser at the same rate; see the module notes for the runs against a critic at
+        twice the rate)."""
         if self.critic_optim is not None:
             return self.critic_optim
-        if type(optim) is Adam:
-            return dataclasses.replace(optim, lr=2.0 * optim.lr)
         return optim
 
     def ema_decay(self, t: Any) -> Any:

@@ -5,14 +5,14 @@ the surface refuses bad input.
 
 Target ``P = 0.7 N(-1.5, 0.5^2) + 0.3 N(1.5, 0.5^2)``, 20000 data points. Each fit is
 ``gm.fit(model, x, Adversarial(name), steps=STEPS, batch_size=256)``: the default MLP critic, Adam(2e-3,
-betas (0.5, 0.9)) for the generator and Adam(4e-3) for the critic, one critic step, the averaged generator;
+betas (0.5, 0.9)) for the generator and the critic, one critic step, the averaged generator;
 nothing set per divergence. Tolerances:
-* fitted ``(|a|, b)`` within ``ATOL = 0.1`` of the reference minimiser (the issue's bound). The
+* fitted ``(|a|, b)`` within ``ATOL = 0.1`` of the reference minimiser (the target bound). The
   Monte Carlo error of the fitted parameters is small against it: the empirical minimiser of
   20000 points moves by ``O(std / sqrt(N)) ~ 0.01``; the generator's iterates at a constant learning
   rate jitter by a few 0.01 on minibatches of 256, and the returned average over its last ~1000 steps
   by a tenth of that; the rest is the default critic's approximation bias (a piecewise-linear MLP for a
-  quadratic log density ratio). Measured: every fit within 0.04 of it.
+  quadratic log density ratio). Measured: every fit within 0.05 of it (total variation 0.048, the rest 0.03).
 * the critic bound within 5% (relative) of ``D_f``: the running bound is averaged over the last 500
   steps, each on fresh minibatches of 256 + 256 examples, so its Monte Carlo error is the per-step
   spread divided by ~sqrt(500), well under 1%; a trained critic's bound sits just below the
@@ -229,35 +229,64 @@ def test_pyro_fits_match_quadrature_and_agree_with_numpyro(name: str, x_data: np
     assert np.all(np.abs(got - other) <= ATOL), (name, got, other)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["neyman", "reverse_kl", "kl"])
-def test_no_nan_at_a_learning_rate_that_trains_kl(name: str) -> None:
-    """Issue 17's failure: ``x = a z + b`` on the three-mode ``0.5 N(-2, .25) + 0.3 N(0, .25) + 0.2 N(2.5, .25)``
-    from ``START`` at Adam(5e-3, betas (0.5, 0.9)), 8000 steps of 512. KL lands on its minimiser; with f-GAN's
-    ``exp(-v)`` maps Neyman's parameters went NaN within 700 steps here (and at betas (0.5, 0.999), with the critic
-    at 5e-3, Neyman went NaN at step ~5900 and reverse KL ran off to ``(9.7, 25)``). With the guarded maps all three stay finite and reverse KL within ATOL of its minimiser (Neyman's, with
-    ``a -> sqrt(2) * 0.5`` where ``D`` turns infinite, is not a target here)."""
+# the three-mode mixture 0.5 N(-2, .25) + 0.3 N(0, .25) + 0.2 N(2.5, .25): 20000 points
+W3, MEANS3 = np.array([0.5, 0.3, 0.2]), np.array([-2.0, 0.0, 2.5])
+GRID3 = np.linspace(-14.0, 14.0, 7001)
+
+
+def three_modes() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    comp = rng.choice(3, 20000, p=W3)
+    return (MEANS3[comp] + 0.5 * rng.normal(size=20000))[:, None].astype(np.float32)
+
+
+def three_mode_minimiser(name: str) -> np.ndarray:
+    """The quadrature minimiser of ``D_f(P3 || N(b, a^2))`` by Nelder-Mead from ``START``."""
     from scipy.special import logsumexp
 
-    w, means = np.array([0.5, 0.3, 0.2]), np.array([-2.0, 0.0, 2.5])
-    rng = np.random.default_rng(0)
-    comp = rng.choice(3, 20000, p=w)
-    x = (means[comp] + 0.5 * rng.normal(size=20000))[:, None].astype(np.float32)
-    backend = gm.inference.Adversarial(name, optim=gm.optim.Adam(5e-3, betas=(0.5, 0.9)))
-    fit = gm.fit(jax_affine(*START), x, backend, steps=8000, batch_size=512, seed=0, progress=False)
-    got = jax_params(fit)
-    assert np.all(np.isfinite(fit.history["divergence"])) and np.all(np.isfinite(got))
-    if name == "neyman":
-        return
-    grid = np.linspace(-14.0, 14.0, 7001)
-    lp = logsumexp(np.log(w)[:, None] + stats.norm.logpdf(grid[None], means[:, None], 0.5), 0)
+    lp = logsumexp(np.log(W3)[:, None] + stats.norm.logpdf(GRID3[None], MEANS3[:, None], 0.5), 0)
     d = gm.divergences.get(name)
 
     def value(t: np.ndarray) -> float:
-        return float(integrate.simpson(np.asarray(d.integrand(lp, stats.norm.logpdf(grid, t[1], abs(t[0])))), x=grid))
+        return float(integrate.simpson(np.asarray(d.integrand(lp, stats.norm.logpdf(GRID3, t[1], abs(t[0])))), x=GRID3))
 
     want = optimize.minimize(value, np.array(START), method="Nelder-Mead", options={"xatol": 1e-5, "fatol": 1e-10}).x
-    assert np.all(np.abs(got - np.array([abs(want[0]), want[1]])) <= ATOL), (name, got, want)
+    return np.array([abs(want[0]), want[1]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["neyman", "reverse_kl", "kl"])
+def test_no_nan_at_a_learning_rate_that_trains_kl(name: str) -> None:
+    """A fit that used to go NaN: ``x = a z + b`` on the three-mode mixture from ``START`` at Adam(5e-3, betas
+    (0.5, 0.9)), 8000 steps of 512. KL lands on its minimiser; with f-GAN's ``exp(-v)`` maps Neyman's parameters
+    went NaN within 700 steps here (and at betas (0.5, 0.999), with the critic at 5e-3, Neyman went NaN at step
+    ~5900 and reverse KL ran off to ``(9.7, 25)``). With the guarded maps all three stay finite and reverse KL
+    within ATOL of its minimiser (Neyman's is not a target here: see the next test)."""
+    backend = gm.inference.Adversarial(name, optim=gm.optim.Adam(5e-3, betas=(0.5, 0.9)))
+    fit = gm.fit(jax_affine(*START), three_modes(), backend, steps=8000, batch_size=512, seed=0, progress=False)
+    got = jax_params(fit)
+    assert np.all(np.isfinite(fit.history["divergence"])) and np.all(np.isfinite(got))
+    if name != "neyman":
+        want = three_mode_minimiser(name)
+        assert np.all(np.abs(got - want) <= ATOL), (name, got, want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["numpyro", "pyro"])
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "neyman"])
+def test_one_setting_fits_a_three_mode_mixture(name: str, engine: str) -> None:
+    """The defaults, unchanged, on a second target: ``x = a z + b`` fitted to the three-mode mixture from
+    ``START``, 8000 steps of 512, lands within ATOL of the quadrature minimiser (measured: 0.07 at worst, reverse
+    KL). Neyman is left out: ``D_Neyman(P3 || N(b, a^2)) = int (p - q)^2 / p`` is infinite once ``a >=
+    0.5 sqrt(2)`` (``q^2 / p`` then decays no faster than a constant in the tails), and from ``START`` both its fit
+    and the truncated quadrature's minimiser end up there, where no finite answer exists."""
+    model = (jax_affine if engine == "numpyro" else torch_affine)(*START)
+    fit = gm.fit(
+        model, three_modes(), gm.inference.Adversarial(name), steps=8000, batch_size=512, seed=0, progress=False
+    )
+    got = jax_params(fit) if engine == "numpyro" else torch_params(fit)
+    want = three_mode_minimiser(name)
+    assert np.all(np.abs(got - want) <= ATOL), (name, engine, got, want)
 
 
 def jax_backend(name: str, steps: int, critic_steps: int, glr: float, clr: float, **kw):
@@ -389,20 +418,20 @@ def test_unknown_divergence_is_refused_at_construction() -> None:
         gm.inference.Adversarial(divergence="w1", lipschitz=None)
     with pytest.raises(gm.BackendError):
         gm.inference.Adversarial(critic_steps=0)
-    # defaults: Adam(2e-3, (0.5, 0.9)) and the critic at twice the rate for every divergence; one critic step for
-    # the f-GANs, two for w1, whose critic has the one-sided penalty
+    # defaults: Adam(2e-3, (0.5, 0.9)) for both players and every divergence; one critic step for the f-GANs, two
+    # for w1, whose critic has the one-sided penalty
     js, w1 = gm.inference.Adversarial("js"), gm.inference.Adversarial("w1")
     assert (js.constraint, w1.constraint, js.ema, w1.ema) == (None, "one_sided_penalty", 0.999, 0.999)
     for bad in (1.0, -0.1, True, "0.9"):
         with pytest.raises(gm.BackendError, match="ema"):
             gm.inference.Adversarial(ema=bad)
     assert (js.n_critic, js.default_optim.lr, js.default_optim.betas) == (1, 2e-3, (0.5, 0.9))
-    assert js.critic_optimizer(js.default_optim) == gm.optim.Adam(4e-3, betas=(0.5, 0.9))
+    assert js.critic_optimizer(js.default_optim) == gm.optim.Adam(2e-3, betas=(0.5, 0.9))
     assert (
         gm.inference.Adversarial("kl", critic_optim=gm.optim.Adam(1e-3)).critic_optimizer(js.default_optim).lr == 1e-3
     )
     assert (w1.n_critic, w1.default_optim.lr, w1.default_optim.betas, w1.penalty) == (2, 2e-3, (0.5, 0.9), 10.0)
-    assert w1.critic_optimizer(w1.default_optim) == gm.optim.Adam(4e-3, betas=(0.5, 0.9))
+    assert w1.critic_optimizer(w1.default_optim) == gm.optim.Adam(2e-3, betas=(0.5, 0.9))
     assert gm.inference.Adversarial("w1", critic_steps=5).n_critic == 5
     with pytest.raises(gm.BackendError, match="output_penalty"):
         gm.inference.Adversarial(output_penalty=-1.0)
@@ -514,7 +543,7 @@ GUARDED = ("kl", "reverse_kl", "neyman", "squared_hellinger", "jeffreys")
 def test_guarded_maps_are_f_gans_inside_and_finite_outside(name: str) -> None:
     """``(T(v), f*(T(v)))`` as the backend computes them: ``f*`` of the activation by the divergence's own
     conjugate; f-GAN's activation on ``|v| <= 20`` (Jeffreys: ``T = f'(e^v)``); values and gradients finite
-    on both engines out to ``|v| = 1e6``, where f-GAN's ``exp(+-v)`` overflows float32 (the NaN of issue 17)."""
+    on both engines out to ``|v| = 1e6``, where f-GAN's ``exp(+-v)`` overflows float32 (where Neyman's fit went NaN)."""
     import array_api_compat
     import jax
     import jax.numpy as jnp
