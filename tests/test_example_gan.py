@@ -79,9 +79,9 @@ def test_gan_digits_example(tmp_path: Path) -> None:
 
 
 # The target is every mode and >= 90% high-quality samples. Measured on these settings (NumPyro, seed 0): JS ring
-# 97.2%, grid 88.5% (92.4% mean over seeds 0-4, lowest 88.5%); w1 (two critic steps, penalty 10) ring 96.8%, grid
-# 90.4% (89.0% mean over seeds 0-8, lowest 84.8%), short of the bar on some seeds (see the example's docstring).
-# The floor sits under the lowest grid fit measured (84.8%) by more than one run's uncertainty there (about 3
+# 96.9%, grid 89.6% (92.6% mean over seeds 0-2, lowest 89.6%); w1 (two critic steps, penalty 10) ring 96.6%, grid
+# 91.4% (90.2% mean over seeds 0-8, lowest 86.0%), short of the bar on some seeds (see the example's docstring).
+# The floor sits under the lowest grid fit measured (86.0%) by twice one run's uncertainty there (about 3
 # points), so a fit as good as the measured ones passes under another machine's float rounding, and a collapse
 # (the old w1 recipe: 6/25, 18.6%; a one-step w1 critic: 0-1/25 modes) fails.
 HIGH_QUALITY_FLOOR = 0.80

@@ -10,8 +10,8 @@ nothing set per divergence. Tolerances:
 * fitted ``(|a|, b)`` within ``ATOL = 0.1`` of the reference minimiser (the target bound). The
   Monte Carlo error of the fitted parameters is small against it: the empirical minimiser of
   20000 points moves by ``O(std / sqrt(N)) ~ 0.01``; the generator's iterates at a constant learning
-  rate jitter by a few 0.01 on minibatches of 256, and the returned average over its last ~1000 steps
-  by a tenth of that; the rest is the default critic's approximation bias (a piecewise-linear MLP for a
+  rate jitter by a few 0.01 on minibatches of 256, and the returned average over its last ~200 steps
+  by a fraction of that; the rest is the default critic's approximation bias (a piecewise-linear MLP for a
   quadratic log density ratio). Measured: every fit within 0.05 of it (total variation 0.048, the rest 0.03).
 * the critic bound within 5% (relative) of ``D_f``: the running bound is averaged over the last 500
   steps, each on fresh minibatches of 256 + 256 examples, so its Monte Carlo error is the per-step
@@ -421,7 +421,7 @@ def test_unknown_divergence_is_refused_at_construction() -> None:
     # defaults: Adam(2e-3, (0.5, 0.9)) for both players and every divergence; one critic step for the f-GANs, two
     # for w1, whose critic has the one-sided penalty
     js, w1 = gm.inference.Adversarial("js"), gm.inference.Adversarial("w1")
-    assert (js.constraint, w1.constraint, js.ema, w1.ema) == (None, "one_sided_penalty", 0.999, 0.999)
+    assert (js.constraint, w1.constraint, js.ema, w1.ema) == (None, "one_sided_penalty", 0.995, 0.995)
     for bad in (1.0, -0.1, True, "0.9"):
         with pytest.raises(gm.BackendError, match="ema"):
             gm.inference.Adversarial(ema=bad)
