@@ -26,6 +26,7 @@ nothing set per divergence. Tolerances:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -34,46 +35,54 @@ from scipy import integrate, optimize, stats
 import gmppl as gm
 from gmppl.divergences import FAMILY
 
-W = np.array([0.7, 0.3])
-MEANS = np.array([-1.5, 1.5])
-STD = 0.5
 ATOL = 0.1
-GRID = np.linspace(-12.0, 12.0, 6001)
 NAMES = [c.name for c in FAMILY]
 
 
-def mixture_logpdf(x: np.ndarray) -> np.ndarray:
-    return np.log(np.sum(W[:, None] * stats.norm.pdf(np.asarray(x)[None], MEANS[:, None], STD), 0))
+@dataclass(frozen=True)
+class Mixture:
+    """A 1-D mixture ``sum_k w_k N(mu_k, std^2)``: draws, and ``D_f(P || N(b, a^2))`` by Simpson's rule on
+    ``grid`` (float64, both tails well inside it)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    std: float
+    grid: np.ndarray
+
+    def logpdf(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)[None]
+        return np.log(np.sum(self.weights[:, None] * stats.norm.pdf(x, self.means[:, None], self.std), 0))
+
+    def sample(self, n: int = 20000, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        comp = rng.choice(len(self.weights), n, p=self.weights)
+        return (self.means[comp] + self.std * rng.normal(size=n))[:, None].astype(np.float32)
+
+    def divergence_to_normal(self, name: str, a: float, b: float) -> float:
+        d = gm.divergences.get(name)
+        lq = stats.norm.logpdf(self.grid, b, abs(a))
+        return float(integrate.simpson(np.asarray(d.integrand(self.logpdf(self.grid), lq)), x=self.grid))
+
+    def minimiser(self, name: str, start: tuple[float, float]) -> np.ndarray:
+        """The local minimiser of ``D_f(P || N(b, a^2))`` over ``(a, b)`` whose basin holds ``start``.
+
+        Nelder–Mead from a small simplex around ``start`` (it stays in the starting basin; the
+        divergences are smooth there except TV, whose kinks Nelder–Mead handles).
+        """
+        s = np.asarray(start, float)
+        simplex = np.stack([s, s + [0.05, 0.0], s + [0.0, 0.05]])
+        r = optimize.minimize(
+            lambda t: self.divergence_to_normal(name, t[0], t[1]),
+            s,
+            method="Nelder-Mead",
+            options={"initial_simplex": simplex, "xatol": 1e-5, "fatol": 1e-10, "maxiter": 4000},
+        )
+        return np.array([abs(r.x[0]), r.x[1]])
 
 
-def data(n: int = 20000, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    comp = rng.choice(2, n, p=W)
-    return (MEANS[comp] + STD * rng.normal(size=n))[:, None].astype(np.float32)
-
-
-def divergence_to_normal(name: str, a: float, b: float) -> float:
-    """``D_f(P || N(b, a^2))`` by Simpson's rule on a fine grid (float64, both tails well inside [-12, 12])."""
-    d = gm.divergences.get(name)
-    lq = stats.norm.logpdf(GRID, b, abs(a))
-    return float(integrate.simpson(np.asarray(d.integrand(mixture_logpdf(GRID), lq)), x=GRID))
-
-
-def reference_minimiser(name: str, start: tuple[float, float]) -> np.ndarray:
-    """The local minimiser of ``D_f(P || N(b, a^2))`` over ``(a, b)`` whose basin holds ``start``.
-
-    Nelder–Mead from a small simplex around ``start`` (it stays in the starting basin; the
-    divergences are smooth there except TV, whose kinks Nelder–Mead handles).
-    """
-    s = np.asarray(start, float)
-    simplex = np.stack([s, s + [0.05, 0.0], s + [0.0, 0.05]])
-    r = optimize.minimize(
-        lambda t: divergence_to_normal(name, t[0], t[1]),
-        s,
-        method="Nelder-Mead",
-        options={"initial_simplex": simplex, "xatol": 1e-5, "fatol": 1e-10, "maxiter": 4000},
-    )
-    return np.array([abs(r.x[0]), r.x[1]])
+#: the target of the default suite's fits, and a second one with three modes for the slow tests
+TWO = Mixture(np.array([0.7, 0.3]), np.array([-1.5, 1.5]), 0.5, np.linspace(-12.0, 12.0, 6001))
+THREE = Mixture(np.array([0.5, 0.3, 0.2]), np.array([-2.0, 0.0, 2.5]), 0.5, np.linspace(-14.0, 14.0, 7001))
 
 
 # ---------------------------------------------------------------------- programs
@@ -179,7 +188,7 @@ def default_fit(name: str, x_data: np.ndarray, engine: str = "numpyro", steps: i
 
 @pytest.fixture(scope="module")
 def x_data() -> np.ndarray:
-    return data()
+    return TWO.sample()
 
 
 # ---------------------------------------------------------------------- the nine fits
@@ -194,18 +203,18 @@ def test_every_f_divergence_finds_the_quadrature_minimiser_jax(name: str, jax_fi
     fit = jax_fits[name]
     for key in ("loss", "critic_loss", "divergence"):
         assert np.all(np.isfinite(fit.history[key])), key
-    got, want = jax_params(fit), reference_minimiser(name, START)
+    got, want = jax_params(fit), TWO.minimiser(name, START)
     assert np.all(np.abs(got - want) <= ATOL), (name, got, want)
 
 
 def test_mode_covering_and_mode_seeking() -> None:
     """KL and Pearson spread over both modes; reverse KL and Neyman sit on one (mode covering vs seeking)."""
     for name in ("kl", "pearson"):
-        a, b = reference_minimiser(name, START)
+        a, b = TWO.minimiser(name, START)
         assert a > 1.4 and -0.7 < b < -0.5, (name, a, b)  # the mixture's std is 1.55, mean -0.6
     for name in ("reverse_kl", "neyman"):
-        a, b = reference_minimiser(name, START)
-        assert abs(a - STD) < 0.02 and abs(b - MEANS[0]) < 0.02, (name, a, b)
+        a, b = TWO.minimiser(name, START)
+        assert abs(a - TWO.std) < 0.02 and abs(b - TWO.means[0]) < 0.02, (name, a, b)
 
 
 # Neyman and reverse KL in the default suite (the guarded maps on torch), KL and Jeffreys with the slow tests
@@ -223,35 +232,10 @@ def test_pyro_fits_match_quadrature_and_agree_with_numpyro(name: str, x_data: np
     fit (0.1: each is within ~0.04 of the reference)."""
     fit = default_fit(name, x_data, engine="pyro")
     assert np.all(np.isfinite(fit.history["divergence"]))
-    got, want = torch_params(fit), reference_minimiser(name, START)
+    got, want = torch_params(fit), TWO.minimiser(name, START)
     assert np.all(np.abs(got - want) <= ATOL), (name, got, want)
     other = jax_params(jax_fits[name])
     assert np.all(np.abs(got - other) <= ATOL), (name, got, other)
-
-
-# the three-mode mixture 0.5 N(-2, .25) + 0.3 N(0, .25) + 0.2 N(2.5, .25): 20000 points
-W3, MEANS3 = np.array([0.5, 0.3, 0.2]), np.array([-2.0, 0.0, 2.5])
-GRID3 = np.linspace(-14.0, 14.0, 7001)
-
-
-def three_modes() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    comp = rng.choice(3, 20000, p=W3)
-    return (MEANS3[comp] + 0.5 * rng.normal(size=20000))[:, None].astype(np.float32)
-
-
-def three_mode_minimiser(name: str) -> np.ndarray:
-    """The quadrature minimiser of ``D_f(P3 || N(b, a^2))`` by Nelder-Mead from ``START``."""
-    from scipy.special import logsumexp
-
-    lp = logsumexp(np.log(W3)[:, None] + stats.norm.logpdf(GRID3[None], MEANS3[:, None], 0.5), 0)
-    d = gm.divergences.get(name)
-
-    def value(t: np.ndarray) -> float:
-        return float(integrate.simpson(np.asarray(d.integrand(lp, stats.norm.logpdf(GRID3, t[1], abs(t[0])))), x=GRID3))
-
-    want = optimize.minimize(value, np.array(START), method="Nelder-Mead", options={"xatol": 1e-5, "fatol": 1e-10}).x
-    return np.array([abs(want[0]), want[1]])
 
 
 @pytest.mark.slow
@@ -263,11 +247,11 @@ def test_no_nan_at_a_learning_rate_that_trains_kl(name: str) -> None:
     ~5900 and reverse KL ran off to ``(9.7, 25)``). With the guarded maps all three stay finite and reverse KL
     within ATOL of its minimiser (Neyman's is not a target here: see the next test)."""
     backend = gm.inference.Adversarial(name, optim=gm.optim.Adam(5e-3, betas=(0.5, 0.9)))
-    fit = gm.fit(jax_affine(*START), three_modes(), backend, steps=8000, batch_size=512, seed=0, progress=False)
+    fit = gm.fit(jax_affine(*START), THREE.sample(), backend, steps=8000, batch_size=512, seed=0, progress=False)
     got = jax_params(fit)
     assert np.all(np.isfinite(fit.history["divergence"])) and np.all(np.isfinite(got))
     if name != "neyman":
-        want = three_mode_minimiser(name)
+        want = THREE.minimiser(name, START)
         assert np.all(np.abs(got - want) <= ATOL), (name, got, want)
 
 
@@ -282,10 +266,10 @@ def test_one_setting_fits_a_three_mode_mixture(name: str, engine: str) -> None:
     and the truncated quadrature's minimiser end up there, where no finite answer exists."""
     model = (jax_affine if engine == "numpyro" else torch_affine)(*START)
     fit = gm.fit(
-        model, three_modes(), gm.inference.Adversarial(name), steps=8000, batch_size=512, seed=0, progress=False
+        model, THREE.sample(), gm.inference.Adversarial(name), steps=8000, batch_size=512, seed=0, progress=False
     )
     got = jax_params(fit) if engine == "numpyro" else torch_params(fit)
-    want = three_mode_minimiser(name)
+    want = THREE.minimiser(name, START)
     assert np.all(np.abs(got - want) <= ATOL), (name, engine, got, want)
 
 
@@ -307,7 +291,7 @@ def test_restarts_find_the_global_mode_seeking_minimiser(x_data: np.ndarray) -> 
     critic steps, so the critic keeps up while it is young); with chains=3 (chains 1-2 redraw
     ``(a, b)`` from U(-1, 1)) the chain of smallest estimated divergence holds the global minimiser."""
     start = (0.55, 1.4)
-    local, best = reference_minimiser("reverse_kl", start), reference_minimiser("reverse_kl", START)
+    local, best = TWO.minimiser("reverse_kl", start), TWO.minimiser("reverse_kl", START)
     assert local[1] > 1.0 and best[1] < -1.0  # two distinct minimisers
     fit = gm.fit(
         jax_affine(*start),
@@ -323,7 +307,7 @@ def test_restarts_find_the_global_mode_seeking_minimiser(x_data: np.ndarray) -> 
     estimate = fit.history["divergence"][:, -500:].mean(1)
     c = int(np.argmin(estimate))
     assert np.all(np.abs(jax_params(fit, c) - best) <= ATOL), (c, jax_params(fit, c), best)
-    assert estimate[c] == pytest.approx(divergence_to_normal("reverse_kl", *best), abs=0.05)
+    assert estimate[c] == pytest.approx(TWO.divergence_to_normal("reverse_kl", *best), abs=0.05)
 
 
 # ---------------------------------------------------------------------- the critic alone
@@ -351,7 +335,7 @@ def test_critic_bound_approaches_the_true_divergence(name: str, x_data: np.ndarr
     backend = gm.inference.Adversarial(name, critic=jax_quad_critic(), critic_optim=optax.adam(5e-3, b1=0.5))
     fit = gm.fit(frozen_normal(loc, scale), x_data, backend, steps=1500, batch_size=256, seed=0, progress=False)
     estimate = float(fit.history["divergence"][-500:].mean())
-    assert estimate == pytest.approx(divergence_to_normal(name, scale, loc), rel=0.05), (name, estimate)
+    assert estimate == pytest.approx(TWO.divergence_to_normal(name, scale, loc), rel=0.05), (name, estimate)
 
 
 def test_wgan_gp_critic_approaches_w1(x_data: np.ndarray) -> None:
@@ -361,8 +345,9 @@ def test_wgan_gp_critic_approaches_w1(x_data: np.ndarray) -> None:
     reported ``E_P T - E_Q T = 3.6 s*`` exceeds W1 by 1.8% at ``lam = 100``; tolerance 5%."""
     import optax
 
-    cdf_p = np.sum(W[:, None] * stats.norm.cdf(GRID[None], MEANS[:, None], STD), 0)
-    w1 = float(integrate.simpson(np.abs(cdf_p - stats.norm.cdf(GRID, 3.0, 0.5)), x=GRID))
+    grid = TWO.grid
+    cdf_p = np.sum(TWO.weights[:, None] * stats.norm.cdf(grid[None], TWO.means[:, None], TWO.std), 0)
+    w1 = float(integrate.simpson(np.abs(cdf_p - stats.norm.cdf(grid, 3.0, 0.5)), x=grid))
     assert w1 == pytest.approx(3.6, rel=1e-6)
     backend = gm.inference.Adversarial("w1", critic_steps=1, penalty=100.0, critic_optim=optax.adam(1e-3, b1=0.5))
     fit = gm.fit(frozen_normal(3.0, 0.5), x_data, backend, steps=600, batch_size=256, seed=0, progress=False)
